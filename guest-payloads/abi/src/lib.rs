@@ -1,0 +1,460 @@
+//! The contract between hvprobe's guest payloads and its host harness.
+//!
+//! Both sides compile this crate: the guest runtime (for `x86_64-unknown-none`) to lay
+//! out its test table and protocol messages, the harness (for the host) to build the
+//! machine the guest expects and to decode what the guest wrote. Everything here is
+//! `#[repr(C)]` plain data with fixed offsets; the host never trusts a value it decodes
+//! and bounds-checks every guest-supplied address and length.
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Guest-physical memory layout the harness builds before the first instruction runs.
+///
+/// The harness writes the GDT, TSS, IDT and page tables; the guest does no set-up of its
+/// own, because every CPL0 instruction may be emulated (on PVM, about 1 us each).
+pub mod layout {
+    /// Global descriptor table (see [`super::selector`]).
+    pub const GDT: u64 = 0x1000;
+    /// Interrupt descriptor table for long mode: 256 gates, 16 bytes each.
+    pub const IDT: u64 = 0x2000;
+    /// The 64-bit task-state segment (RSP0 and IST1).
+    pub const TSS: u64 = 0x3000;
+    /// 16- and 32-bit code and data (`.text.low`, `.data.low`) are linked here, below 64 KiB,
+    /// so that real-mode code runs with CS = 0.
+    pub const LOW_START: u64 = 0x8000;
+    pub const LOW_END: u64 = 0x10000;
+    /// Page tables: PML4, one PDPT, four page directories (0-4 GiB in 2 MiB pages) and one
+    /// page table that maps the first 2 MiB in 4 KiB pages.
+    pub const PML4: u64 = 0x10000;
+    pub const PDPT: u64 = 0x11000;
+    pub const PD0: u64 = 0x12000;
+    pub const PT0: u64 = 0x16000;
+    /// Stacks (the value is the top; stacks grow down).
+    pub const USER_STACK_TOP: u64 = 0x60000;
+    pub const KERNEL_STACK_TOP: u64 = 0x80000;
+    pub const IST1_STACK_TOP: u64 = 0x88000;
+    /// Real-mode and 32-bit stack top (below the low text).
+    pub const LOW_STACK_TOP: u64 = 0x7ff0;
+    /// The main image (`.text`, `.rodata`, `.data`, `.bss`) is linked here.
+    pub const IMAGE_START: u64 = 0x100000;
+    /// Everything the guest loads must end below this address (the 4 KiB-mapped region).
+    pub const IMAGE_END: u64 = 0x200000;
+    /// Guest RAM size. Above it, up to 4 GiB, everything is identity-mapped MMIO space.
+    pub const RAM_SIZE: u64 = 0x400000;
+    /// The MMIO test device: a 256-byte register file, mirrored over one 4 KiB page.
+    pub const MMIO_TEST_BASE: u64 = 0xc000_0000;
+    pub const MMIO_TEST_SIZE: u64 = 0x1000;
+    /// The protocol's MMIO doorbell: a 32-bit write of a message's address, like
+    /// [`super::port::PROTOCOL`]. CPL3 code uses it so that reporting never depends on
+    /// RFLAGS.IOPL being honoured (that is a test of its own).
+    pub const PROTOCOL_MMIO: u64 = 0xc000_1000;
+    /// Default xAPIC base.
+    pub const APIC_BASE: u64 = 0xfee0_0000;
+}
+
+/// Segment selectors of the harness-built GDT.
+pub mod selector {
+    pub const CODE64: u16 = 0x08;
+    pub const DATA: u16 = 0x10;
+    pub const CODE32: u16 = 0x18;
+    /// User data (DPL 3), placed before user code as SYSRET expects.
+    pub const USER_DATA: u16 = 0x20 | 3;
+    pub const USER_CODE64: u16 = 0x28 | 3;
+    pub const TSS: u16 = 0x30;
+    /// Number of 8-byte GDT slots (the TSS descriptor takes two).
+    pub const GDT_ENTRIES: usize = 8;
+}
+
+/// I/O ports the harness implements.
+pub mod port {
+    /// Console: each byte written is appended to the run's console text.
+    pub const CONSOLE: u16 = 0xe9;
+    /// Protocol: a 32-bit write of the guest-physical address of a message.
+    pub const PROTOCOL: u16 = 0x500;
+    /// The port test device: an 8-byte register file at ports 0x510-0x517.
+    pub const TEST_IO: u16 = 0x510;
+    pub const TEST_IO_LEN: u16 = 8;
+}
+
+/// CPU mode a test case starts in. The harness builds the mode; the guest never switches.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// 16-bit real mode, CS = DS = SS = 0.
+    Real16 = 1,
+    /// 32-bit protected mode, flat segments, no paging.
+    Prot32 = 2,
+    /// 64-bit long mode at CPL 0, identity-mapped.
+    Long64 = 3,
+    /// 64-bit long mode at CPL 3 (IOPL 3 so the protocol port works).
+    User64 = 4,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Real16, Mode::Prot32, Mode::Long64, Mode::User64];
+
+    pub fn from_u8(value: u8) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| *m as u8 == value)
+    }
+
+    /// The stable name used in test names and results files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Real16 => "real16",
+            Mode::Prot32 => "prot32",
+            Mode::Long64 => "long64",
+            Mode::User64 => "user64",
+        }
+    }
+}
+
+/// Which way the behaviour under test is reached (see design.md).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// An unmodified hardware interface the hypervisor traps and emulates.
+    Full = 1,
+    /// A paravirtual interface (hypercalls, kvmclock, ...).
+    Para = 2,
+    /// What the CPU virtualizes itself.
+    Hw = 3,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Full, Path::Para, Path::Hw];
+
+    pub fn from_u8(value: u8) -> Option<Path> {
+        Path::ALL.into_iter().find(|p| *p as u8 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Full => "full",
+            Path::Para => "para",
+            Path::Hw => "hw",
+        }
+    }
+}
+
+/// What a test case needs from the host; checked before booting, a miss is a `skip`.
+pub mod requires {
+    /// The in-kernel irqchip (LAPIC, IOAPIC, PIC): KVM_CAP_IRQCHIP.
+    pub const IRQCHIP: u64 = 1 << 0;
+    /// CPUID.1:ECX.x2APIC[21].
+    pub const X2APIC: u64 = 1 << 1;
+    /// The KVM paravirtual signature leaf 0x40000000 = "KVMKVMKVM".
+    pub const KVM_PV: u64 = 1 << 2;
+    /// CPUID.1:ECX.TSC_DEADLINE[24].
+    pub const TSC_DEADLINE: u64 = 1 << 3;
+
+    /// Name of each bit, for skip reasons and listings.
+    pub const NAMES: [(u64, &str); 4] = [
+        (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (X2APIC, "CPUID.1:ECX.x2APIC"),
+        (KVM_PV, "KVM signature leaf 0x40000000"),
+        (TSC_DEADLINE, "CPUID.1:ECX.TSC_DEADLINE"),
+    ];
+}
+
+/// Test-case flags.
+pub mod flags {
+    /// The guest never ends by itself: the watchdog stopping it is the expected outcome.
+    pub const EXPECT_TIMEOUT: u32 = 1 << 0;
+    /// A host hook of the same name edits the VM before boot (see suites/src/hooks.rs).
+    pub const HOST_HOOK: u32 = 1 << 1;
+}
+
+/// Maximum length of a test name, in bytes.
+pub const NAME_LEN: usize = 96;
+/// Maximum length of the source file path recorded for a test.
+pub const FILE_LEN: usize = 64;
+
+/// The entry of a test case: a Rust function for 64-bit modes, an assembly label for
+/// 16- and 32-bit modes.
+pub type EntryFn = unsafe extern "C" fn();
+
+/// One test case, placed in the ELF section [`TestDesc::SECTION`] by the guest's
+/// `test_case!` macro. The host reads the section without booting the guest.
+#[repr(C)]
+pub struct TestDesc {
+    pub magic: u32,
+    pub mode: u8,
+    pub path: u8,
+    pub _reserved: u16,
+    /// NUL-padded `area::case::variant`.
+    pub name: [u8; NAME_LEN],
+    /// NUL-padded source file of the test.
+    pub file: [u8; FILE_LEN],
+    pub line: u32,
+    /// Watchdog limit in milliseconds; 0 means the harness default.
+    pub timeout_ms: u32,
+    pub requires: u64,
+    pub flags: u32,
+    pub _reserved2: u32,
+    pub entry: EntryFn,
+}
+
+/// A test descriptor as the host decodes it from ELF bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawTestDesc<'a> {
+    pub mode: u8,
+    pub path: u8,
+    pub name: &'a [u8],
+    pub file: &'a [u8],
+    pub line: u32,
+    pub timeout_ms: u32,
+    pub requires: u64,
+    pub flags: u32,
+    pub entry: u64,
+}
+
+impl TestDesc {
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"HVTD");
+    pub const SECTION: &'static str = ".hvprobe.tests";
+    pub const SIZE: usize = size_of::<TestDesc>();
+
+    /// Decodes one descriptor from exactly [`TestDesc::SIZE`] bytes. `None` if the bytes are
+    /// too short or the magic is wrong.
+    pub fn decode(bytes: &[u8]) -> Option<RawTestDesc<'_>> {
+        if bytes.len() < Self::SIZE || read_u32(bytes, offset_of!(TestDesc, magic))? != Self::MAGIC {
+            return None;
+        }
+        let name = &bytes[offset_of!(TestDesc, name)..][..NAME_LEN];
+        let file = &bytes[offset_of!(TestDesc, file)..][..FILE_LEN];
+        Some(RawTestDesc {
+            mode: bytes[offset_of!(TestDesc, mode)],
+            path: bytes[offset_of!(TestDesc, path)],
+            name: trim_nul(name),
+            file: trim_nul(file),
+            line: read_u32(bytes, offset_of!(TestDesc, line))?,
+            timeout_ms: read_u32(bytes, offset_of!(TestDesc, timeout_ms))?,
+            requires: read_u64(bytes, offset_of!(TestDesc, requires))?,
+            flags: read_u32(bytes, offset_of!(TestDesc, flags))?,
+            entry: read_u64(bytes, offset_of!(TestDesc, entry))?,
+        })
+    }
+}
+
+/// Copies a string into a NUL-padded array at compile time; fails to compile if too long.
+pub const fn fixed_str<const N: usize>(s: &str) -> [u8; N] {
+    let bytes = s.as_bytes();
+    assert!(bytes.len() < N, "string too long for its fixed field");
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Addresses the harness needs from the runtime, in the ELF section [`BootHeader::SECTION`].
+#[repr(C)]
+pub struct BootHeader {
+    pub magic: u32,
+    pub abi_version: u32,
+    /// The first of 256 interrupt entry stubs, each [`BootHeader::VECTOR_STRIDE`] bytes apart.
+    pub vector_stubs: EntryFn,
+    /// Where 64-bit test cases start: RDI holds the address of their [`TestDesc`].
+    pub entry64: EntryFn,
+}
+
+/// A boot header as the host decodes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawBootHeader {
+    pub abi_version: u32,
+    pub vector_stubs: u64,
+    pub entry64: u64,
+}
+
+impl BootHeader {
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"HVBH");
+    pub const SECTION: &'static str = ".hvprobe.boot";
+    pub const SIZE: usize = size_of::<BootHeader>();
+    pub const VECTOR_STRIDE: u64 = 16;
+    /// Bumped whenever anything in this crate changes meaning.
+    pub const ABI_VERSION: u32 = 2;
+
+    pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
+        if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
+            return None;
+        }
+        Some(RawBootHeader {
+            abi_version: read_u32(bytes, offset_of!(BootHeader, abi_version))?,
+            vector_stubs: read_u64(bytes, offset_of!(BootHeader, vector_stubs))?,
+            entry64: read_u64(bytes, offset_of!(BootHeader, entry64))?,
+        })
+    }
+}
+
+/// The guest-to-host protocol: the guest writes the guest-physical address of one of
+/// these messages to [`port::PROTOCOL`] with a 32-bit `out`. Strings are (address,
+/// length) pairs of guest-physical memory.
+pub mod proto {
+    use super::*;
+
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"HVPM");
+    /// Longest string the host accepts from one message field.
+    pub const MAX_STR: u64 = 4096;
+
+    pub const KIND_LOG: u32 = 1;
+    pub const KIND_VERDICT: u32 = 2;
+    pub const KIND_METRIC: u32 = 3;
+    pub const KIND_SERVICE: u32 = 4;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Header {
+        pub magic: u32,
+        pub kind: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Str {
+        pub addr: u64,
+        pub len: u64,
+    }
+
+    impl Str {
+        pub const EMPTY: Str = Str { addr: 0, len: 0 };
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Log {
+        pub header: Header,
+        pub text: Str,
+    }
+
+    pub const STATUS_PASS: u32 = 0;
+    pub const STATUS_FAIL: u32 = 1;
+    pub const STATUS_SKIP: u32 = 2;
+
+    /// `Verdict::flags`: `expected` and `actual` hold the two compared values.
+    pub const VERDICT_HAS_VALUES: u32 = 1 << 0;
+    /// `Verdict::flags`: `fault_rip` holds the RIP of an unexpected exception, so the host
+    /// can record the instruction bytes there.
+    pub const VERDICT_HAS_FAULT_RIP: u32 = 1 << 1;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Verdict {
+        pub header: Header,
+        pub status: u32,
+        pub line: u32,
+        pub file: Str,
+        pub message: Str,
+        pub flags: u32,
+        pub _reserved: u32,
+        pub expected: u64,
+        pub actual: u64,
+        pub fault_rip: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Metric {
+        pub header: Header,
+        pub name: Str,
+        pub unit: Str,
+        pub value: u64,
+    }
+
+    /// Services the harness offers; suites may add handlers for more ids.
+    pub mod service {
+        /// Returns `args[0] ^ args[1]`: proves the request/response path.
+        pub const ECHO_XOR: u32 = 1;
+        /// Returns, packed as `eax | ebx << 32` (`args[2] == 0`) or `ecx | edx << 32`
+        /// (`args[2] == 1`), the CPUID entry (leaf `args[0]`, subleaf `args[1]`) the host
+        /// set with KVM_SET_CPUID2. Fails if the host set no such entry.
+        pub const CPUID_AS_SET: u32 = 2;
+        /// Returns the host's TSC frequency for this vCPU in kHz (KVM_GET_TSC_KHZ).
+        pub const TSC_KHZ: u32 = 3;
+    }
+
+    pub const SERVICE_OK: u32 = 0;
+    pub const SERVICE_UNKNOWN: u32 = 1;
+    pub const SERVICE_FAILED: u32 = 2;
+
+    /// A request; the host writes `status` and `result` back before the guest resumes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Service {
+        pub header: Header,
+        pub service: u32,
+        pub status: u32,
+        pub args: [u64; 4],
+        pub result: u64,
+    }
+
+    impl Service {
+        pub const STATUS_OFFSET: usize = offset_of!(Service, status);
+        pub const RESULT_OFFSET: usize = offset_of!(Service, result);
+    }
+
+    /// Decodes a little-endian `Str` at `offset` of `bytes`.
+    pub fn read_str(bytes: &[u8], offset: usize) -> Option<Str> {
+        Some(Str { addr: read_u64(bytes, offset)?, len: read_u64(bytes, offset + 8)? })
+    }
+}
+
+/// Reads a little-endian u32 at `offset`, `None` if out of bounds.
+pub fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+    let b = bytes.get(offset..offset.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Reads a little-endian u64 at `offset`, `None` if out of bounds.
+pub fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
+    let b = bytes.get(offset..offset.checked_add(8)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Some(u64::from_le_bytes(a))
+}
+
+fn trim_nul(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_regions_do_not_overlap() {
+        use layout::*;
+        let regions = [
+            (GDT, GDT + 8 * selector::GDT_ENTRIES as u64),
+            (IDT, IDT + 4096),
+            (TSS, TSS + 104),
+            (LOW_START, LOW_END),
+            (PML4, PT0 + 4096),
+            (USER_STACK_TOP - 0x40000, IST1_STACK_TOP),
+            (IMAGE_START, IMAGE_END),
+        ];
+        for (i, a) in regions.iter().enumerate() {
+            assert!(a.0 < a.1);
+            for b in &regions[i + 1..] {
+                assert!(a.1 <= b.0 || b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+            }
+        }
+        assert!(IMAGE_END <= RAM_SIZE && RAM_SIZE <= MMIO_TEST_BASE);
+    }
+
+    #[test]
+    fn decode_rejects_short_and_foreign_bytes() {
+        assert_eq!(TestDesc::decode(&[0u8; 8]), None);
+        assert_eq!(TestDesc::decode(&[0u8; TestDesc::SIZE]), None);
+        assert_eq!(BootHeader::decode(&[0u8; 3]), None);
+    }
+
+    #[test]
+    fn fixed_str_pads_with_nul() {
+        let a: [u8; 8] = fixed_str("abc");
+        assert_eq!(&a, b"abc\0\0\0\0\0");
+        assert_eq!(trim_nul(&a), b"abc");
+    }
+}
