@@ -1,0 +1,131 @@
+//! Thin wrappers over instructions the tests and the runtime use everywhere.
+
+use core::arch::asm;
+
+/// CPUID result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cpuid {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+pub fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
+    let r = x86::cpuid::cpuid!(leaf, subleaf);
+    Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+}
+
+/// Joins three CPUID registers into a 12-byte signature: EBX, EDX, ECX for leaf 0's vendor,
+/// EBX, ECX, EDX for the hypervisor leaf 0x4000_0000.
+pub fn vendor_bytes(order: [u32; 3]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    for (i, word) in order.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// True on AMD (and Hygon) CPUs, where the hypercall instruction is VMMCALL.
+pub fn is_amd() -> bool {
+    let r = cpuid(0, 0);
+    let v = vendor_bytes([r.ebx, r.edx, r.ecx]);
+    &v == b"AuthenticAMD" || &v == b"HygonGenuine"
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in every harness-built mode.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+pub fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading a control register has no side effects (CPL0 only; a CPL3 caller
+    // gets #GP, which is then the test's finding).
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: as for read_cr0.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+pub fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: as for read_cr0.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: as for read_cr0.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// # Safety
+/// The new CR0 must keep the harness-built mode working (PE, PG).
+pub unsafe fn write_cr0(v: u64) {
+    // SAFETY: the caller keeps the mode intact.
+    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack)) };
+}
+
+pub fn read_cs() -> u16 {
+    let v: u16;
+    // SAFETY: reading a segment register has no side effects.
+    unsafe { asm!("mov {0:x}, cs", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+pub fn read_rflags() -> u64 {
+    let v: u64;
+    // SAFETY: pushfq/pop only touch our own stack.
+    unsafe { asm!("pushfq", "pop {}", out(reg) v, options(nomem)) };
+    v
+}
+
+/// Reads an MSR; #GP is the caller's concern (use `catch!` to test for it).
+///
+/// # Safety
+/// Reading some MSRs has side effects.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86::msr::rdmsr(msr) }
+}
+
+/// # Safety
+/// Writing an MSR can change anything about the CPU.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86::msr::wrmsr(msr, value) }
+}
+
+/// Enables interrupts and halts until one arrives, atomically (STI's interrupt shadow
+/// covers the HLT).
+pub fn sti_hlt() {
+    // SAFETY: the test has set up a handler for the interrupt it waits for.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// A KVM hypercall: number in RAX, arguments in RBX, RCX, RDX, RSI, result in RAX
+/// (Documentation/virt/kvm/x86/hypercalls.rst). VMCALL on Intel, VMMCALL on AMD.
+pub fn kvm_hypercall(nr: u64, args: [u64; 4]) -> u64 {
+    // RBX is reserved by LLVM, so the first argument is swapped in and out around the call.
+    macro_rules! hypercall {
+        ($insn:literal) => {{
+            let ret: u64;
+            // SAFETY: a hypercall only changes RAX; unknown numbers return -KVM_ENOSYS.
+            unsafe {
+                asm!("xchg {b}, rbx", $insn, "xchg {b}, rbx", b = inout(reg) args[0] => _,
+                     inlateout("rax") nr => ret, in("rcx") args[1], in("rdx") args[2],
+                     in("rsi") args[3], options(nostack))
+            };
+            ret
+        }};
+    }
+    if is_amd() { hypercall!("vmmcall") } else { hypercall!("vmcall") }
+}

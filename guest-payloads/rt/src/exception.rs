@@ -1,0 +1,204 @@
+//! Exception capture and interrupt dispatch.
+//!
+//! [`catch!`](crate::catch) runs an instruction sequence with a recovery point armed: if it
+//! raises an exception, the handler records vector, error code, saved RIP and CR2, and
+//! resumes after the sequence. An exception with no recovery point armed fails the test
+//! with everything the handler saw.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+
+/// The interrupt frame as `hvprobe_isr_common` lays it out.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Frame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// What the handler recorded for a caught exception.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    /// `None` for vectors that push no error code.
+    pub error_code: Option<u64>,
+    /// The RIP the CPU saved: the faulting instruction for faults, the next one for traps.
+    pub rip: u64,
+    /// CR2, for #PF only.
+    pub cr2: Option<u64>,
+    /// The CS the CPU saved (its low two bits are the CPL the exception came from).
+    pub cs: u16,
+}
+
+pub const DE: u8 = 0;
+pub const DB: u8 = 1;
+pub const NMI: u8 = 2;
+pub const BP: u8 = 3;
+pub const OF: u8 = 4;
+pub const UD: u8 = 6;
+pub const DF: u8 = 8;
+pub const NP: u8 = 11;
+pub const SS: u8 = 12;
+pub const GP: u8 = 13;
+pub const PF: u8 = 14;
+
+/// The mnemonic of an exception vector, for messages.
+pub fn mnemonic(vector: u8) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#MF(9)", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+    ];
+    NAMES.get(vector as usize).copied().unwrap_or("#??")
+}
+
+fn has_error_code(vector: u8) -> bool {
+    vector < 32 && (0x6022_7d00u32 >> vector) & 1 == 1
+}
+
+/// Where the handler resumes after a caught exception; 0 when nothing is armed.
+#[doc(hidden)]
+pub static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
+/// The address of the first instruction of the armed sequence, for [`catch!`] callers
+/// that check the saved RIP of a fault.
+#[doc(hidden)]
+pub static ARMED_RIP: AtomicU64 = AtomicU64::new(0);
+
+const NONE: u64 = u64::MAX;
+static CAUGHT_VECTOR: AtomicU64 = AtomicU64::new(NONE);
+static CAUGHT_ERROR: AtomicU64 = AtomicU64::new(0);
+static CAUGHT_RIP: AtomicU64 = AtomicU64::new(0);
+static CAUGHT_CR2: AtomicU64 = AtomicU64::new(0);
+static CAUGHT_CS: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn arm() {
+    CAUGHT_VECTOR.store(NONE, SeqCst);
+}
+
+/// The exception the last [`catch!`] caught, if any.
+#[doc(hidden)]
+pub fn take() -> Option<Exception> {
+    FIXUP_RIP.store(0, SeqCst);
+    let vector = CAUGHT_VECTOR.swap(NONE, SeqCst);
+    if vector == NONE {
+        return None;
+    }
+    let vector = vector as u8;
+    Some(Exception {
+        vector,
+        error_code: has_error_code(vector).then(|| CAUGHT_ERROR.load(SeqCst)),
+        rip: CAUGHT_RIP.load(SeqCst),
+        cr2: (vector == PF).then(|| CAUGHT_CR2.load(SeqCst)),
+        cs: CAUGHT_CS.load(SeqCst) as u16,
+    })
+}
+
+/// The address of the first instruction the last [`catch!`] ran.
+pub fn armed_rip() -> u64 {
+    ARMED_RIP.load(SeqCst)
+}
+
+/// Runs an instruction sequence (an `asm!` template and operands) and returns the
+/// exception it raised, if any. Use local labels other than 8 and 9 inside it.
+///
+/// ```ignore
+/// let e = catch!("ud2");
+/// check_eq!(e.map(|e| e.vector), Some(exception::UD));
+/// ```
+#[macro_export]
+macro_rules! catch {
+    (@asm [$insn:literal $(, $($ops:tt)*)?]) => {
+        core::arch::asm!(
+            "lea {hv_tmp}, [rip + 9f]",
+            "mov qword ptr [rip + {hv_fixup}], {hv_tmp}",
+            "lea {hv_tmp}, [rip + 8f]",
+            "mov qword ptr [rip + {hv_armed}], {hv_tmp}",
+            "8:",
+            $insn,
+            "9:",
+            $($($ops)*,)?
+            hv_tmp = out(reg) _,
+            hv_fixup = sym $crate::exception::FIXUP_RIP,
+            hv_armed = sym $crate::exception::ARMED_RIP,
+        )
+    };
+    ($($tt:tt)*) => {{
+        $crate::exception::arm();
+        // SAFETY: the caller's instruction sequence is the test; the recovery point makes
+        // any exception it raises resume at label 9 with all registers restored.
+        unsafe {
+            $crate::catch!(@asm [$($tt)*])
+        }
+        $crate::exception::take()
+    }};
+}
+
+/// A handler for an interrupt vector (32-255).
+pub type Handler = fn(&mut Frame);
+
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+
+/// Routes interrupt `vector` to `handler`.
+pub fn set_handler(vector: u8, handler: Handler) {
+    HANDLERS[vector as usize].store(handler as usize, SeqCst);
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn hvprobe_trap(frame: &mut Frame) {
+    let vector = frame.vector as u8;
+    let fixup = FIXUP_RIP.load(SeqCst);
+    if vector < 32 && fixup != 0 {
+        CAUGHT_ERROR.store(frame.error_code, SeqCst);
+        CAUGHT_RIP.store(frame.rip, SeqCst);
+        CAUGHT_CS.store(frame.cs, SeqCst);
+        if vector == PF {
+            CAUGHT_CR2.store(crate::cpu::read_cr2(), SeqCst);
+        }
+        CAUGHT_VECTOR.store(vector as u64, SeqCst);
+        FIXUP_RIP.store(0, SeqCst);
+        frame.rip = fixup;
+        return;
+    }
+    let handler = HANDLERS[vector as usize].load(SeqCst);
+    if vector >= 32 && handler != 0 {
+        // SAFETY: only `set_handler` stores non-zero values, and it stores `Handler`s.
+        let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(handler) };
+        handler(frame);
+        return;
+    }
+    let cr2 = if vector == PF { crate::cpu::read_cr2() } else { 0 };
+    let mut buf = crate::proto::MessageBuf::new();
+    let _ = core::fmt::write(
+        &mut buf,
+        format_args!(
+            "unexpected {} (vector {}) error code {:#x} from CPL {} at rip {:#x} rsp {:#x} cr2 {:#x}",
+            if vector < 32 { mnemonic(vector) } else { "interrupt" },
+            vector,
+            frame.error_code,
+            frame.cs & 3,
+            frame.rip,
+            frame.rsp,
+            cr2
+        ),
+    );
+    crate::proto::fail_at_fault(file!(), line!(), buf.as_str(), frame.rip)
+}

@@ -1,0 +1,30 @@
+//! hvprobe's guest runtime.
+//!
+//! The harness builds the CPU state (GDT, TSS, IDT, page tables, stacks) before the first
+//! instruction, so the runtime has no boot code to speak of: a 64-bit test case starts in
+//! [`entry`]'s `hvprobe_entry64` with RDI pointing at its descriptor, runs, and reports.
+//! Every CPL0 instruction may be emulated by the hypervisor (about 1 us each on PVM), so
+//! the runtime keeps the path to the test body and the reporting path short.
+#![no_std]
+
+pub mod apic;
+pub mod cpu;
+mod entry;
+pub mod exception;
+pub mod paging;
+pub mod proto;
+#[doc(hidden)]
+pub mod testcase;
+
+pub use exception::{Exception, Frame};
+pub use hvprobe_abi as abi;
+pub use hvprobe_abi::{Mode, Path};
+pub use proto::{log, metric};
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+    let mut buf = proto::MessageBuf::new();
+    let _ = core::fmt::write(&mut buf, format_args!("guest panic: {}", info.message()));
+    proto::fail(file, line, buf.as_str(), None)
+}

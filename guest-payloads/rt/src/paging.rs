@@ -1,0 +1,28 @@
+//! Access to the harness-built page tables (4-level, identity map).
+
+/// The page-table entry that maps `addr`, which must lie in the first 2 MiB (mapped with
+/// 4 KiB pages). Found by walking from CR3, so it is whatever the hardware would use.
+pub fn pte_mut(addr: u64) -> &'static mut u64 {
+    assert!(addr < hvprobe_abi::layout::IMAGE_END, "only the first 2 MiB is 4 KiB-mapped");
+    let mut table = crate::cpu::read_cr3() & !0xfff;
+    for shift in [39u32, 30, 21] {
+        let index = (addr >> shift) & 0x1ff;
+        // SAFETY: the harness builds the tables in identity-mapped RAM; each entry on the
+        // walk to a 4 KiB page is present and points at the next table.
+        let entry = unsafe { *((table + index * 8) as *const u64) };
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    let index = (addr >> 12) & 0x1ff;
+    // SAFETY: as above; the last table maps 4 KiB pages, and the entry lives as long as the VM.
+    unsafe { &mut *((table + index * 8) as *mut u64) }
+}
+
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
+
+/// Drops the TLB entry for `addr` after its PTE changed.
+pub fn invlpg(addr: u64) {
+    // SAFETY: invalidating a TLB entry has no effect beyond making the next access walk.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack)) };
+}

@@ -1,0 +1,107 @@
+//! The `test_case!` declaration: one static descriptor per case in `.hvprobe.tests`.
+
+/// Converts a compared value to the u64 a verdict carries, when it is an integer.
+pub trait AsValue {
+    fn as_value(&self) -> Option<u64>;
+}
+
+macro_rules! as_value_int {
+    ($($t:ty),*) => {$(
+        impl AsValue for $t {
+            fn as_value(&self) -> Option<u64> { Some(*self as u64) }
+        }
+    )*};
+}
+as_value_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+
+impl AsValue for bool {
+    fn as_value(&self) -> Option<u64> {
+        Some(*self as u64)
+    }
+}
+
+impl<T: AsValue> AsValue for Option<T> {
+    fn as_value(&self) -> Option<u64> {
+        self.as_ref().and_then(AsValue::as_value)
+    }
+}
+
+/// Wraps a compared value so that `check_eq!` gets `Some(bits)` for integers and `None`
+/// for anything else, by method resolution (integers match [`IntValue`] first).
+pub struct Probe<'a, T>(pub &'a T);
+
+pub trait IntValue {
+    fn value(&self) -> Option<u64>;
+}
+
+impl<T: AsValue> IntValue for Probe<'_, T> {
+    fn value(&self) -> Option<u64> {
+        self.0.as_value()
+    }
+}
+
+pub trait NoValue {
+    fn value(&self) -> Option<u64>;
+}
+
+impl<T> NoValue for &Probe<'_, T> {
+    fn value(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Declares a test case. The descriptor is all the host needs to list, filter and boot it.
+///
+/// ```ignore
+/// test_case! {
+///     /// CPUID leaf 0 returns the vendor string the host set (SDM Vol. 2A, CPUID).
+///     name = "cpu::cpuid_vendor::long64", mode = Long64, path = Full;
+///     fn cpuid_vendor() { ... }
+/// }
+/// // 16- and 32-bit cases name an assembly label instead of a body:
+/// test_case! { name = "cpu::boot::real16", mode = Real16, path = Hw; entry = boot_real16 }
+/// ```
+///
+/// Options after `path`: `requires = abi::requires::X | ...`, `timeout_ms = N`,
+/// `flags = abi::flags::X`.
+#[macro_export]
+macro_rules! test_case {
+    (
+        $(#[$meta:meta])*
+        name = $name:literal, mode = $mode:ident, path = $path:ident
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? ;
+        fn $fn:ident() $body:block
+    ) => {
+        $(#[$meta])*
+        extern "C" fn $fn() $body
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], $fn);
+    };
+    (
+        $(#[$meta:meta])*
+        name = $name:literal, mode = $mode:ident, path = $path:ident
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? ;
+        entry = $entry:ident
+    ) => {
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], $entry);
+    };
+    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], $entry:expr) => {
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".hvprobe.tests")]
+            static DESC: $crate::abi::TestDesc = $crate::abi::TestDesc {
+                magic: $crate::abi::TestDesc::MAGIC,
+                mode: $crate::abi::Mode::$mode as u8,
+                path: $crate::abi::Path::$path as u8,
+                _reserved: 0,
+                name: $crate::abi::fixed_str($name),
+                file: $crate::abi::fixed_str(file!()),
+                line: line!(),
+                timeout_ms: 0 $(+ $to)?,
+                requires: 0 $(| $req)?,
+                flags: 0 $(| $fl)?,
+                _reserved2: 0,
+                entry: $entry,
+            };
+        };
+    };
+}
