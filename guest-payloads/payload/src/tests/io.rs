@@ -1,0 +1,120 @@
+//! The `io` area: port I/O and MMIO to the host's test devices.
+//!
+//! Both devices are byte-addressed register files: the port device covers ports
+//! 0x510-0x517, the MMIO device 256 bytes mirrored over its 4 KiB page. An access of N
+//! bytes reads or writes N consecutive registers, little-endian, so every width and
+//! alignment has one right answer.
+
+use hvprobe_rt::abi::{self, layout::MMIO_TEST_BASE};
+use hvprobe_rt::{check_eq, cpu, metric, test_case};
+use x86::io::{inb, inl, inw, outb, outl, outw};
+
+const P: u16 = abi::port::TEST_IO;
+
+test_case! {
+    /// OUT and IN of 8, 16 and 32 bits reach the port device with the right port, width
+    /// and data (SDM Vol. 2B, IN/OUT).
+    name = "io::port_widths::long64", mode = Long64, path = Full;
+    fn port_widths() {
+        // SAFETY: the test device's ports have no effect beyond its registers; at CPL3 the
+        // harness sets IOPL 3, so these do not fault.
+        unsafe {
+            outb(P, 0x11);
+            outb(P + 1, 0x22);
+            outw(P + 2, 0x4433);
+            outl(P + 4, 0x8877_6655);
+            check_eq!(inl(P), 0x4433_2211);
+            check_eq!(inl(P + 4), 0x8877_6655);
+            check_eq!(inw(P + 3), 0x5544, "word across the middle");
+            check_eq!(inb(P + 7), 0x88);
+            let start = cpu::rdtsc();
+            let _ = inb(P);
+            metric("port_in", "cycles", cpu::rdtsc() - start);
+        }
+    }
+}
+
+test_case! {
+    /// The same port accesses from CPL3 with IOPL 3 (SDM Vol. 3A, 19.5.1).
+    name = "io::port_widths::user64", mode = User64, path = Full;
+    entry = port_widths
+}
+
+test_case! {
+    /// REP OUTSB writes each byte to the same port in order and REP INSW reads the same
+    /// port COUNT times; RCX reaches 0 and RSI/RDI advance by COUNT * size
+    /// (SDM Vol. 2B, OUTS/INS).
+    name = "io::port_string::long64", mode = Long64, path = Full;
+    fn port_string() {
+        let src: [u8; 4] = [0x10, 0x20, 0x30, 0x40];
+        let mut dst = [0u16; 3];
+        let (rcx, rsi): (u64, u64);
+        // SAFETY: reads `src`, writes only the test device.
+        unsafe {
+            core::arch::asm!("rep outsb", inout("rcx") 4u64 => rcx, inout("rsi") src.as_ptr() => rsi,
+                             in("dx") P, options(nostack, readonly));
+        }
+        check_eq!(rcx, 0);
+        check_eq!(rsi, src.as_ptr() as u64 + 4);
+        // SAFETY: the test device has no effect beyond its registers.
+        check_eq!(unsafe { inb(P) }, 0x40, "last byte written wins");
+        // SAFETY: as above.
+        unsafe { outw(P + 2, 0xbeef) };
+        let rdi: u64;
+        // SAFETY: writes `dst` (3 words) from the test device.
+        unsafe {
+            core::arch::asm!("rep insw", inout("rcx") 3u64 => _, inout("rdi") dst.as_mut_ptr() => rdi,
+                             in("dx") P + 2, options(nostack));
+        }
+        check_eq!(rdi, dst.as_ptr() as u64 + 6);
+        check_eq!(dst, [0xbeef; 3]);
+    }
+}
+
+fn mmio<T>(offset: u64) -> *mut T {
+    (MMIO_TEST_BASE + offset) as *mut T
+}
+
+test_case! {
+    /// MOV loads and stores of 8, 16, 32 and 64 bits to MMIO reach the host device with
+    /// their width, address and data; the device mirrors every 256 bytes.
+    name = "io::mmio_widths::long64", mode = Long64, path = Full;
+    fn mmio_widths() {
+        // SAFETY: the MMIO test page is identity-mapped and backed by the host device.
+        unsafe {
+            mmio::<u8>(0).write_volatile(0x11);
+            mmio::<u16>(2).write_volatile(0x4433);
+            mmio::<u32>(4).write_volatile(0x8877_6655);
+            mmio::<u64>(8).write_volatile(0x0102_0304_0506_0708);
+            check_eq!(mmio::<u64>(0).read_volatile(), 0x8877_6655_4433_0011);
+            check_eq!(mmio::<u32>(8).read_volatile(), 0x0506_0708);
+            check_eq!(mmio::<u16>(7).read_volatile(), 0x0888, "unaligned word");
+            check_eq!(mmio::<u8>(15).read_volatile(), 0x01);
+            check_eq!(mmio::<u64>(0x108).read_volatile(), 0x0102_0304_0506_0708, "mirror");
+            let start = cpu::rdtsc();
+            let _ = mmio::<u32>(0).read_volatile();
+            metric("mmio_read", "cycles", cpu::rdtsc() - start);
+        }
+    }
+}
+
+test_case! {
+    /// Read-modify-write instructions with an MMIO destination (ADD, XCHG, OR) go through
+    /// the hypervisor's instruction emulator as one read and one write of the operand size.
+    name = "io::mmio_rmw::long64", mode = Long64, path = Full;
+    fn mmio_rmw() {
+        let p = mmio::<u32>(0x20);
+        // SAFETY: as for mmio_widths.
+        unsafe {
+            p.write_volatile(100);
+            core::arch::asm!("add dword ptr [{0}], 5", in(reg) p, options(nostack));
+            check_eq!(p.read_volatile(), 105, "ADD m32, imm8");
+            let mut v: u32 = 0xaaaa_5555;
+            core::arch::asm!("xchg dword ptr [{0}], {1:e}", in(reg) p, inout(reg) v, options(nostack));
+            check_eq!(v, 105, "XCHG returns the old value");
+            check_eq!(p.read_volatile(), 0xaaaa_5555, "XCHG stores the new one");
+            core::arch::asm!("or byte ptr [{0}], 0x0f", in(reg) p, options(nostack));
+            check_eq!(p.read_volatile(), 0xaaaa_555f, "OR m8 touches one byte");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+mod cpu;
+mod io;
+mod irq;
+mod low;
+mod pv;
+mod state;
