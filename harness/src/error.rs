@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+/// Errors of the harness itself: KVM refused something, or the host lacks something.
+/// A guest misbehaving is never an `Error`; it is a [`crate::RunEnd`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {path}: {source}")]
+    OpenKvm { path: PathBuf, source: std::io::Error },
+    #[error("KVM API version is {0}, hvprobe needs 12")]
+    KvmApiVersion(i32),
+    #[error("{op} failed: {source}")]
+    Kvm { op: &'static str, source: kvm_ioctls::Error },
+    #[error("cannot map {size} bytes of guest memory: {source}")]
+    GuestMemory { size: u64, source: std::io::Error },
+    #[error("guest memory access at {addr:#x}+{len:#x} is outside guest RAM")]
+    OutOfBounds { addr: u64, len: u64 },
+    #[error("the payload does not fit the machine: {0}")]
+    Layout(String),
+    #[error("cannot read KVM statistics: {0}")]
+    Stats(String),
+    #[error("cannot start the watchdog: {0}")]
+    Watchdog(String),
+}
+
+impl Error {
+    pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+        move |source| Error::Kvm { op, source }
+    }
+}

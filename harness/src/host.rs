@@ -1,0 +1,229 @@
+//! The host: opening /dev/kvm, and the facts a result must carry about where it ran.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hvprobe_abi::requires;
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
+
+use crate::Error;
+
+pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+
+/// An open /dev/kvm and what it supports. Shared by every VM a process boots.
+pub struct Kvm {
+    pub(crate) kvm: kvm_ioctls::Kvm,
+    pub(crate) supported_cpuid: Vec<kvm_cpuid_entry2>,
+    pub(crate) vcpu_mmap_size: usize,
+}
+
+impl Kvm {
+    pub fn open() -> Result<Kvm, Error> {
+        Self::open_path(Path::new(DEFAULT_KVM_PATH))
+    }
+
+    pub fn open_path(path: &Path) -> Result<Kvm, Error> {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::OpenKvm { path: path.into(), source: std::io::ErrorKind::InvalidInput.into() })?;
+        let kvm = kvm_ioctls::Kvm::new_with_path(&c_path).map_err(|e| Error::OpenKvm {
+            path: PathBuf::from(path),
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(Error::KvmApiVersion(version));
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?
+            .as_slice()
+            .to_vec();
+        let vcpu_mmap_size = kvm.get_vcpu_mmap_size().map_err(Error::kvm("KVM_GET_VCPU_MMAP_SIZE"))?;
+        Ok(Kvm { kvm, supported_cpuid, vcpu_mmap_size })
+    }
+
+    /// The entry KVM_GET_SUPPORTED_CPUID reports for (leaf, subleaf).
+    pub fn supported_cpuid(&self, leaf: u32, subleaf: u32) -> Option<kvm_cpuid_entry2> {
+        find_cpuid(&self.supported_cpuid, leaf, subleaf)
+    }
+
+    /// Whether this host can give a test case the requirement `bit` (hvprobe_abi::requires).
+    pub fn has_requirement(&self, bit: u64) -> bool {
+        let leaf1 = self.supported_cpuid(1, 0).unwrap_or_default();
+        match bit {
+            requires::IRQCHIP => self.kvm.check_extension(kvm_ioctls::Cap::Irqchip),
+            requires::X2APIC => leaf1.ecx & (1 << 21) != 0,
+            requires::TSC_DEADLINE => leaf1.ecx & (1 << 24) != 0,
+            requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
+                [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
+            }),
+            _ => false,
+        }
+    }
+
+    /// The names of the requirements in `mask` this host lacks.
+    pub fn missing_requirements(&self, mask: u64) -> Vec<&'static str> {
+        requires::NAMES
+            .iter()
+            .filter(|(bit, _)| mask & bit != 0 && !self.has_requirement(*bit))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+pub(crate) fn find_cpuid(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<kvm_cpuid_entry2> {
+    const SIGNIFICANT_INDEX: u32 = 1;
+    entries.iter().find(|e| e.function == leaf && (e.flags & SIGNIFICANT_INDEX == 0 || e.index == subleaf)).copied()
+}
+
+/// Which KVM backend serves /dev/kvm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    KvmIntel,
+    KvmAmd,
+    KvmPvm,
+    Unknown,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::KvmIntel => "kvm_intel",
+            Backend::KvmAmd => "kvm_amd",
+            Backend::KvmPvm => "kvm_pvm",
+            Backend::Unknown => "unknown",
+        }
+    }
+
+    /// The backend from the loaded vendor modules (/sys/module/NAME). With none, or more
+    /// than one, it is `Unknown`: which one owns /dev/kvm cannot be told from here.
+    pub fn detect_in(sys_module: &Path) -> Backend {
+        let loaded: Vec<Backend> = [Backend::KvmIntel, Backend::KvmAmd, Backend::KvmPvm]
+            .into_iter()
+            .filter(|b| sys_module.join(b.name()).exists())
+            .collect();
+        match loaded.as_slice() {
+            [one] => *one,
+            _ => Backend::Unknown,
+        }
+    }
+}
+
+/// Capabilities a result records (KVM API section 4.4, KVM_CHECK_EXTENSION).
+const CAPS: &[(&str, u32)] = &[
+    ("KVM_CAP_IRQCHIP", kvm_bindings::KVM_CAP_IRQCHIP),
+    ("KVM_CAP_HLT", kvm_bindings::KVM_CAP_HLT),
+    ("KVM_CAP_USER_MEMORY", kvm_bindings::KVM_CAP_USER_MEMORY),
+    ("KVM_CAP_SET_TSS_ADDR", kvm_bindings::KVM_CAP_SET_TSS_ADDR),
+    ("KVM_CAP_EXT_CPUID", kvm_bindings::KVM_CAP_EXT_CPUID),
+    ("KVM_CAP_NR_VCPUS", kvm_bindings::KVM_CAP_NR_VCPUS),
+    ("KVM_CAP_MAX_VCPUS", kvm_bindings::KVM_CAP_MAX_VCPUS),
+    ("KVM_CAP_NR_MEMSLOTS", kvm_bindings::KVM_CAP_NR_MEMSLOTS),
+    ("KVM_CAP_MP_STATE", kvm_bindings::KVM_CAP_MP_STATE),
+    ("KVM_CAP_PIT2", kvm_bindings::KVM_CAP_PIT2),
+    ("KVM_CAP_IOEVENTFD", kvm_bindings::KVM_CAP_IOEVENTFD),
+    ("KVM_CAP_IRQFD", kvm_bindings::KVM_CAP_IRQFD),
+    ("KVM_CAP_SPLIT_IRQCHIP", kvm_bindings::KVM_CAP_SPLIT_IRQCHIP),
+    ("KVM_CAP_X2APIC_API", kvm_bindings::KVM_CAP_X2APIC_API),
+    ("KVM_CAP_TSC_CONTROL", kvm_bindings::KVM_CAP_TSC_CONTROL),
+    ("KVM_CAP_GET_TSC_KHZ", kvm_bindings::KVM_CAP_GET_TSC_KHZ),
+    ("KVM_CAP_KVMCLOCK_CTRL", kvm_bindings::KVM_CAP_KVMCLOCK_CTRL),
+    ("KVM_CAP_ADJUST_CLOCK", kvm_bindings::KVM_CAP_ADJUST_CLOCK),
+    ("KVM_CAP_XSAVE", kvm_bindings::KVM_CAP_XSAVE),
+    ("KVM_CAP_XCRS", kvm_bindings::KVM_CAP_XCRS),
+    ("KVM_CAP_DEBUGREGS", kvm_bindings::KVM_CAP_DEBUGREGS),
+    ("KVM_CAP_VCPU_EVENTS", kvm_bindings::KVM_CAP_VCPU_EVENTS),
+    ("KVM_CAP_IMMEDIATE_EXIT", kvm_bindings::KVM_CAP_IMMEDIATE_EXIT),
+    ("KVM_CAP_SYNC_REGS", kvm_bindings::KVM_CAP_SYNC_REGS),
+    ("KVM_CAP_X86_USER_SPACE_MSR", kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR),
+    ("KVM_CAP_EXIT_HYPERCALL", kvm_bindings::KVM_CAP_EXIT_HYPERCALL),
+    ("KVM_CAP_EXIT_ON_EMULATION_FAILURE", kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE),
+    ("KVM_CAP_BINARY_STATS_FD", kvm_bindings::KVM_CAP_BINARY_STATS_FD),
+    ("KVM_CAP_DIRTY_LOG_RING", kvm_bindings::KVM_CAP_DIRTY_LOG_RING),
+    ("KVM_CAP_NESTED_STATE", kvm_bindings::KVM_CAP_NESTED_STATE),
+    ("KVM_CAP_PMU_CAPABILITY", kvm_bindings::KVM_CAP_PMU_CAPABILITY),
+];
+
+/// Where a result was produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_vendor: String,
+    pub cpu_model: String,
+    pub backend: Backend,
+    /// None when /dev/kvm could not be opened (with `kvm_error` saying why).
+    pub kvm_api_version: Option<i32>,
+    pub kvm_error: Option<String>,
+    pub capabilities: BTreeMap<String, i32>,
+    pub tsc_khz: Option<u32>,
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpuinfo_field(cpuinfo: &str, key: &str) -> String {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl HostFacts {
+    /// Gathers the facts; `kvm` is None when /dev/kvm is unusable (the error says why).
+    pub fn gather(kvm: Result<&Kvm, &Error>) -> HostFacts {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let mut facts = HostFacts {
+            hostname: read_trimmed("/proc/sys/kernel/hostname"),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id"),
+            cpu_model: cpuinfo_field(&cpuinfo, "model name"),
+            backend: Backend::detect_in(Path::new("/sys/module")),
+            kvm_api_version: None,
+            kvm_error: None,
+            capabilities: BTreeMap::new(),
+            tsc_khz: None,
+        };
+        match kvm {
+            Ok(kvm) => {
+                facts.kvm_api_version = Some(kvm.kvm.get_api_version());
+                for (name, cap) in CAPS {
+                    facts.capabilities.insert((*name).into(), kvm.kvm.check_extension_raw((*cap).into()));
+                }
+                facts.tsc_khz =
+                    kvm.kvm.create_vm().and_then(|vm| vm.create_vcpu(0)).and_then(|vcpu| vcpu.get_tsc_khz()).ok();
+            }
+            Err(e) => facts.kvm_error = Some(e.to_string()),
+        }
+        facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_the_one_loaded_vendor_module() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("kvm")).unwrap();
+        assert_eq!(Backend::detect_in(dir), Backend::Unknown);
+        std::fs::create_dir_all(dir.join("kvm_pvm")).unwrap();
+        assert_eq!(Backend::detect_in(dir), Backend::KvmPvm);
+        std::fs::create_dir_all(dir.join("kvm_intel")).unwrap();
+        assert_eq!(Backend::detect_in(dir), Backend::Unknown, "two vendor modules: ambiguous");
+    }
+
+    #[test]
+    fn cpuinfo_fields_are_found() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpuinfo_field(text, "vendor_id"), "AuthenticAMD");
+        assert_eq!(cpuinfo_field(text, "model name"), "AMD EPYC");
+        assert_eq!(cpuinfo_field(text, "flags"), "unknown");
+    }
+}

@@ -1,0 +1,28 @@
+//! The hvprobe VMM.
+//!
+//! Boots a guest payload's test case in a fresh VM and reports what happened: the guest's
+//! verdict, how the run ended (exit reason, registers, instruction bytes), console and
+//! log text, metrics and KVM statistics deltas. It never judges: deciding pass or fail
+//! against expectations is the suites' job. It is also the only crate that opens
+//! /dev/kvm.
+
+mod devices;
+mod error;
+pub mod host;
+mod machine;
+mod memory;
+pub mod payload;
+mod protocol;
+mod run;
+mod stats;
+mod vm;
+mod watchdog;
+
+pub use error::Error;
+pub use host::{Backend, HostFacts, Kvm};
+pub use memory::GuestMemory;
+pub use payload::{Payload, PayloadError, TestCase};
+pub use protocol::{GuestVerdict, Metric, VerdictStatus};
+pub use run::{CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, ServiceHandler, hex as run_hex};
+pub use stats::StatDelta;
+pub use vm::{CpuidEdit, Vm, VmConfig};

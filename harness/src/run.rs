@@ -1,0 +1,458 @@
+//! The run loop: KVM_RUN until the guest gives a verdict, the vCPU stops in a way the
+//! guest cannot recover from, or the watchdog fires. Every ending is classified precisely.
+
+use std::time::{Duration, Instant};
+
+use hvprobe_abi::proto::{self, service};
+use hvprobe_abi::{layout, port};
+use kvm_bindings::{KVM_EXIT_IO_OUT, kvm_run};
+use kvm_ioctls::VcpuExit;
+
+use crate::devices::Devices;
+use crate::protocol::{self, GuestVerdict, Message, Metric};
+use crate::stats::StatDelta;
+use crate::watchdog::{ImmediateExit, Watchdog};
+use crate::{Error, Vm};
+
+/// Answers a service request the built-in services don't know: `None` if it doesn't know
+/// it either, `Some(Err(()))` if it failed.
+pub type ServiceHandler = Box<dyn FnMut(u32, [u64; 4]) -> Option<Result<u64, ()>> + Send>;
+
+pub struct RunOptions {
+    /// The watchdog limit.
+    pub timeout: Duration,
+    pub services: Option<ServiceHandler>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { timeout: Duration::from_secs(10), services: None }
+    }
+}
+
+/// KVM_EXIT_INTERNAL_ERROR, decoded (KVM API, "KVM_EXIT_INTERNAL_ERROR").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InternalError {
+    pub suberror: u32,
+    pub suberror_name: &'static str,
+    pub data: Vec<u64>,
+    /// For an emulation failure whose exit carries them, the bytes KVM failed to emulate.
+    pub insn_bytes: Option<Vec<u8>>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest reported a verdict (see `RunReport::verdict`).
+    Verdict,
+    /// KVM_EXIT_HLT: the guest halted with no in-kernel APIC to wake it.
+    Hlt,
+    /// KVM_EXIT_SHUTDOWN: triple fault or an unrecoverable event.
+    Shutdown,
+    /// KVM_EXIT_FAIL_ENTRY with the hardware's entry-failure reason.
+    FailEntry { hardware_reason: u64, cpu: u32 },
+    /// KVM_EXIT_INTERNAL_ERROR.
+    InternalError(InternalError),
+    /// KVM_EXIT_SYSTEM_EVENT (reset, shutdown, crash...).
+    SystemEvent { kind: u32, data: Vec<u64> },
+    /// The watchdog stopped the guest at its limit.
+    Timeout { limit: Duration },
+    /// The guest sent a message the protocol does not allow.
+    ProtocolError(String),
+    /// An exit the harness does not expect from a test guest.
+    UnexpectedExit(String),
+    /// KVM_RUN itself failed.
+    KvmRunFailed(String),
+}
+
+impl RunEnd {
+    /// A short stable name, used in failure signatures and results files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunEnd::Verdict => "verdict",
+            RunEnd::Hlt => "hlt",
+            RunEnd::Shutdown => "shutdown",
+            RunEnd::FailEntry { .. } => "fail_entry",
+            RunEnd::InternalError(_) => "internal_error",
+            RunEnd::SystemEvent { .. } => "system_event",
+            RunEnd::Timeout { .. } => "timeout",
+            RunEnd::ProtocolError(_) => "protocol_error",
+            RunEnd::UnexpectedExit(_) => "unexpected_exit",
+            RunEnd::KvmRunFailed(_) => "kvm_run_failed",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            RunEnd::FailEntry { hardware_reason, cpu } => {
+                format!("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {hardware_reason:#x} on CPU {cpu}")
+            }
+            RunEnd::InternalError(e) => {
+                let mut s = format!("KVM_EXIT_INTERNAL_ERROR: suberror {} ({})", e.suberror, e.suberror_name);
+                if let Some(b) = &e.insn_bytes {
+                    s += &format!(", instruction bytes {}", hex(b));
+                }
+                if !e.data.is_empty() {
+                    s += &format!(", data {:x?}", e.data);
+                }
+                s
+            }
+            RunEnd::SystemEvent { kind, data } => format!("KVM_EXIT_SYSTEM_EVENT type {kind}, data {data:x?}"),
+            RunEnd::Timeout { limit } => format!("watchdog stopped the guest after {:.3} s", limit.as_secs_f64()),
+            RunEnd::ProtocolError(m) => format!("protocol error: {m}"),
+            RunEnd::UnexpectedExit(m) => format!("unexpected exit: {m}"),
+            RunEnd::KvmRunFailed(m) => format!("KVM_RUN failed: {m}"),
+            RunEnd::Verdict => "the guest reported a verdict".into(),
+            RunEnd::Hlt => "KVM_EXIT_HLT: the guest halted".into(),
+            RunEnd::Shutdown => "KVM_EXIT_SHUTDOWN: triple fault or unrecoverable event".into(),
+        }
+    }
+}
+
+/// Formats bytes as "0f 01 c1".
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// vCPU 0's state when a run ended without a verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuSnapshot {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub cs: u16,
+    pub cpl: u8,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    /// rax, rbx, rcx, rdx, rsi, rdi, rbp, r8-r15.
+    pub gprs: [u64; 15],
+    /// Up to 15 bytes at CS:RIP (fewer if the rest is not in guest RAM).
+    pub insn_bytes: Vec<u8>,
+}
+
+impl std::fmt::Display for CpuSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rip {:#x} cs {:#x} (CPL {}) rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}; bytes at rip: {}",
+            self.rip,
+            self.cs,
+            self.cpl,
+            self.rsp,
+            self.rflags,
+            self.cr0,
+            self.cr2,
+            self.cr3,
+            self.cr4,
+            self.efer,
+            if self.insn_bytes.is_empty() { "unavailable".into() } else { hex(&self.insn_bytes) }
+        )
+    }
+}
+
+/// Everything a run produced. The harness reports; the suites judge.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub end: Option<RunEnd>,
+    pub verdict: Option<GuestVerdict>,
+    pub snapshot: Option<CpuSnapshot>,
+    pub console: String,
+    pub console_truncated: bool,
+    pub log: Vec<String>,
+    pub log_dropped: u64,
+    pub metrics: Vec<Metric>,
+    /// Accesses to absent devices.
+    pub notes: Vec<String>,
+    pub duration: Duration,
+    /// Exits to userspace.
+    pub exits: u64,
+    pub stats: Vec<StatDelta>,
+    pub stats_error: Option<String>,
+}
+
+impl RunReport {
+    pub fn end(&self) -> &RunEnd {
+        self.end.as_ref().unwrap_or(&RunEnd::Verdict)
+    }
+}
+
+const LOG_LIMIT: usize = 1000;
+const METRIC_LIMIT: usize = 1000;
+
+/// What the loop does after one exit.
+enum Step {
+    Continue,
+    Stop(RunEnd),
+}
+
+impl Vm {
+    /// Runs vCPU 0 until the case ends. Errors are harness problems only.
+    pub fn run(&mut self, mut options: RunOptions) -> Result<RunReport, Error> {
+        let mut report = RunReport::default();
+        let mut devices = Devices::default();
+        let before = self.stats.as_ref().map(|s| s.read()).transpose()?;
+        let run_ptr: *mut kvm_run = self.vcpus[0].get_kvm_run();
+        // SAFETY: run_ptr points into vCPU 0's kvm_run mapping, live for as long as `self`.
+        let immediate_exit = ImmediateExit(unsafe { &raw mut (*run_ptr).immediate_exit });
+        let start = Instant::now();
+        let watchdog = Watchdog::arm(options.timeout, immediate_exit)?;
+        let end = loop {
+            if watchdog.fired() {
+                break RunEnd::Timeout { limit: options.timeout };
+            }
+            let step = self.step(run_ptr, &mut devices, &mut report, &mut options);
+            report.exits += 1;
+            if let Step::Stop(end) = step {
+                break end;
+            }
+        };
+        report.duration = start.elapsed();
+        drop(watchdog);
+        // SAFETY: as above; no KVM_RUN is in progress any more.
+        unsafe { (*run_ptr).immediate_exit = 0 };
+
+        if end != RunEnd::Verdict {
+            report.snapshot = self.snapshot().ok();
+        }
+        if let (Some(stats), Some(before)) = (&self.stats, before) {
+            report.stats = stats.deltas(&before, &stats.read()?);
+        }
+        report.stats_error = self.stats_error.clone();
+        report.console = String::from_utf8_lossy(&devices.console).into_owned();
+        report.console_truncated = devices.console_truncated;
+        report.notes = devices.notes;
+        if devices.notes_dropped > 0 {
+            report.notes.push(format!("... and {} more accesses to absent devices", devices.notes_dropped));
+        }
+        report.end = Some(end);
+        Ok(report)
+    }
+
+    fn step(
+        &mut self,
+        run_ptr: *mut kvm_run,
+        devices: &mut Devices,
+        report: &mut RunReport,
+        options: &mut RunOptions,
+    ) -> Step {
+        let vcpu = &mut self.vcpus[0];
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Step::Continue,
+            Err(e) => return Step::Stop(RunEnd::KvmRunFailed(e.to_string())),
+        };
+        match exit {
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {}
+            VcpuExit::MmioRead(addr, data) => {
+                devices.mmio_read(addr, data);
+                return Step::Continue;
+            }
+            VcpuExit::MmioWrite(addr, data) if addr == layout::PROTOCOL_MMIO => {
+                let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+                    return Step::Stop(RunEnd::ProtocolError(format!(
+                        "the protocol doorbell takes a 32-bit write, got {} bytes",
+                        data.len()
+                    )));
+                };
+                return self.message(u32::from_le_bytes(bytes).into(), report, options);
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                devices.mmio_write(addr, data);
+                return Step::Continue;
+            }
+            VcpuExit::Hlt => return Step::Stop(RunEnd::Hlt),
+            VcpuExit::Shutdown => return Step::Stop(RunEnd::Shutdown),
+            VcpuExit::FailEntry(hardware_reason, cpu) => return Step::Stop(RunEnd::FailEntry { hardware_reason, cpu }),
+            VcpuExit::SystemEvent(kind, data) => return Step::Stop(RunEnd::SystemEvent { kind, data: data.to_vec() }),
+            VcpuExit::Intr => return Step::Continue,
+            VcpuExit::InternalError => {
+                // SAFETY: the exit reason says the `internal` member of the union is valid.
+                let internal = unsafe { (*run_ptr).__bindgen_anon_1.internal };
+                return Step::Stop(RunEnd::InternalError(decode_internal(
+                    internal.suberror,
+                    internal.ndata,
+                    &internal.data,
+                )));
+            }
+            VcpuExit::Unknown => {
+                // SAFETY: KVM_EXIT_UNKNOWN fills the `hw` member.
+                let reason = unsafe { (*run_ptr).__bindgen_anon_1.hw.hardware_exit_reason };
+                return Step::Stop(RunEnd::UnexpectedExit(format!(
+                    "KVM_EXIT_UNKNOWN, hardware exit reason {reason:#x}"
+                )));
+            }
+            other => return Step::Stop(RunEnd::UnexpectedExit(format!("{other:?}"))),
+        }
+        // Port I/O: kvm-ioctls's data slice hides the access width when count > 1 (string
+        // I/O), so read the `io` member directly.
+        // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the valid union member.
+        let io = unsafe { (*run_ptr).__bindgen_anon_1.io };
+        let (size, count) = (io.size as usize, io.count as usize);
+        let offset = io.data_offset as usize;
+        if !matches!(size, 1 | 2 | 4) || offset.checked_add(size * count).is_none_or(|e| e > self.vcpu_mmap_size) {
+            return Step::Stop(RunEnd::UnexpectedExit(format!(
+                "KVM_EXIT_IO with size {size}, count {count}, offset {offset}"
+            )));
+        }
+        // SAFETY: [offset, offset + size * count) was just checked to lie in the kvm_run
+        // mapping, which KVM sized as vcpu_mmap_size.
+        let data = unsafe { std::slice::from_raw_parts_mut((run_ptr as *mut u8).add(offset), size * count) };
+        let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
+        if io.port == port::PROTOCOL {
+            if !out || size != 4 || count != 1 {
+                return Step::Stop(RunEnd::ProtocolError(format!(
+                    "the protocol port takes one 32-bit OUT, got {} of {size} bytes x {count}",
+                    if out { "OUT" } else { "IN" }
+                )));
+            }
+            let addr = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            return self.message(addr.into(), report, options);
+        }
+        for chunk in data.chunks_exact_mut(size) {
+            if out {
+                devices.port_write(io.port, chunk);
+            } else {
+                devices.port_read(io.port, chunk);
+            }
+        }
+        Step::Continue
+    }
+
+    fn message(&mut self, addr: u64, report: &mut RunReport, options: &mut RunOptions) -> Step {
+        match protocol::decode(&self.memory, addr) {
+            Err(e) => Step::Stop(RunEnd::ProtocolError(e)),
+            Ok(Message::Verdict(v)) => {
+                report.verdict = Some(v);
+                Step::Stop(RunEnd::Verdict)
+            }
+            Ok(Message::Log(text)) => {
+                if report.log.len() < LOG_LIMIT {
+                    report.log.push(text);
+                } else {
+                    report.log_dropped += 1;
+                }
+                Step::Continue
+            }
+            Ok(Message::Metric(m)) => {
+                if report.metrics.len() < METRIC_LIMIT {
+                    report.metrics.push(m);
+                }
+                Step::Continue
+            }
+            Ok(Message::Service { id, args, addr }) => {
+                let answer = match options.services.as_mut().and_then(|h| h(id, args)) {
+                    Some(a) => Some(a),
+                    None => self.builtin_service(id, args),
+                };
+                let (status, result) = match answer {
+                    Some(Ok(v)) => (proto::SERVICE_OK, v),
+                    Some(Err(())) => (proto::SERVICE_FAILED, 0),
+                    None => (proto::SERVICE_UNKNOWN, 0),
+                };
+                match protocol::complete_service(&self.memory, addr, status, result) {
+                    Ok(()) => Step::Continue,
+                    Err(e) => Step::Stop(RunEnd::ProtocolError(e)),
+                }
+            }
+        }
+    }
+
+    fn builtin_service(&self, id: u32, args: [u64; 4]) -> Option<Result<u64, ()>> {
+        match id {
+            service::ECHO_XOR => Some(Ok(args[0] ^ args[1])),
+            service::CPUID_AS_SET => {
+                let (Ok(leaf), Ok(subleaf)) = (u32::try_from(args[0]), u32::try_from(args[1])) else {
+                    return Some(Err(()));
+                };
+                Some(match (self.cpuid_as_set(leaf, subleaf), args[2]) {
+                    (Some(e), 0) => Ok(u64::from(e.eax) | u64::from(e.ebx) << 32),
+                    (Some(e), 1) => Ok(u64::from(e.ecx) | u64::from(e.edx) << 32),
+                    _ => Err(()),
+                })
+            }
+            service::TSC_KHZ => Some(self.vcpus[0].get_tsc_khz().map(u64::from).map_err(|_| ())),
+            _ => None,
+        }
+    }
+
+    /// Registers and the instruction bytes at CS:RIP of vCPU 0.
+    pub fn snapshot(&self) -> Result<CpuSnapshot, Error> {
+        let vcpu = &self.vcpus[0];
+        let r = vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?;
+        let s = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        let linear = s.cs.base.wrapping_add(r.rip);
+        // With paging on, translate; identity mapping is the fallback when KVM cannot.
+        let phys = if s.cr0 & (1 << 31) != 0 {
+            vcpu.translate_gva(linear).ok().filter(|t| t.valid != 0).map_or(linear, |t| t.physical_address)
+        } else {
+            linear
+        };
+        let insn_bytes = protocol::insn_bytes_at(&self.memory, phys);
+        Ok(CpuSnapshot {
+            rip: r.rip,
+            rsp: r.rsp,
+            rflags: r.rflags,
+            cs: s.cs.selector,
+            cpl: s.cs.dpl,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+            gprs: [
+                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+            ],
+            insn_bytes,
+        })
+    }
+}
+
+/// Decodes KVM_EXIT_INTERNAL_ERROR's suberror and data. For an emulation failure that
+/// carries instruction bytes (flags bit 0, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
+/// data[0] is the flags word and the next 16 bytes hold the length and up to 15 bytes.
+fn decode_internal(suberror: u32, ndata: u32, raw: &[u64]) -> InternalError {
+    let data: Vec<u64> = raw.iter().take((ndata as usize).min(raw.len())).copied().collect();
+    let suberror_name = match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+        _ => "unknown suberror",
+    };
+    let insn_bytes = (suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && data.len() >= 3 && data[0] & 1 != 0)
+        .then(|| {
+            let bytes: Vec<u8> = data[1..3].iter().flat_map(|w| w.to_le_bytes()).collect();
+            let len = (bytes[0] as usize).min(15);
+            bytes[1..1 + len].to_vec()
+        });
+    InternalError { suberror, suberror_name, data, insn_bytes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulation_failure_bytes_are_decoded() {
+        let mut raw = [0u64; 16];
+        raw[0] = 1;
+        raw[1] = u64::from_le_bytes([3, 0x0f, 0x01, 0xd9, 0, 0, 0, 0]);
+        let e = decode_internal(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, 4, &raw);
+        assert_eq!(e.insn_bytes, Some(vec![0x0f, 0x01, 0xd9]));
+        assert_eq!(e.data.len(), 4);
+        assert_eq!(e.suberror_name, "emulation failure");
+        let e = decode_internal(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, 40, &[0; 16]);
+        assert_eq!(e.insn_bytes, None, "without the flag there are no bytes");
+        assert_eq!(e.data.len(), 16, "ndata is clamped to the array");
+    }
+
+    #[test]
+    fn run_end_descriptions_name_the_exit() {
+        assert!(RunEnd::FailEntry { hardware_reason: 0x21, cpu: 1 }.describe().contains("0x21"));
+        assert_eq!(RunEnd::Timeout { limit: Duration::from_secs(1) }.kind(), "timeout");
+        assert_eq!(hex(&[0x0f, 0x0b]), "0f 0b");
+    }
+}

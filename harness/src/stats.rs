@@ -1,0 +1,102 @@
+//! KVM binary statistics (KVM_GET_STATS_FD, KVM API 4.133): per-vCPU counters read before
+//! and after a run, so a result shows how the hypervisor handled it.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+
+use kvm_bindings::{KVM_STATS_TYPE_CUMULATIVE, KVM_STATS_TYPE_MASK};
+
+use crate::Error;
+
+/// _IO(KVMIO, 0xce)
+const KVM_GET_STATS_FD: libc::c_ulong = 0xaece;
+const HEADER_SIZE: usize = 24;
+const DESC_FIXED: usize = 16;
+
+/// One counter's change over a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatDelta {
+    pub name: String,
+    pub delta: u64,
+}
+
+struct Desc {
+    name: String,
+    cumulative: bool,
+    offset: u64,
+}
+
+pub struct Stats {
+    file: File,
+    descs: Vec<Desc>,
+    data_offset: u64,
+}
+
+impl Stats {
+    /// Opens the statistics of the vCPU (or VM) behind `fd`.
+    pub fn open(fd: &impl AsRawFd) -> Result<Stats, Error> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+        let raw = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD) };
+        if raw < 0 {
+            return Err(Error::Stats(format!("KVM_GET_STATS_FD: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let file = unsafe { File::from_raw_fd(raw) };
+        let mut header = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut header, 0).map_err(|e| Error::Stats(format!("header: {e}")))?;
+        let word = |i: usize| u32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        let (name_size, num_desc, desc_offset, data_offset) = (word(1), word(2), word(4), word(5));
+        if name_size == 0 || name_size > 256 || num_desc > 4096 {
+            return Err(Error::Stats(format!("implausible header: name size {name_size}, {num_desc} descriptors")));
+        }
+        let desc_size = DESC_FIXED + name_size as usize;
+        let mut table = vec![0u8; desc_size * num_desc as usize];
+        file.read_exact_at(&mut table, desc_offset.into()).map_err(|e| Error::Stats(format!("descriptors: {e}")))?;
+        let descs = table
+            .chunks_exact(desc_size)
+            .filter_map(|d| {
+                let flags = u32::from_le_bytes(d[0..4].try_into().ok()?);
+                let size = u16::from_le_bytes(d[6..8].try_into().ok()?);
+                let offset = u32::from_le_bytes(d[8..12].try_into().ok()?);
+                let name = &d[DESC_FIXED..];
+                let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                // Histograms (size > 1) are left out: a scalar delta is what a result shows.
+                (size == 1).then(|| Desc {
+                    name: String::from_utf8_lossy(&name[..end]).into_owned(),
+                    cumulative: flags & KVM_STATS_TYPE_MASK == KVM_STATS_TYPE_CUMULATIVE,
+                    offset: offset.into(),
+                })
+            })
+            .collect();
+        Ok(Stats { file, descs, data_offset: data_offset.into() })
+    }
+
+    /// Current values, in descriptor order.
+    pub fn read(&self) -> Result<Vec<u64>, Error> {
+        self.descs
+            .iter()
+            .map(|d| {
+                let mut b = [0u8; 8];
+                self.file
+                    .read_exact_at(&mut b, self.data_offset + d.offset)
+                    .map_err(|e| Error::Stats(format!("{}: {e}", d.name)))?;
+                Ok(u64::from_le_bytes(b))
+            })
+            .collect()
+    }
+
+    /// Non-zero changes of cumulative counters between two readings; instantaneous and
+    /// peak values are reported as their value after the run.
+    pub fn deltas(&self, before: &[u64], after: &[u64]) -> Vec<StatDelta> {
+        self.descs
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(d, (b, a))| StatDelta {
+                name: d.name.clone(),
+                delta: if d.cumulative { a.wrapping_sub(*b) } else { *a },
+            })
+            .filter(|s| s.delta != 0)
+            .collect()
+    }
+}

@@ -1,0 +1,119 @@
+//! A VM booted for one test case: memory, the machine the case expects, vCPUs.
+
+use hvprobe_abi::layout;
+use kvm_bindings::{CpuId, kvm_cpuid_entry2, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
+
+use crate::host::find_cpuid;
+use crate::stats::Stats;
+use crate::{Error, GuestMemory, Kvm, Payload, TestCase, machine};
+
+/// A change to the CPUID table before KVM_SET_CPUID2 (a host hook's way to remove a
+/// feature, say).
+pub type CpuidEdit = Box<dyn FnOnce(&mut Vec<kvm_cpuid_entry2>) + Send>;
+
+/// How to build the VM.
+pub struct VmConfig {
+    /// vCPUs to create (at least 1). vCPU 0 runs the case; with the in-kernel irqchip
+    /// the others wait for INIT/SIPI as application processors do.
+    pub vcpus: u32,
+    /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC) with KVM_CREATE_IRQCHIP.
+    pub irqchip: bool,
+    pub cpuid_edit: Option<CpuidEdit>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None }
+    }
+}
+
+/// Where the identity-map TSS pages of VMX live (KVM_SET_TSS_ADDR): three pages in the
+/// hole below the 4 GiB boundary, far from RAM and the test devices.
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+
+/// A booted VM. Field order is drop order: vCPUs and the VM fd go before the memory.
+pub struct Vm {
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) stats: Option<Stats>,
+    pub(crate) stats_error: Option<String>,
+    pub(crate) vm: VmFd,
+    pub(crate) memory: GuestMemory,
+    pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
+    pub(crate) vcpu_mmap_size: usize,
+}
+
+impl Vm {
+    /// Creates a VM, loads `payload`, and sets vCPU 0 up to start `case` in its mode.
+    pub fn boot(kvm: &Kvm, payload: &Payload, case: &TestCase, config: VmConfig) -> Result<Vm, Error> {
+        let vm = kvm.kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        if kvm.kvm.check_extension(Cap::SetTssAddr) {
+            vm.set_tss_address(KVM_TSS_ADDR).map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        }
+        if config.irqchip {
+            vm.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        }
+        let memory = GuestMemory::new(layout::RAM_SIZE)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: memory.size(),
+            userspace_addr: memory.host_addr(),
+        };
+        // SAFETY: the region is our own mapping, which outlives the VM (see field order).
+        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        machine::build(&memory, payload)?;
+
+        let mut cpuid = kvm.supported_cpuid.clone();
+        if let Some(edit) = config.cpuid_edit {
+            edit(&mut cpuid);
+        }
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus.max(1) {
+            let vcpu = vm.create_vcpu(id.into()).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            let table = cpuid_for_vcpu(&cpuid, id);
+            let fam = CpuId::from_entries(&table).map_err(|e| Error::Layout(format!("CPUID table: {e:?}")))?;
+            vcpu.set_cpuid2(&fam).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            vcpus.push(vcpu);
+        }
+        let boot = &vcpus[0];
+        let mut sregs = boot.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        let regs = machine::cpu_state(&mut sregs, payload, case);
+        boot.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+        boot.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        let (stats, stats_error) = match Stats::open(boot) {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let cpuid = cpuid_for_vcpu(&cpuid, 0);
+        Ok(Vm { vcpus, stats, stats_error, vm, memory, cpuid, vcpu_mmap_size: kvm.vcpu_mmap_size })
+    }
+
+    /// The CPUID entry (leaf, subleaf) vCPU 0 was given with KVM_SET_CPUID2.
+    pub fn cpuid_as_set(&self, leaf: u32, subleaf: u32) -> Option<kvm_cpuid_entry2> {
+        find_cpuid(&self.cpuid, leaf, subleaf)
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+}
+
+/// The table for one vCPU: its initial APIC ID in CPUID.1:EBX[31:24] and its x2APIC ID in
+/// EDX of leaves 0xB and 0x1F (SDM Vol. 2A, CPUID).
+fn cpuid_for_vcpu(table: &[kvm_cpuid_entry2], id: u32) -> Vec<kvm_cpuid_entry2> {
+    let mut t = table.to_vec();
+    for e in &mut t {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (id << 24),
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+    t
+}

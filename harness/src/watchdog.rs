@@ -1,0 +1,100 @@
+//! The watchdog every run has: when the limit passes it sets `immediate_exit` in the
+//! vCPU's kvm_run and signals the vCPU thread, repeatedly, until the run loop stops it.
+//! KVM_RUN then returns EINTR (KVM API 4.10, "immediate_exit"), also when the guest is
+//! spinning inside the kernel's instruction emulator.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// The signal used to kick vCPU threads out of KVM_RUN. Its handler does nothing; its only
+/// job is to interrupt the ioctl.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + 4
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+static INSTALL: Once = Once::new();
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn install_handler() -> Result<(), Error> {
+    INSTALL.call_once(|| {
+        let ok = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).is_ok();
+        INSTALLED.store(ok, Ordering::SeqCst);
+    });
+    if INSTALLED.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(Error::Watchdog(format!("cannot install a handler for signal {}", kick_signal())))
+    }
+}
+
+struct Shared {
+    done: Mutex<bool>,
+    wake: Condvar,
+    fired: AtomicBool,
+}
+
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The immediate_exit byte of a vCPU's kvm_run, as an address other threads may store to.
+#[derive(Clone, Copy)]
+pub struct ImmediateExit(pub *mut u8);
+
+// SAFETY: the byte lives in the vCPU's kvm_run mapping, which outlives the watchdog (the
+// run loop drops the watchdog before it returns), and is only accessed atomically.
+unsafe impl Send for ImmediateExit {}
+
+impl Watchdog {
+    /// Starts watching the calling thread's next KVM_RUN calls.
+    pub fn arm(limit: Duration, immediate_exit: ImmediateExit) -> Result<Watchdog, Error> {
+        install_handler()?;
+        // SAFETY: pthread_self has no preconditions.
+        let vcpu_thread = unsafe { libc::pthread_self() };
+        let shared = Arc::new(Shared { done: Mutex::new(false), wake: Condvar::new(), fired: AtomicBool::new(false) });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("hvprobe-watchdog".into())
+            .spawn(move || {
+                let deadline = Instant::now() + limit;
+                let mut done = s.done.lock().unwrap_or_else(|e| e.into_inner());
+                while !*done {
+                    let now = Instant::now();
+                    let wait = if now < deadline { deadline - now } else { Duration::from_millis(20) };
+                    if now >= deadline {
+                        s.fired.store(true, Ordering::SeqCst);
+                        let exit = immediate_exit;
+                        // SAFETY: see ImmediateExit; KVM reads the byte on entry to KVM_RUN.
+                        unsafe { AtomicU8::from_ptr(exit.0) }.store(1, Ordering::SeqCst);
+                        // SAFETY: the vCPU thread is alive until it drops this watchdog,
+                        // which waits for this thread to end first.
+                        unsafe { libc::pthread_kill(vcpu_thread, kick_signal()) };
+                    }
+                    done = s.wake.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            })
+            .map_err(|e| Error::Watchdog(e.to_string()))?;
+        Ok(Watchdog { shared, thread: Some(thread) })
+    }
+
+    pub fn fired(&self) -> bool {
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
