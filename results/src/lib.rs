@@ -1,0 +1,324 @@
+//! The results schema `hvprobe.results/1` (documented by schema/hvprobe.results-1.schema.json)
+//! and the only code that reads or writes results files.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_ID: &str = "hvprobe.results/1";
+/// The JSON Schema that documents [`Results`].
+pub const JSON_SCHEMA: &str = include_str!("../schema/hvprobe.results-1.schema.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid results file: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} has schema {found:?}; this hvprobe reads {SCHEMA_ID:?}")]
+    Schema { path: PathBuf, found: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// One run of the suite on one host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Results {
+    pub schema: String,
+    pub tool: Tool,
+    /// Start of the run, RFC 3339 UTC.
+    pub started: String,
+    pub duration_s: f64,
+    pub host: Host,
+    pub tests: Vec<TestResult>,
+    pub benchmarks: Vec<Benchmark>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_vendor: String,
+    pub cpu_model: String,
+    /// kvm_intel, kvm_amd, kvm_pvm or unknown.
+    pub backend: String,
+    pub kvm_api_version: Option<i32>,
+    /// Why /dev/kvm could not be used, if it could not.
+    pub kvm_error: Option<String>,
+    /// KVM_CHECK_EXTENSION results by capability name.
+    pub capabilities: BTreeMap<String, i32>,
+    pub tsc_khz: Option<u32>,
+}
+
+/// The outcomes of design.md; their meaning is in the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Skip,
+    Xfail,
+    Xpass,
+    Timeout,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] =
+        [Outcome::Pass, Outcome::Fail, Outcome::Skip, Outcome::Xfail, Outcome::Xpass, Outcome::Timeout, Outcome::Error];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Skip => "skip",
+            Outcome::Xfail => "xfail",
+            Outcome::Xpass => "xpass",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestResult {
+    pub name: String,
+    pub area: String,
+    /// full, para or hw.
+    pub path: String,
+    /// real16, prot32, long64 or user64.
+    pub mode: String,
+    pub outcome: Outcome,
+    /// Why it was skipped, failed, xfailed...; None for a plain pass.
+    pub reason: Option<String>,
+    /// True when the test is the watchdog's own and `timeout` is its expected outcome.
+    #[serde(default)]
+    pub expected_timeout: bool,
+    pub duration_ms: f64,
+    /// Changes of KVM's per-vCPU binary statistics over the run (non-zero only).
+    pub kvm_stats: BTreeMap<String, u64>,
+    pub metrics: BTreeMap<String, MetricValue>,
+    /// How the run ended, for anything but a guest verdict of pass or skip.
+    pub failure: Option<Failure>,
+    pub console: Option<String>,
+    pub log: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricValue {
+    pub value: f64,
+    pub unit: String,
+}
+
+/// The facts of a failure, and the signature expectation profiles match against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    /// verdict, shutdown, internal_error, timeout, fail_entry, ... (RunEnd::kind).
+    pub end: String,
+    pub description: String,
+    /// Instruction bytes at RIP (or from an emulation failure), hex "0f 01 c1".
+    pub insn_bytes: Option<String>,
+    pub message: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub expected: Option<u64>,
+    pub actual: Option<u64>,
+    /// Registers when the run ended without a verdict.
+    pub cpu: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Benchmark {
+    pub name: String,
+    pub unit: String,
+    pub median: f64,
+    /// Median absolute deviation, in `unit`.
+    pub spread: f64,
+    pub samples: u64,
+}
+
+impl Results {
+    pub fn new(host: Host, started: SystemTime) -> Results {
+        Results {
+            schema: SCHEMA_ID.into(),
+            tool: Tool { name: "hvprobe".into(), version: env!("CARGO_PKG_VERSION").into() },
+            started: rfc3339(started),
+            duration_s: 0.0,
+            host,
+            tests: Vec::new(),
+            benchmarks: Vec::new(),
+        }
+    }
+
+    /// Counts per outcome, every outcome present.
+    pub fn counts(&self) -> BTreeMap<Outcome, usize> {
+        let mut c: BTreeMap<Outcome, usize> = Outcome::ALL.iter().map(|o| (*o, 0)).collect();
+        for t in &self.tests {
+            *c.entry(t.outcome).or_default() += 1;
+        }
+        c
+    }
+
+    /// Reads and checks a results file. A malformed file is an error naming the file and,
+    /// for JSON errors, the line and column.
+    pub fn read(path: &Path) -> Result<Results, ResultsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ResultsError::Read { path: path.into(), source })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ResultsError::Parse { path: path.into(), source })?;
+        let found = value.get("schema").and_then(|s| s.as_str()).unwrap_or("<missing>");
+        if found != SCHEMA_ID {
+            return Err(ResultsError::Schema { path: path.into(), found: found.into() });
+        }
+        serde_json::from_value(value).map_err(|source| ResultsError::Parse { path: path.into(), source })
+    }
+
+    /// Writes atomically: a temporary file in the same directory, synced, then renamed
+    /// over `path`. A crash leaves either the old file or the new one, never half.
+    pub fn write_atomic(&self, path: &Path) -> Result<(), ResultsError> {
+        let err = |source| ResultsError::Write { path: path.into(), source };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let mut tmp =
+            tempfile::Builder::new().prefix(".hvprobe-results-").suffix(".tmp").tempfile_in(dir).map_err(err)?;
+        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| err(e.into()))?;
+        tmp.write_all(b"\n").map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+}
+
+/// RFC 3339 UTC timestamp of `t` (seconds precision).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's date algorithms.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// A file name for a run started at `t` on `host`, for results/runs/.
+pub fn run_file_name(t: SystemTime, hostname: &str, backend: &str) -> String {
+    let safe: String = hostname.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("{}-{safe}-{backend}.json", rfc3339(t).replace(':', ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Results {
+        let host = Host {
+            hostname: "h".into(),
+            kernel: "6.18".into(),
+            cpu_vendor: "AuthenticAMD".into(),
+            cpu_model: "AMD EPYC".into(),
+            backend: "kvm_pvm".into(),
+            kvm_api_version: Some(12),
+            kvm_error: None,
+            capabilities: [("KVM_CAP_IRQCHIP".to_string(), 1)].into(),
+            tsc_khz: Some(2_000_000),
+        };
+        let mut r = Results::new(host, UNIX_EPOCH);
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            r.tests.push(TestResult {
+                name: format!("cpu::case{i}::long64"),
+                area: "cpu".into(),
+                path: "hw".into(),
+                mode: "long64".into(),
+                outcome: *outcome,
+                reason: (*outcome != Outcome::Pass).then(|| "because".into()),
+                expected_timeout: *outcome == Outcome::Timeout,
+                duration_ms: 1.5,
+                kvm_stats: [("exits".to_string(), 3)].into(),
+                metrics: [("cpuid".to_string(), MetricValue { value: 1200.0, unit: "cycles".into() })].into(),
+                failure: (*outcome == Outcome::Fail).then(|| Failure {
+                    end: "shutdown".into(),
+                    description: "KVM_EXIT_SHUTDOWN".into(),
+                    insn_bytes: Some("0f 0b".into()),
+                    message: None,
+                    file: None,
+                    line: None,
+                    expected: Some(1),
+                    actual: Some(2),
+                    cpu: Some("rip 0x1000".into()),
+                }),
+                console: None,
+                log: vec!["hello".into()],
+            });
+        }
+        r.benchmarks.push(Benchmark { name: "cpuid".into(), unit: "ns".into(), median: 1.0, spread: 0.1, samples: 10 });
+        r
+    }
+
+    #[test]
+    fn round_trips_through_an_atomic_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("r.json");
+        let r = sample();
+        r.write_atomic(&path).unwrap();
+        assert_eq!(Results::read(&path).unwrap(), r);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn malformed_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{\"schema\": \"hvprobe.results/1\", \"tests\": [").unwrap();
+        let e = Results::read(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.json") && e.contains("line 1"), "{e}");
+        std::fs::write(&path, "{\"schema\": \"other/9\"}").unwrap();
+        assert!(matches!(Results::read(&path), Err(ResultsError::Schema { .. })));
+        assert!(matches!(Results::read(&dir.path().join("missing.json")), Err(ResultsError::Read { .. })));
+    }
+
+    #[test]
+    fn serialized_results_validate_against_the_json_schema() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let value = serde_json::to_value(sample()).unwrap();
+        let errors: Vec<String> =
+            validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        let mut broken = value.clone();
+        broken["tests"][0]["outcome"] = "maybe".into();
+        assert!(!validator.is_valid(&broken), "an unknown outcome must not validate");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
+        assert_eq!(run_file_name(UNIX_EPOCH, "a b", "kvm_pvm"), "1970-01-01T000000Z-a_b-kvm_pvm.json");
+    }
+}
