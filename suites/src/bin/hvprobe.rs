@@ -1,0 +1,301 @@
+//! `hvprobe`: list the catalogue, run it on this host, print the host facts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use hvprobe_harness::{HostFacts, Kvm, TestCase};
+use hvprobe_results::{Host, Outcome, Results, TestResult};
+use hvprobe_suites::judge::is_failure;
+use hvprobe_suites::profile::Profile;
+use hvprobe_suites::{Context, catalog, hooks, run_case, runner};
+
+#[derive(Parser)]
+#[command(name = "hvprobe", version, about = "Hypervisor conformance and performance probes on KVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the test cases (no VM is booted).
+    List {
+        /// Only names containing one of these substrings.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Filters must match whole names.
+        #[arg(long)]
+        exact: bool,
+        /// Print only the number of cases.
+        #[arg(long)]
+        count: bool,
+    },
+    /// Run the cases on this host, print a report and write a results file.
+    Run {
+        /// Only names containing one of these substrings.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Filters must match whole names.
+        #[arg(long)]
+        exact: bool,
+        /// Cases run at once (each in its own VM). Default: the number of CPUs.
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Write the results here instead of results/runs/<time>-<host>-<backend>.json.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Directory for results when --json is not given.
+        #[arg(long, default_value = "results/runs")]
+        results_dir: PathBuf,
+        /// Watchdog limit in seconds for cases that declare none.
+        #[arg(long, default_value_t = runner::DEFAULT_TIMEOUT.as_secs_f64())]
+        timeout: f64,
+        /// Use this expectation profile instead of the backend's built-in one.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// The KVM device.
+        #[arg(long, default_value = hvprobe_harness::host::DEFAULT_KVM_PATH)]
+        kvm: PathBuf,
+        /// Print the reason of every case, not only of failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Print the facts about this host that a results file records.
+    Host {
+        /// As JSON (the `host` object of a results file).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = hvprobe_harness::host::DEFAULT_KVM_PATH)]
+        kvm: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`hvprobe list | head`) instead of panicking on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hvprobe: error: {}", error_chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes, each cause once: library errors already quote their source
+/// in their message, so a cause already in the text is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text += ": ";
+            }
+            text += &c;
+        }
+    }
+    text
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let payload = catalog::payload().context("the embedded guest payload is invalid")?;
+    hooks::check(payload).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::List { filter, exact, count } => {
+            let cases = catalog::select(payload, &filter, exact);
+            if count {
+                println!("{}", cases.len());
+            } else {
+                for c in cases {
+                    let req = c.requirement_names();
+                    let req = if req.is_empty() { String::new() } else { format!("  requires: {}", req.join(", ")) };
+                    println!("{:<44} {:<4} {:<6}{req}", c.name, c.path.name(), c.mode.name());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Host { json, kvm } => {
+            let opened = Kvm::open_path(&kvm);
+            let facts = HostFacts::gather(opened.as_ref());
+            let host = host_record(&facts);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&host)?);
+            } else {
+                print_host(&host);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { filter, exact, jobs, json, results_dir, timeout, profile, kvm, verbose } => {
+            let kvm_dev = kvm;
+            let kvm = Kvm::open_path(&kvm_dev).with_context(|| {
+                format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
+            })?;
+            let facts = HostFacts::gather(Ok(&kvm));
+            let profile = match &profile {
+                Some(path) => Profile::load(path, payload)?,
+                None => Profile::builtin(facts.backend, payload)?,
+            };
+            if !(timeout.is_finite() && timeout > 0.0) {
+                bail!("--timeout must be a positive number of seconds");
+            }
+            let cases = catalog::select(payload, &filter, exact);
+            if cases.is_empty() {
+                bail!("no test case matches the filters {filter:?}");
+            }
+            let ctx = Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout) };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let started = SystemTime::now();
+            let t0 = Instant::now();
+            println!(
+                "hvprobe: {} cases on {} ({}), {} jobs, profile {}",
+                cases.len(),
+                facts.hostname,
+                facts.backend.name(),
+                jobs,
+                ctx.profile.source
+            );
+            let tests = run_all(&ctx, &cases, jobs, verbose);
+            let mut results = Results::new(host_record(&facts), started);
+            results.duration_s = t0.elapsed().as_secs_f64();
+            results.tests = tests;
+            print_failures(&results);
+            print_summary(&results);
+            let path = json.unwrap_or_else(|| {
+                results_dir.join(hvprobe_results::run_file_name(started, &facts.hostname, facts.backend.name()))
+            });
+            results.write_atomic(&path)?;
+            println!("results: {}", path.display());
+            let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Vec<TestResult> {
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(cases.len()));
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(cases.len()) {
+            s.spawn(|| {
+                while let Some(case) = cases.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    bar.set_message(case.name.clone());
+                    let r = run_case(ctx, case);
+                    let mut line = format!("{:<8} {} ({:.0} ms)", r.outcome.name(), r.name, r.duration_ms);
+                    if verbose || is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail {
+                        line += &format!("\n         {}", r.reason.as_deref().unwrap_or(""));
+                    }
+                    // A hidden bar (output is not a terminal) would swallow println.
+                    if bar.is_hidden() {
+                        println!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
+                    bar.inc(1);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut tests = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    tests
+}
+
+fn host_record(f: &HostFacts) -> Host {
+    Host {
+        hostname: f.hostname.clone(),
+        kernel: f.kernel.clone(),
+        cpu_vendor: f.cpu_vendor.clone(),
+        cpu_model: f.cpu_model.clone(),
+        backend: f.backend.name().into(),
+        kvm_api_version: f.kvm_api_version,
+        kvm_error: f.kvm_error.clone(),
+        capabilities: f.capabilities.clone(),
+        tsc_khz: f.tsc_khz,
+    }
+}
+
+fn print_host(h: &Host) {
+    println!("hostname        {}", h.hostname);
+    println!("kernel          {}", h.kernel);
+    println!("cpu             {} ({})", h.cpu_model, h.cpu_vendor);
+    println!("backend         {}", h.backend);
+    match (&h.kvm_api_version, &h.kvm_error) {
+        (Some(v), _) => println!("KVM API         {v}"),
+        (None, Some(e)) => println!("KVM             unusable: {e}"),
+        (None, None) => println!("KVM             unusable"),
+    }
+    println!("TSC             {}", h.tsc_khz.map_or("unknown".into(), |k| format!("{k} kHz")));
+    for (cap, v) in &h.capabilities {
+        println!("  {cap:<36} {v}");
+    }
+}
+
+fn print_failures(r: &Results) {
+    let bad: Vec<&TestResult> = r.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).collect();
+    if bad.is_empty() {
+        return;
+    }
+    println!("\nfailures:");
+    for t in bad {
+        println!("\n--- {} [{}] ({} {})", t.name, t.outcome.name(), t.path, t.mode);
+        println!("    {}", t.reason.as_deref().unwrap_or(""));
+        if let Some(cpu) = t.failure.as_ref().and_then(|f| f.cpu.as_ref()) {
+            println!("    cpu: {cpu}");
+        }
+        for l in &t.log {
+            println!("    log: {l}");
+        }
+        if let Some(c) = &t.console {
+            println!("    console: {c}");
+        }
+    }
+}
+
+fn print_summary(r: &Results) {
+    let mut rows: BTreeMap<(String, String), BTreeMap<Outcome, usize>> = BTreeMap::new();
+    for t in &r.tests {
+        *rows.entry((t.area.clone(), t.path.clone())).or_default().entry(t.outcome).or_default() += 1;
+    }
+    println!();
+    print!("{:<6} {:<5} {:>5}", "area", "path", "total");
+    for o in Outcome::ALL {
+        print!(" {:>7}", o.name());
+    }
+    println!();
+    let row = |area: &str, path: &str, counts: &BTreeMap<Outcome, usize>| {
+        print!("{area:<6} {path:<5} {:>5}", counts.values().sum::<usize>());
+        for o in Outcome::ALL {
+            print!(" {:>7}", counts.get(&o).copied().unwrap_or(0));
+        }
+        println!();
+    };
+    for ((area, path), counts) in &rows {
+        row(area, path, counts);
+    }
+    row("all", "", &r.counts());
+    let expected = r.tests.iter().filter(|t| t.expected_timeout && t.outcome == Outcome::Timeout).count();
+    if expected > 0 {
+        println!("({expected} timeout(s) expected: the watchdog's own cases)");
+    }
+    println!("wall time {:.1} s", r.duration_s);
+}

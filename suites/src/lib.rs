@@ -1,0 +1,11 @@
+//! hvprobe's test catalogue and the judge: which cases exist, how to boot each one, and
+//! what its run means against the backend's expectation profile. The runners
+//! (`tests/guest.rs` for cargo test, `bin/hvprobe.rs` for the CLI) are thin layers on top.
+
+pub mod catalog;
+pub mod hooks;
+pub mod judge;
+pub mod profile;
+pub mod runner;
+
+pub use runner::{Context, run_case};

@@ -1,0 +1,117 @@
+//! Running one catalogue case: requirements, hooks, a fresh VM, the run, the judgement.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hvprobe_abi::requires;
+use hvprobe_harness::{CpuidEdit, Kvm, RunOptions, TestCase, Vm, VmConfig};
+use hvprobe_results::{Failure, MetricValue, Outcome, TestResult};
+
+use crate::hooks;
+use crate::judge::{self, Judgement};
+use crate::profile::Profile;
+
+/// The watchdog limit of a case that declares none. Generous: on PVM every CPL0
+/// instruction is emulated, and CI machines are small and shared.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every case of a run shares.
+pub struct Context {
+    pub kvm: Kvm,
+    pub profile: Profile,
+    /// Overrides the default limit (not a case's own declared limit).
+    pub default_timeout: Duration,
+}
+
+fn result(case: &TestCase) -> TestResult {
+    TestResult {
+        name: case.name.clone(),
+        area: case.area.clone(),
+        path: case.path.name().into(),
+        mode: case.mode.name().into(),
+        outcome: Outcome::Pass,
+        reason: None,
+        expected_timeout: case.expects_timeout(),
+        duration_ms: 0.0,
+        kvm_stats: BTreeMap::new(),
+        metrics: BTreeMap::new(),
+        failure: None,
+        console: None,
+        log: Vec::new(),
+    }
+}
+
+fn harness_error(mut r: TestResult, what: String) -> TestResult {
+    r.outcome = Outcome::Error;
+    r.failure = Some(Failure {
+        end: "harness".into(),
+        description: what.clone(),
+        insn_bytes: None,
+        message: None,
+        file: None,
+        line: None,
+        expected: None,
+        actual: None,
+        cpu: None,
+    });
+    r.reason = Some(what);
+    r
+}
+
+/// The limit a case runs under.
+pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
+    case.timeout.unwrap_or(default)
+}
+
+/// Boots `case` in a fresh VM, runs it, and judges it.
+pub fn run_case(ctx: &Context, case: &TestCase) -> TestResult {
+    let start = Instant::now();
+    let mut r = result(case);
+    let missing = ctx.kvm.missing_requirements(case.requires);
+    if !missing.is_empty() {
+        r.outcome = Outcome::Skip;
+        r.reason = Some(format!("host lacks {}", missing.join(", ")));
+        return r;
+    }
+    let hook = hooks::hook_for(&case.name);
+    if case.has_host_hook() != hook.is_some() {
+        return harness_error(r, format!("{}: guest and suites/src/hooks.rs disagree about its host hook", case.name));
+    }
+    let config = VmConfig {
+        vcpus: 1,
+        irqchip: case.requires & requires::IRQCHIP != 0,
+        cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
+    };
+    let report = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config)
+        .and_then(|mut vm| vm.run(RunOptions { timeout: timeout_of(case, ctx.default_timeout), services: None }));
+    r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => return harness_error(r, format!("harness error: {e}")),
+    };
+    let Judgement { outcome, reason, failure } = judge::judge(case, &report, &ctx.profile);
+    r.outcome = outcome;
+    r.reason = reason;
+    r.failure = failure;
+    r.kvm_stats = report.stats.iter().map(|s| (s.name.clone(), s.delta)).collect();
+    for m in &report.metrics {
+        r.metrics.insert(m.name.clone(), MetricValue { value: m.value as f64, unit: m.unit.clone() });
+    }
+    if !report.console.is_empty() {
+        let cut = if report.console_truncated { "\n[console truncated]" } else { "" };
+        r.console = Some(format!("{}{cut}", report.console));
+    }
+    r.log = report.log.clone();
+    if report.log_dropped > 0 {
+        r.log.push(format!("[{} more log lines dropped]", report.log_dropped));
+    }
+    r.log.extend(report.notes.iter().map(|n| format!("host: {n}")));
+    if let Some(e) = &report.stats_error {
+        r.log.push(format!("host: KVM statistics unavailable: {e}"));
+    }
+    r
+}
+
+fn hvprobe_payload() -> &'static hvprobe_harness::Payload {
+    crate::catalog::payload().expect("callers list cases from the parsed payload")
+}

@@ -1,0 +1,83 @@
+//! The hvprobe CLI as a user runs it: listing, a filtered run whose JSON validates against
+//! the schema, and clear errors for bad input.
+
+use std::process::Command;
+
+fn hvprobe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hvprobe"))
+}
+
+fn kvm_usable() -> bool {
+    hvprobe_harness::Kvm::open().is_ok()
+}
+
+#[test]
+fn list_count_matches_the_catalogue() {
+    let out = hvprobe().args(["list", "--count"]).output().unwrap();
+    assert!(out.status.success());
+    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(n, hvprobe_suites::catalog::payload().unwrap().tests.len());
+    let out = hvprobe().args(["list", "--filter", "cpu::boot::", "--count"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+}
+
+#[test]
+fn run_json_validates_against_the_schema() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.json");
+    let out = hvprobe()
+        .args(["run", "--filter", "pv::host_service", "--filter", "cpu::watchdog_spin::user64", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("area") && stdout.contains("total"), "summary table missing: {stdout}");
+    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(hvprobe_results::JSON_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let results = hvprobe_results::Results::read(&path).unwrap();
+    assert_eq!(results.tests.len(), 3);
+    assert_ne!(results.host.backend, "");
+    let spin = results.tests.iter().find(|t| t.name == "cpu::watchdog_spin::user64").unwrap();
+    assert_eq!(spin.outcome, hvprobe_results::Outcome::Timeout);
+    assert!(spin.expected_timeout);
+}
+
+#[test]
+fn a_missing_kvm_device_is_a_clear_error() {
+    let out = hvprobe().args(["run", "--kvm", "/nonexistent/kvm"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/kvm") && err.contains("No such file"), "{err}");
+    let out = hvprobe().args(["host", "--kvm", "/nonexistent/kvm"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unusable"));
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let out = hvprobe().args(["run", "--filter", "no::such::test"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let out = hvprobe().args(["run", "--timeout=-1", "--filter", "cpu::boot"]).output().unwrap();
+    if kvm_usable() {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(&profile, "backend = [").unwrap();
+    let out = hvprobe().args(["run", "--filter", "cpu::boot", "--profile"]).arg(&profile).output().unwrap();
+    if kvm_usable() {
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("malformed") && err.contains("p.toml"), "{err}");
+        assert_eq!(err.matches("unclosed array").count(), 1, "the cause is printed once: {err}");
+    }
+}
