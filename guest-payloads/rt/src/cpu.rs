@@ -38,33 +38,27 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+// Control-register reads are CPL0-only; a CPL3 caller gets #GP, which is then the test's
+// finding. Reading has no side effects.
+
 pub fn read_cr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading a control register has no side effects (CPL0 only; a CPL3 caller
-    // gets #GP, which is then the test's finding).
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack)) };
-    v
+    // SAFETY: see above.
+    unsafe { x86::controlregs::cr0() }.bits() as u64
 }
 
 pub fn read_cr2() -> u64 {
-    let v: u64;
-    // SAFETY: as for read_cr0.
-    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack)) };
-    v
+    // SAFETY: see above.
+    unsafe { x86::controlregs::cr2() as u64 }
 }
 
 pub fn read_cr3() -> u64 {
-    let v: u64;
-    // SAFETY: as for read_cr0.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) };
-    v
+    // SAFETY: see above.
+    unsafe { x86::controlregs::cr3() }
 }
 
 pub fn read_cr4() -> u64 {
-    let v: u64;
-    // SAFETY: as for read_cr0.
-    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)) };
-    v
+    // SAFETY: see above.
+    unsafe { x86::controlregs::cr4() }.bits() as u64
 }
 
 /// # Safety
