@@ -11,6 +11,8 @@ pub const NOTE_LIMIT: usize = 64;
 
 pub struct Devices {
     pub console: Vec<u8>,
+    /// Every byte written to the console, kept or not.
+    pub console_total: u64,
     pub console_truncated: bool,
     port_regs: [u8; port::TEST_IO_LEN as usize],
     mmio_regs: [u8; 256],
@@ -22,6 +24,7 @@ impl Default for Devices {
     fn default() -> Self {
         Devices {
             console: Vec::new(),
+            console_total: 0,
             console_truncated: false,
             port_regs: [0; port::TEST_IO_LEN as usize],
             mmio_regs: [0; 256],
@@ -45,6 +48,7 @@ impl Devices {
     pub fn port_write(&mut self, port: u16, data: &[u8]) {
         match port {
             port::CONSOLE => {
+                self.console_total += 1;
                 for &b in data.iter().take(1) {
                     if self.console.len() < CONSOLE_LIMIT {
                         self.console.push(b);
@@ -134,6 +138,7 @@ mod tests {
             d.port_write(port::CONSOLE, b"x");
         }
         assert_eq!(d.console.len(), CONSOLE_LIMIT);
+        assert_eq!(d.console_total, CONSOLE_LIMIT as u64 + 10);
         assert!(d.console_truncated);
     }
 }

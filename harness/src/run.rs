@@ -257,7 +257,7 @@ impl Vm {
                         data.len()
                     )));
                 };
-                return self.message(u32::from_le_bytes(bytes).into(), report, options);
+                return self.message(u32::from_le_bytes(bytes).into(), devices, report, options);
             }
             VcpuExit::MmioWrite(addr, data) => {
                 devices.mmio_write(addr, data);
@@ -309,7 +309,7 @@ impl Vm {
                 )));
             }
             let addr = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-            return self.message(addr.into(), report, options);
+            return self.message(addr.into(), devices, report, options);
         }
         for chunk in data.chunks_exact_mut(size) {
             if out {
@@ -321,7 +321,7 @@ impl Vm {
         Step::Continue
     }
 
-    fn message(&mut self, addr: u64, report: &mut RunReport, options: &mut RunOptions) -> Step {
+    fn message(&mut self, addr: u64, devices: &Devices, report: &mut RunReport, options: &mut RunOptions) -> Step {
         match protocol::decode(&self.memory, addr) {
             Err(e) => Step::Stop(RunEnd::ProtocolError(e)),
             Ok(Message::Verdict(v)) => {
@@ -345,7 +345,7 @@ impl Vm {
             Ok(Message::Service { id, args, addr }) => {
                 let answer = match options.services.as_mut().and_then(|h| h(id, args)) {
                     Some(a) => Some(a),
-                    None => self.builtin_service(id, args),
+                    None => self.builtin_service(id, args, devices),
                 };
                 let (status, result) = match answer {
                     Some(Ok(v)) => (proto::SERVICE_OK, v),
@@ -360,7 +360,7 @@ impl Vm {
         }
     }
 
-    fn builtin_service(&self, id: u32, args: [u64; 4]) -> Option<Result<u64, ()>> {
+    fn builtin_service(&self, id: u32, args: [u64; 4], devices: &Devices) -> Option<Result<u64, ()>> {
         match id {
             service::ECHO_XOR => Some(Ok(args[0] ^ args[1])),
             service::CPUID_AS_SET => {
@@ -374,6 +374,7 @@ impl Vm {
                 })
             }
             service::TSC_KHZ => Some(self.vcpus[0].get_tsc_khz().map(u64::from).map_err(|_| ())),
+            service::CONSOLE_BYTES => Some(Ok(devices.console_total)),
             _ => None,
         }
     }

@@ -372,6 +372,9 @@ pub mod proto {
         pub const CPUID_AS_SET: u32 = 2;
         /// Returns the host's TSC frequency for this vCPU in kHz (KVM_GET_TSC_KHZ).
         pub const TSC_KHZ: u32 = 3;
+        /// Returns how many bytes the console port has received, including those past
+        /// the host's capture limit.
+        pub const CONSOLE_BYTES: u32 = 4;
     }
 
     pub const SERVICE_OK: u32 = 0;

@@ -26,6 +26,12 @@ impl<T: AsValue> AsValue for Option<T> {
     }
 }
 
+impl<T: AsValue, E> AsValue for Result<T, E> {
+    fn as_value(&self) -> Option<u64> {
+        self.as_ref().ok().and_then(AsValue::as_value)
+    }
+}
+
 /// Wraps a compared value so that `check_eq!` gets `Some(bits)` for integers and `None`
 /// for anything else, by method resolution (integers match [`IntValue`] first).
 pub struct Probe<'a, T>(pub &'a T);

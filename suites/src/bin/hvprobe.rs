@@ -199,8 +199,9 @@ fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Ve
                     bar.set_message(case.name.clone());
                     let r = run_case(ctx, case);
                     let mut line = format!("{:<8} {} ({:.0} ms)", r.outcome.name(), r.name, r.duration_ms);
-                    if verbose || is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail {
-                        line += &format!("\n         {}", r.reason.as_deref().unwrap_or(""));
+                    let noteworthy = is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail;
+                    if let (Some(reason), true) = (&r.reason, verbose || noteworthy) {
+                        line += &format!("\n         {reason}");
                     }
                     // A hidden bar (output is not a terminal) would swallow println.
                     if bar.is_hidden() {

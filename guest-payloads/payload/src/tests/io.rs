@@ -118,3 +118,25 @@ test_case! {
         }
     }
 }
+
+/// More than the host keeps of a console (64 KiB), so the cap is exercised too.
+const BULK_BYTES: u64 = 80 * 1024;
+
+test_case! {
+    /// REP OUTSB of 80 KiB to the console port moves every byte: RCX reaches 0, RSI
+    /// advances by the count (SDM Vol. 2B, OUTS), and the host counts 80 Ki bytes even
+    /// though it keeps only the first 64 KiB.
+    name = "io::console_bulk::long64", mode = Long64, path = Full;
+    fn console_bulk() {
+        let src = abi::layout::IMAGE_START;
+        let (rcx, rsi): (u64, u64);
+        // SAFETY: reads guest RAM, writes only the console port.
+        unsafe {
+            core::arch::asm!("rep outsb", inout("rcx") BULK_BYTES => rcx, inout("rsi") src => rsi,
+                             in("dx") abi::port::CONSOLE, options(nostack, readonly));
+        }
+        check_eq!(rcx, 0);
+        check_eq!(rsi, src + BULK_BYTES);
+        check_eq!(hvprobe_rt::proto::service(abi::proto::service::CONSOLE_BYTES, [0; 4]), Ok(BULK_BYTES));
+    }
+}
