@@ -9,6 +9,14 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use crate::Error;
 
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+/// Environment variable that names another KVM device (or a missing one, to see how
+/// hvprobe behaves without KVM).
+pub const KVM_PATH_ENV: &str = "HVPROBE_KVM";
+
+/// The device `Kvm::open` uses: $HVPROBE_KVM, else /dev/kvm.
+pub fn kvm_path() -> PathBuf {
+    std::env::var_os(KVM_PATH_ENV).map_or_else(|| PathBuf::from(DEFAULT_KVM_PATH), PathBuf::from)
+}
 
 /// An open /dev/kvm and what it supports. Shared by every VM a process boots.
 pub struct Kvm {
@@ -18,8 +26,9 @@ pub struct Kvm {
 }
 
 impl Kvm {
+    /// Opens [`kvm_path`].
     pub fn open() -> Result<Kvm, Error> {
-        Self::open_path(Path::new(DEFAULT_KVM_PATH))
+        Self::open_path(&kvm_path())
     }
 
     pub fn open_path(path: &Path) -> Result<Kvm, Error> {

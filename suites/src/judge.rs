@@ -144,3 +144,115 @@ pub fn is_failure(outcome: Outcome, expected_timeout: bool) -> bool {
         Outcome::Fail | Outcome::Xpass | Outcome::Error => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hvprobe_abi::{Mode, Path};
+    use hvprobe_harness::{CpuSnapshot, GuestVerdict};
+
+    use super::*;
+    use crate::profile::Deviation;
+
+    fn case(flags: u32) -> TestCase {
+        TestCase {
+            name: "cpu::x::long64".into(),
+            area: "cpu".into(),
+            mode: Mode::Long64,
+            path: Path::Hw,
+            file: "cpu.rs".into(),
+            line: 1,
+            timeout: Some(Duration::from_secs(1)),
+            requires: 0,
+            flags,
+            entry: 0x100000,
+            desc_addr: 0x10a000,
+        }
+    }
+
+    fn verdict(status: VerdictStatus, message: &str) -> RunReport {
+        RunReport {
+            end: Some(RunEnd::Verdict),
+            verdict: Some(GuestVerdict {
+                status,
+                message: message.into(),
+                file: "cpu.rs".into(),
+                line: 7,
+                values: Some((1, 2)),
+                fault: None,
+            }),
+            ..RunReport::default()
+        }
+    }
+
+    fn shutdown(bytes: &[u8]) -> RunReport {
+        RunReport {
+            end: Some(RunEnd::Shutdown),
+            snapshot: Some(CpuSnapshot { rip: 0x1234, insn_bytes: bytes.to_vec(), ..CpuSnapshot::default() }),
+            ..RunReport::default()
+        }
+    }
+
+    fn profile(end: &str, insn_bytes: Option<&str>) -> Profile {
+        Profile {
+            backend: "kvm_pvm".into(),
+            source: "test.toml".into(),
+            deviations: vec![Deviation {
+                test: "cpu::x::long64".into(),
+                end: end.into(),
+                insn_bytes: insn_bytes.map(Into::into),
+                message: None,
+                deviates_from: "SDM Vol. 3A 6.15".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_guest_verdict_decides_without_a_profile_entry() {
+        let none = Profile::default();
+        assert_eq!(judge(&case(0), &verdict(VerdictStatus::Pass, ""), &none).outcome, Outcome::Pass);
+        let j = judge(&case(0), &verdict(VerdictStatus::Fail, "wrong vector"), &none);
+        assert_eq!(j.outcome, Outcome::Fail);
+        let f = j.failure.unwrap();
+        assert_eq!((f.file.as_deref(), f.line, f.expected, f.actual), (Some("cpu.rs"), Some(7), Some(1), Some(2)));
+        assert!(j.reason.unwrap().contains("cpu.rs:7: wrong vector (expected 0x1, actual 0x2)"));
+        let j = judge(&case(0), &verdict(VerdictStatus::Skip, "no x2APIC"), &none);
+        assert_eq!((j.outcome, j.reason.as_deref()), (Outcome::Skip, Some("guest: no x2APIC")));
+    }
+
+    #[test]
+    fn a_matching_signature_is_xfail_and_a_mismatch_stays_a_failure() {
+        let j = judge(&case(0), &shutdown(&[0x0f, 0x0b]), &profile("shutdown", Some("0f 0b")));
+        assert_eq!(j.outcome, Outcome::Xfail);
+        assert!(j.reason.unwrap().contains("SDM Vol. 3A 6.15"));
+        let j = judge(&case(0), &shutdown(&[0xcc]), &profile("shutdown", Some("0f 0b")));
+        assert_eq!(j.outcome, Outcome::Fail);
+        assert!(j.reason.unwrap().contains("does not match"));
+        let j = judge(&case(0), &shutdown(&[0x0f, 0x0b]), &profile("internal_error", None));
+        assert_eq!(j.outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn a_listed_test_that_passes_is_xpass() {
+        let j = judge(&case(0), &verdict(VerdictStatus::Pass, ""), &profile("shutdown", None));
+        assert_eq!(j.outcome, Outcome::Xpass);
+        assert!(is_failure(j.outcome, false));
+    }
+
+    #[test]
+    fn timeouts_are_expected_only_for_the_watchdog_cases() {
+        let limit = Duration::from_secs(1);
+        let report = RunReport { end: Some(RunEnd::Timeout { limit }), duration: limit, ..RunReport::default() };
+        let spin = case(hvprobe_abi::flags::EXPECT_TIMEOUT);
+        let j = judge(&spin, &report, &Profile::default());
+        assert_eq!(j.outcome, Outcome::Timeout);
+        assert!(!is_failure(j.outcome, true));
+        let j = judge(&case(0), &report, &Profile::default());
+        assert_eq!(j.outcome, Outcome::Timeout);
+        assert!(is_failure(j.outcome, false));
+        let j = judge(&spin, &verdict(VerdictStatus::Pass, ""), &Profile::default());
+        assert_eq!(j.outcome, Outcome::Fail, "a spinning case that ends is a failure of the watchdog test");
+        assert!(j.reason.unwrap().contains("expected the watchdog"));
+    }
+}

@@ -96,3 +96,11 @@ fn malformed_payloads_are_refused_with_the_reason() {
     let e = Payload::parse(&patched(at, b"XXXX")).unwrap_err();
     assert!(matches!(e, PayloadError::BadTest { .. }), "{e}");
 }
+
+#[test]
+fn console_text_reaches_the_report() {
+    let Some(kvm) = kvm() else { return };
+    let report = run(&kvm, "cpu::boot::long64", RunOptions::default());
+    assert_eq!(report.end(), &RunEnd::Verdict);
+    assert_eq!(report.console, "long mode, EFER 0x500\n");
+}

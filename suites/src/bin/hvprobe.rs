@@ -61,9 +61,9 @@ enum Command {
         /// Use this expectation profile instead of the backend's built-in one.
         #[arg(long)]
         profile: Option<PathBuf>,
-        /// The KVM device.
-        #[arg(long, default_value = hvprobe_harness::host::DEFAULT_KVM_PATH)]
-        kvm: PathBuf,
+        /// The KVM device (default: $HVPROBE_KVM, else /dev/kvm).
+        #[arg(long)]
+        kvm: Option<PathBuf>,
         /// Print the reason of every case, not only of failures.
         #[arg(long, short)]
         verbose: bool,
@@ -73,8 +73,9 @@ enum Command {
         /// As JSON (the `host` object of a results file).
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = hvprobe_harness::host::DEFAULT_KVM_PATH)]
-        kvm: PathBuf,
+        /// The KVM device (default: $HVPROBE_KVM, else /dev/kvm).
+        #[arg(long)]
+        kvm: Option<PathBuf>,
     },
 }
 
@@ -127,7 +128,7 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Host { json, kvm } => {
-            let opened = Kvm::open_path(&kvm);
+            let opened = Kvm::open_path(&kvm.unwrap_or_else(hvprobe_harness::host::kvm_path));
             let facts = HostFacts::gather(opened.as_ref());
             let host = host_record(&facts);
             if json {
@@ -138,7 +139,7 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { filter, exact, jobs, json, results_dir, timeout, profile, kvm, verbose } => {
-            let kvm_dev = kvm;
+            let kvm_dev = kvm.unwrap_or_else(hvprobe_harness::host::kvm_path);
             let kvm = Kvm::open_path(&kvm_dev).with_context(|| {
                 format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
             })?;

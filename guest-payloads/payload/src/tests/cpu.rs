@@ -26,6 +26,7 @@ test_case! {
         check_eq!(cpu::read_cr0() & 0x8000_0001, 0x8000_0001);
         check_eq!(cpu::read_cr4() & (1 << 5), 1 << 5);
         check_eq!(cpu::read_cs(), abi::selector::CODE64);
+        hvprobe_rt::print!("long mode, EFER {:#x}\n", efer);
     }
 }
 
