@@ -154,7 +154,7 @@ const CAPS: &[(&str, u32)] = &[
 ];
 
 /// Where a result was produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HostFacts {
     pub hostname: String,
     pub kernel: String,
@@ -166,6 +166,8 @@ pub struct HostFacts {
     pub kvm_error: Option<String>,
     pub capabilities: BTreeMap<String, i32>,
     pub tsc_khz: Option<u32>,
+    /// KVM_GET_SUPPORTED_CPUID, empty without KVM.
+    pub supported_cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -196,10 +198,12 @@ impl HostFacts {
             kvm_error: None,
             capabilities: BTreeMap::new(),
             tsc_khz: None,
+            supported_cpuid: Vec::new(),
         };
         match kvm {
             Ok(kvm) => {
                 facts.kvm_api_version = Some(kvm.kvm.get_api_version());
+                facts.supported_cpuid = kvm.supported_cpuid.clone();
                 for (name, cap) in CAPS {
                     facts.capabilities.insert((*name).into(), kvm.kvm.check_extension_raw((*cap).into()));
                 }

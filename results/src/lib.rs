@@ -8,6 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub mod compare;
+pub mod dashboard;
+pub mod export;
+
 pub const SCHEMA_ID: &str = "hvprobe.results/1";
 /// The JSON Schema that documents [`Results`].
 pub const JSON_SCHEMA: &str = include_str!("../schema/hvprobe.results-1.schema.json");
@@ -60,6 +64,20 @@ pub struct Host {
     /// KVM_CHECK_EXTENSION results by capability name.
     pub capabilities: BTreeMap<String, i32>,
     pub tsc_khz: Option<u32>,
+    /// KVM_GET_SUPPORTED_CPUID: what this host can offer a guest.
+    #[serde(default)]
+    pub cpuid: Vec<CpuidEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuidEntry {
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
 }
 
 /// The outcomes of design.md; their meaning is in the README.
@@ -234,7 +252,7 @@ pub fn run_file_name(t: SystemTime, hostname: &str, backend: &str) -> String {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> Results {
+    pub fn sample() -> Results {
         let host = Host {
             hostname: "h".into(),
             kernel: "6.18".into(),
@@ -245,6 +263,7 @@ mod tests {
             kvm_error: None,
             capabilities: [("KVM_CAP_IRQCHIP".to_string(), 1)].into(),
             tsc_khz: Some(2_000_000),
+            cpuid: vec![CpuidEntry { leaf: 1, subleaf: 0, eax: 0xb00f21, ebx: 0x800, ecx: 0x8120_2000, edx: 0x78b_fbff }],
         };
         let mut r = Results::new(host, UNIX_EPOCH);
         for (i, outcome) in Outcome::ALL.iter().enumerate() {

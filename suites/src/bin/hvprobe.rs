@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use hvprobe_harness::{HostFacts, Kvm, TestCase};
-use hvprobe_results::{Host, Outcome, Results, TestResult};
+use hvprobe_results::{CpuidEntry, Host, Outcome, Results, TestResult};
 use hvprobe_suites::judge::is_failure;
 use hvprobe_suites::profile::Profile;
 use hvprobe_suites::{Context, catalog, hooks, run_case, runner};
@@ -233,6 +233,11 @@ fn host_record(f: &HostFacts) -> Host {
         kvm_error: f.kvm_error.clone(),
         capabilities: f.capabilities.clone(),
         tsc_khz: f.tsc_khz,
+        cpuid: f
+            .supported_cpuid
+            .iter()
+            .map(|e| CpuidEntry { leaf: e.function, subleaf: e.index, eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx })
+            .collect(),
     }
 }
 

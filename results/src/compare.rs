@@ -1,0 +1,1 @@
+//! Differences between two results files: outcomes, benchmarks beyond their noise, host facts.

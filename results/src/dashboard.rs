@@ -1,0 +1,1 @@
+//! The static HTML dashboard built from a directory of results files.
