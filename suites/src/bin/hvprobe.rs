@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use hvprobe_harness::{HostFacts, Kvm, TestCase};
+use hvprobe_results::compare::FailOn;
 use hvprobe_results::{CpuidEntry, Host, Outcome, Results, TestResult};
 use hvprobe_suites::judge::is_failure;
 use hvprobe_suites::profile::Profile;
@@ -68,6 +69,20 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Compare two results files: test outcomes, benchmarks beyond their noise, host facts.
+    Compare {
+        /// The baseline (e.g. results/reference/kvm_pvm.json).
+        before: PathBuf,
+        /// The run to compare with it.
+        after: PathBuf,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+        /// What makes the exit code 1: regressions (a test went from a good outcome to a
+        /// bad one, or a benchmark got slower beyond both spreads), any difference, or never.
+        #[arg(long, value_enum, default_value_t = FailOnArg::Regressions)]
+        fail_on: FailOnArg,
+    },
     /// Print the facts about this host that a results file records.
     Host {
         /// As JSON (the `host` object of a results file).
@@ -77,6 +92,13 @@ enum Command {
         #[arg(long)]
         kvm: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FailOnArg {
+    Regressions,
+    Any,
+    Never,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +133,9 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::Compare { before, after, json, fail_on } = &cli.command {
+        return compare(before, after, *json, *fail_on);
+    }
     let payload = catalog::payload().context("the embedded guest payload is invalid")?;
     hooks::check(payload).map_err(anyhow::Error::msg)?;
     match cli.command {
@@ -127,6 +152,7 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compare { .. } => unreachable!("handled before the catalogue is loaded"),
         Command::Host { json, kvm } => {
             let opened = Kvm::open_path(&kvm.unwrap_or_else(hvprobe_harness::host::kvm_path));
             let facts = HostFacts::gather(opened.as_ref());
@@ -182,6 +208,25 @@ fn real_main() -> Result<ExitCode> {
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
+}
+
+/// Needs no catalogue and no KVM: results files from any host and any hvprobe version of
+/// the same schema compare.
+fn compare(before: &std::path::Path, after: &std::path::Path, json: bool, fail_on: FailOnArg) -> Result<ExitCode> {
+    let a = Results::read(before)?;
+    let b = Results::read(after)?;
+    let c = hvprobe_results::compare::compare(&a, &b);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", c.render());
+    }
+    let on = match fail_on {
+        FailOnArg::Regressions => FailOn::Regressions,
+        FailOnArg::Any => FailOn::Any,
+        FailOnArg::Never => FailOn::Never,
+    };
+    Ok(if c.fails(on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Vec<TestResult> {
