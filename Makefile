@@ -5,7 +5,7 @@ GUEST_TARGET := x86_64-unknown-none
 # Extra arguments for `hvprobe run`, e.g. make run ARGS="--filter irq::"
 ARGS ?=
 
-.PHONY: all setup build test run lint fmt host list clean
+.PHONY: all setup setup-browser build test run lint fmt host list clean
 
 all: build
 
@@ -16,11 +16,18 @@ setup:
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
+# The dashboard's browser test loads the site in Debian's headless Chromium.
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    echo "installing Debian's chromium for the dashboard browser test"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
 build: setup
 	$(CARGO) build --release
 
 # Unit tests of every crate, the CLI tests, and every guest case as its own trial.
-test: setup
+test: setup setup-browser
 	$(CARGO) test --workspace
 
 # Runs the whole suite on this host, prints the report, writes results/runs/*.json.

@@ -1,1 +1,902 @@
 //! The static HTML dashboard built from a directory of results files.
+//!
+//! Three pages: `index.html` (the latest run), `trends.html` (benchmarks and guest metrics
+//! over time) and `compat.html` (outcomes per test and host). The site has no scripts and
+//! no external assets, so it works from a file:// URL, an artifact viewer or any static
+//! server; plots are SVG drawn by plotters and inlined. The output depends only on the
+//! input files, so rebuilding an unchanged directory gives identical pages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use plotters::prelude::*;
+
+use crate::{Failure, Outcome, Results, ResultsError, TestResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("cannot list the results directory {path}: {source}")]
+    List { path: PathBuf, source: std::io::Error },
+    #[error("{path} has no results files (*.json), so there is nothing to show")]
+    NoResults { path: PathBuf },
+    /// An unreadable or malformed results file; the message names it and the position.
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{path} has a start time {started:?} that is not an RFC 3339 timestamp")]
+    Started { path: PathBuf, started: String },
+    #[error("cannot draw the plot {plot:?}: {message}")]
+    Plot { plot: String, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// What [`build_site`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// index.html, trends.html and compat.html, in that order.
+    pub pages: Vec<PathBuf>,
+    /// Results files read.
+    pub runs: usize,
+    /// Distinct (hostname, backend) pairs among the runs.
+    pub hosts: usize,
+    /// SVG plots on the trends page.
+    pub plots: usize,
+}
+
+/// One results file and when its run started, in seconds since the Unix epoch.
+struct Run {
+    file: PathBuf,
+    at: i64,
+    results: Results,
+}
+
+impl Run {
+    fn host_key(&self) -> (&str, &str) {
+        (&self.results.host.hostname, &self.results.host.backend)
+    }
+
+    fn file_name(&self) -> String {
+        self.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// Builds the site from every `*.json` in `input_dir` into `out_dir` (created if needed).
+pub fn build_site(input_dir: &Path, out_dir: &Path) -> Result<Site, DashboardError> {
+    let runs = load(input_dir)?;
+    let (trends, plots) = trends_page(&runs)?;
+    let pages = [("index.html", index_page(&runs)), ("trends.html", trends), ("compat.html", compat_page(&runs))];
+    std::fs::create_dir_all(out_dir).map_err(|source| DashboardError::Write { path: out_dir.into(), source })?;
+    let mut written = Vec::new();
+    for (name, html) in pages {
+        let path = out_dir.join(name);
+        write_atomic(&path, &html)?;
+        written.push(path);
+    }
+    let hosts = runs.iter().map(Run::host_key).collect::<BTreeSet<_>>().len();
+    Ok(Site { pages: written, runs: runs.len(), hosts, plots })
+}
+
+/// Reads the results files in name order, then orders the runs by start time (name breaks ties).
+fn load(input_dir: &Path) -> Result<Vec<Run>, DashboardError> {
+    let list_err = |source| DashboardError::List { path: input_dir.into(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(input_dir).map_err(list_err)? {
+        let path = entry.map_err(list_err)?.path();
+        if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(DashboardError::NoResults { path: input_dir.into() });
+    }
+    let mut runs = Vec::new();
+    for file in files {
+        let results = Results::read(&file)?;
+        let Some(at) = parse_rfc3339(&results.started) else {
+            return Err(DashboardError::Started { path: file, started: results.started });
+        };
+        runs.push(Run { file, at, results });
+    }
+    runs.sort_by(|a, b| (a.at, &a.file).cmp(&(b.at, &b.file)));
+    Ok(runs)
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp (any offset, optional fraction).
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let t = s.get(from..to)?;
+        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = fraction.get(digits..)?;
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let part = |r: std::ops::Range<usize>| rest.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
+            let (h, m): (i64, i64) = (part(1..3)?.parse().ok()?, part(4..6)?.parse().ok()?);
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days-from-civil (proleptic Gregorian), after Howard Hinnant's date algorithms.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// "YYYY-MM-DD HH:MM" (UTC) of seconds since the epoch, for axis labels.
+fn date_label(secs: i64) -> String {
+    let s = crate::rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs()));
+    s.get(..16).map_or(s.clone(), |d| d.replacen('T', " ", 1))
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An anchor id from free text: lowercase ASCII letters, digits and dashes.
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Writes `text` through a temporary file in the same directory, so a reader or a crash
+/// never sees half a page.
+fn write_atomic(path: &Path, text: &str) -> Result<(), DashboardError> {
+    let err = |source| DashboardError::Write { path: path.into(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".hvprobe-dashboard-").suffix(".tmp");
+    // Static servers often run as another user: the pages must be world-readable, not 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
+    tmp.write_all(text.as_bytes()).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+const STYLE: &str = "\
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;color:#1d1d1d;max-width:1500px}\
+nav{padding:.5em 0;border-bottom:1px solid #ccc;margin-bottom:1em}nav a,nav strong{margin-right:1.5em}\
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}h3{font-size:1em;margin:1.2em 0 .3em}\
+table{border-collapse:collapse;margin:.4em 0 1em}\
+th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:left;vertical-align:top}\
+th{background:#f2f2f2}td.num{text-align:right}\
+code,pre{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.9em}pre{margin:.2em 0}\
+.o-pass{background:#dff3dc}.o-skip{background:#ececec;color:#555}.o-timeout-expected{background:#dff3dc}\
+.o-xfail{background:#ffe9a8}.o-fail,.o-error,.o-xpass,.o-timeout{background:#f9c9c4}\
+.dev{font-weight:bold;box-shadow:inset 0 0 0 2px #b3261e}.o-xfail.dev{box-shadow:inset 0 0 0 2px #b07b00}\
+.absent{color:#999;text-align:center}.zero{color:#888;background:#fafafa}.badge{display:inline-block;padding:.15em .6em;margin:0 .3em .3em 0;\
+border-radius:.8em;border:1px solid #ccc}\
+table.compat td{text-align:center}table.compat th.host{text-align:center;font-weight:normal}\
+table.compat th.host div:first-child{font-weight:bold}.muted{color:#666;font-size:.9em}\
+figure{margin:1em 0 2em}figcaption{font-weight:bold;margin-bottom:.3em}\
+svg{max-width:100%;height:auto;border:1px solid #ddd}\
+.swatch{display:inline-block;width:1.6em;height:.5em;margin:0 .4em 0 1em;vertical-align:middle}";
+
+/// A complete page: the shared head, the navigation (the current page is not a link) and `body`.
+fn page(title: &str, current: &str, body: &str) -> String {
+    let mut nav = String::new();
+    for (file, label) in [("index.html", "Latest run"), ("trends.html", "Trends"), ("compat.html", "Compatibility")] {
+        if file == current {
+            let _ = write!(nav, "<strong>{label}</strong>");
+        } else {
+            let _ = write!(nav, "<a href=\"{file}\">{label}</a>");
+        }
+    }
+    // The empty data: icon keeps browsers from asking the server for a favicon.
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n<title>{} · hvprobe</title>\n<style>{STYLE}</style>\n</head>\n\
+         <body>\n<nav>{nav}</nav>\n{body}</body>\n</html>\n",
+        esc(title)
+    )
+}
+
+/// A failure or deviation: the outcomes that do not belong to a clean run.
+fn is_deviation(t: &TestResult) -> bool {
+    match t.outcome {
+        Outcome::Pass | Outcome::Skip => false,
+        Outcome::Timeout => !t.expected_timeout,
+        Outcome::Fail | Outcome::Xfail | Outcome::Xpass | Outcome::Error => true,
+    }
+}
+
+/// The CSS class of an outcome cell (the watchdog's expected timeout is not red).
+fn outcome_class(t: &TestResult) -> &'static str {
+    match t.outcome {
+        Outcome::Timeout if t.expected_timeout => "o-timeout-expected",
+        o => match o {
+            Outcome::Pass => "o-pass",
+            Outcome::Fail => "o-fail",
+            Outcome::Skip => "o-skip",
+            Outcome::Xfail => "o-xfail",
+            Outcome::Xpass => "o-xpass",
+            Outcome::Timeout => "o-timeout",
+            Outcome::Error => "o-error",
+        },
+    }
+}
+
+fn outcome_label(t: &TestResult) -> String {
+    if t.outcome == Outcome::Timeout && t.expected_timeout {
+        "timeout (expected)".into()
+    } else {
+        t.outcome.name().into()
+    }
+}
+
+fn outcome_cell(t: &TestResult) -> String {
+    let dev = if is_deviation(t) { " dev" } else { "" };
+    format!("<td class=\"{}{dev}\">{}</td>", outcome_class(t), esc(&outcome_label(t)))
+}
+
+fn opt_code(v: Option<&String>) -> String {
+    v.map_or(String::new(), |v| format!("<code>{}</code>", esc(v)))
+}
+
+/// One line naming a failure the way expectation profiles match it.
+fn signature(f: &Failure) -> String {
+    let mut parts = vec![format!("end: {}", f.end)];
+    if let Some(b) = &f.insn_bytes {
+        parts.push(format!("insn: {b}"));
+    }
+    if let Some(m) = &f.message {
+        parts.push(format!("message: {m}"));
+    }
+    parts.join("; ")
+}
+
+fn index_page(runs: &[Run]) -> String {
+    let mut b = String::new();
+    let Some(latest) = runs.last() else {
+        return page("Latest run", "index.html", "<p>No runs.</p>\n");
+    };
+    let r = &latest.results;
+    let h = &r.host;
+    let _ = writeln!(b, "<h1>Latest run: {} ({})</h1>", esc(&h.hostname), esc(&h.backend));
+    let _ = writeln!(
+        b,
+        "<p>Started {} and took {:.1} s; {} {}; file <code>{}</code>.</p>",
+        esc(&r.started),
+        r.duration_s,
+        esc(&r.tool.name),
+        esc(&r.tool.version),
+        esc(&latest.file_name())
+    );
+
+    b.push_str("<h2 id=\"host\">Host</h2>\n<table class=\"facts\">\n");
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    let mut facts = vec![
+        ("Hostname", esc(&h.hostname)),
+        ("Backend", esc(&h.backend)),
+        ("Kernel", esc(&h.kernel)),
+        ("CPU", format!("{} ({})", esc(&h.cpu_model), esc(&h.cpu_vendor))),
+        ("KVM API version", opt(h.kvm_api_version.map(|v| v.to_string()))),
+        ("TSC", opt(h.tsc_khz.map(|v| format!("{v} kHz")))),
+        ("Capabilities recorded", h.capabilities.len().to_string()),
+        ("CPUID leaves recorded", h.cpuid.len().to_string()),
+    ];
+    if let Some(e) = &h.kvm_error {
+        facts.push(("KVM unavailable", esc(e)));
+    }
+    for (k, v) in facts {
+        let _ = writeln!(b, "<tr><th scope=\"row\">{k}</th><td>{v}</td></tr>");
+    }
+    b.push_str("</table>\n");
+
+    let counts = r.counts();
+    let _ = writeln!(b, "<h2 id=\"outcomes\">Outcomes ({} tests)</h2>\n<p class=\"counts\">", r.tests.len());
+    let expected_timeouts = r.tests.iter().filter(|t| t.outcome == Outcome::Timeout && t.expected_timeout).count();
+    for (o, n) in &counts {
+        let (class, note) = match (o, *n) {
+            (_, 0) => ("zero".to_string(), String::new()),
+            (Outcome::Timeout, n) if expected_timeouts > 0 => {
+                let class = if expected_timeouts == n { "o-timeout-expected" } else { "o-timeout" };
+                (class.to_string(), format!(" ({expected_timeouts} expected)"))
+            }
+            (o, _) => (format!("o-{}", o.name()), String::new()),
+        };
+        let _ = write!(b, "<span class=\"badge {class}\">{} <b>{n}</b>{note}</span>", o.name());
+    }
+    b.push_str("</p>\n");
+
+    b.push_str("<h2 id=\"areas\">Outcomes by area and path</h2>\n");
+    let mut paths: Vec<&str> = r.tests.iter().map(|t| t.path.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    // The three execution paths in their natural order, anything else after them.
+    let rank = |p: &str| ["full", "para", "hw"].iter().position(|k| *k == p).unwrap_or(3);
+    paths.sort_by_key(|p| (rank(p), *p));
+    // Grouped by outcome and whether a timeout was the expected one, which is not a problem.
+    let mut cells: BTreeMap<(&str, &str), OutcomeGroups> = BTreeMap::new();
+    for t in &r.tests {
+        let group = (t.outcome, t.outcome == Outcome::Timeout && t.expected_timeout);
+        cells.entry((&t.area, &t.path)).or_default().entry(group).or_insert((0, t)).0 += 1;
+    }
+    let areas: BTreeSet<&str> = r.tests.iter().map(|t| t.area.as_str()).collect();
+    b.push_str("<table class=\"areas\">\n<thead><tr><th>Area</th>");
+    for p in &paths {
+        let _ = write!(b, "<th>{}</th>", esc(p));
+    }
+    b.push_str("</tr></thead>\n<tbody>\n");
+    for a in &areas {
+        let _ = write!(b, "<tr><th scope=\"row\">{}</th>", esc(a));
+        for p in &paths {
+            match cells.get(&(*a, *p)) {
+                None => b.push_str("<td class=\"absent\">–</td>"),
+                Some(c) => {
+                    b.push_str("<td>");
+                    for (n, t) in c.values() {
+                        let _ = write!(b, "<span class=\"badge {}\">{n} {}</span>", outcome_class(t), outcome_label(t));
+                    }
+                    b.push_str("</td>");
+                }
+            }
+        }
+        b.push_str("</tr>\n");
+    }
+    b.push_str("</tbody>\n</table>\n");
+
+    let failing: Vec<&TestResult> = r.tests.iter().filter(|t| is_deviation(t) && t.outcome != Outcome::Xfail).collect();
+    let known: Vec<&TestResult> = r.tests.iter().filter(|t| t.outcome == Outcome::Xfail).collect();
+    let _ = writeln!(b, "<h2 id=\"failures\">Failures ({})</h2>", failing.len());
+    b.push_str("<p class=\"muted\">fail, error, xpass (the profile predicted a failure that did not happen) and unexpected timeouts.</p>\n");
+    failure_table(&mut b, &failing);
+    let _ = writeln!(b, "<h2 id=\"deviations\">Known deviations ({})</h2>", known.len());
+    b.push_str("<p class=\"muted\">xfail: failures the backend's expectation profile predicts.</p>\n");
+    failure_table(&mut b, &known);
+
+    let skipped: Vec<&TestResult> = r.tests.iter().filter(|t| t.outcome == Outcome::Skip).collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            b,
+            "<h2 id=\"skips\">Skipped</h2>\n<details><summary>{} tests skipped</summary>\n<table>\n\
+             <thead><tr><th>Test</th><th>Reason</th></tr></thead>\n<tbody>",
+            skipped.len()
+        );
+        for t in skipped {
+            let _ = writeln!(
+                b,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&t.name),
+                esc(t.reason.as_deref().unwrap_or(""))
+            );
+        }
+        b.push_str("</tbody>\n</table>\n</details>\n");
+    }
+
+    b.push_str("<h2 id=\"runs\">All runs</h2>\n<table class=\"runs\">\n<thead><tr><th>Started</th><th>Host</th>");
+    b.push_str("<th>Backend</th><th>Kernel</th><th>Tests</th><th>Failures and deviations</th><th>File</th></tr></thead>\n<tbody>\n");
+    for run in runs.iter().rev() {
+        let r = &run.results;
+        let _ = writeln!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td><code>{}</code></td></tr>",
+            esc(&r.started),
+            esc(&r.host.hostname),
+            esc(&r.host.backend),
+            esc(&r.host.kernel),
+            r.tests.len(),
+            r.tests.iter().filter(|t| is_deviation(t)).count(),
+            esc(&run.file_name())
+        );
+    }
+    b.push_str("</tbody>\n</table>\n");
+    page("Latest run", "index.html", &b)
+}
+
+/// Counts by (outcome, expected timeout), each with a test that shows how to render it.
+type OutcomeGroups<'a> = BTreeMap<(Outcome, bool), (usize, &'a TestResult)>;
+
+/// The tests with their reason and failure signature (end, instruction bytes, message).
+fn failure_table(b: &mut String, tests: &[&TestResult]) {
+    if tests.is_empty() {
+        b.push_str("<p>None.</p>\n");
+        return;
+    }
+    b.push_str("<table class=\"failures\">\n<thead><tr><th>Test</th><th>Outcome</th><th>Reason</th><th>End</th>");
+    b.push_str("<th>Instruction bytes</th><th>Message</th><th>Details</th></tr></thead>\n<tbody>\n");
+    for t in tests {
+        let reason = esc(t.reason.as_deref().unwrap_or(""));
+        let _ = write!(b, "<tr><td><code>{}</code></td>{}<td>{reason}</td>", esc(&t.name), outcome_cell(t));
+        match &t.failure {
+            None => b.push_str("<td></td><td></td><td></td><td></td>"),
+            Some(f) => {
+                let mut details = esc(&f.description);
+                if let Some(file) = &f.file {
+                    let line = f.line.map(|l| format!(":{l}")).unwrap_or_default();
+                    let _ = write!(details, "<br>at <code>{}{line}</code>", esc(file));
+                }
+                if let (Some(e), Some(a)) = (f.expected, f.actual) {
+                    let _ = write!(details, "<br>expected <code>{e:#x}</code>, got <code>{a:#x}</code>");
+                }
+                if let Some(cpu) = &f.cpu {
+                    let _ = write!(details, "<details><summary>registers</summary><pre>{}</pre></details>", esc(cpu));
+                }
+                let _ = write!(
+                    b,
+                    "<td>{}</td><td>{}</td><td>{}</td><td>{details}</td>",
+                    esc(&f.end),
+                    opt_code(f.insn_bytes.as_ref()),
+                    esc(f.message.as_deref().unwrap_or(""))
+                );
+            }
+        }
+        b.push_str("</tr>\n");
+    }
+    b.push_str("</tbody>\n</table>\n");
+}
+
+fn compat_page(runs: &[Run]) -> String {
+    let mut b = String::new();
+    // Runs are in start order, so the last insert per host is its latest run.
+    let mut latest: BTreeMap<(&str, &str), &Run> = BTreeMap::new();
+    for run in runs {
+        latest.insert(run.host_key(), run);
+    }
+    let columns: Vec<(&Run, BTreeMap<&str, &TestResult>)> =
+        latest.values().map(|run| (*run, run.results.tests.iter().map(|t| (t.name.as_str(), t)).collect())).collect();
+    let names: BTreeSet<&str> = columns.iter().flat_map(|(_, tests)| tests.keys().copied()).collect();
+    b.push_str("<h1>Compatibility matrix</h1>\n");
+    let _ = writeln!(
+        b,
+        "<p>{} tests on {} hosts, from each host's latest run. Highlighted cells are failures and \
+         deviations (xfail, fail, xpass, error, unexpected timeout); hover a cell for its reason.</p>",
+        names.len(),
+        columns.len()
+    );
+    b.push_str("<table class=\"compat\">\n<thead><tr><th>Test</th>");
+    for (run, _) in &columns {
+        let h = &run.results.host;
+        let _ = write!(
+            b,
+            "<th class=\"host\"><div>{}</div><div>{}</div><div>{}</div><div class=\"muted\">{}</div></th>",
+            esc(&h.hostname),
+            esc(&h.backend),
+            esc(&h.kernel),
+            esc(&run.results.started)
+        );
+    }
+    b.push_str("</tr></thead>\n<tbody>\n");
+    for name in &names {
+        let _ = write!(b, "<tr><th scope=\"row\"><code>{}</code></th>", esc(name));
+        for (_, tests) in &columns {
+            match tests.get(name) {
+                None => b.push_str("<td class=\"absent\" title=\"not run on this host\">–</td>"),
+                Some(t) => {
+                    let mut tip = t.reason.clone().unwrap_or_default();
+                    if let Some(f) = &t.failure {
+                        if !tip.is_empty() {
+                            tip.push('\n');
+                        }
+                        tip.push_str(&signature(f));
+                    }
+                    let dev = if is_deviation(t) { " dev" } else { "" };
+                    let title = if tip.is_empty() { String::new() } else { format!(" title=\"{}\"", esc(&tip)) };
+                    let _ = write!(b, "<td class=\"{}{dev}\"{title}>{}</td>", outcome_class(t), esc(&outcome_label(t)));
+                }
+            }
+        }
+        b.push_str("</tr>\n");
+    }
+    b.push_str("</tbody>\n</table>\n");
+    page("Compatibility", "compat.html", &b)
+}
+
+/// Colours per host (Okabe–Ito, readable by colour-blind people), the same on every plot.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 0, 0),
+    RGBColor(120, 120, 120),
+];
+
+const PLOT_SIZE: (u32, u32) = (960, 380);
+
+/// One measurement of a series: when, the median (or value) and its spread, if measured.
+#[derive(Clone, Copy)]
+struct Point {
+    at: i64,
+    value: f64,
+    spread: Option<f64>,
+}
+
+/// A plot's series, by host (hostname, backend).
+type Series<'a> = BTreeMap<(&'a str, &'a str), Vec<Point>>;
+
+fn trends_page(runs: &[Run]) -> Result<(String, usize), DashboardError> {
+    let hosts: BTreeSet<(&str, &str)> = runs.iter().map(Run::host_key).collect();
+    let color_of = |key: &(&str, &str)| PALETTE[hosts.iter().position(|h| h == key).unwrap_or(0) % PALETTE.len()];
+    // Plots are keyed by (name, unit): a unit change starts a new plot instead of mixing scales.
+    let mut benches: BTreeMap<(&str, &str), Series> = BTreeMap::new();
+    let mut metrics: BTreeMap<(String, &str), Series> = BTreeMap::new();
+    for run in runs {
+        for bench in &run.results.benchmarks {
+            let point = Point { at: run.at, value: bench.median, spread: Some(bench.spread.abs()) };
+            benches.entry((&bench.name, &bench.unit)).or_default().entry(run.host_key()).or_default().push(point);
+        }
+        for t in &run.results.tests {
+            for (metric, v) in &t.metrics {
+                let point = Point { at: run.at, value: v.value, spread: None };
+                let key = (format!("{} / {metric}", t.name), v.unit.as_str());
+                metrics.entry(key).or_default().entry(run.host_key()).or_default().push(point);
+            }
+        }
+    }
+
+    let mut b = String::new();
+    let mut toc = String::new();
+    let mut figures = String::new();
+    let mut ids = BTreeSet::new();
+    let mut plots = 0;
+    b.push_str("<h1>Trends</h1>\n<p>One plot per benchmark and per guest test metric, over every run. ");
+    b.push_str("x: when the run started (UTC); y: the median in the benchmark's unit; the shaded band and the ");
+    b.push_str("error bars span median ± spread (median absolute deviation). One line per host; metrics are ");
+    b.push_str("single values with no spread.</p>\n");
+    let bench_items: Vec<(String, &str, &Series)> = benches.iter().map(|((n, u), s)| (n.to_string(), *u, s)).collect();
+    let metric_items: Vec<(String, &str, &Series)> = metrics.iter().map(|((n, u), s)| (n.clone(), *u, s)).collect();
+    for (heading, empty, items) in [
+        ("Benchmarks", "No run has benchmarks yet.", bench_items),
+        ("Guest test metrics", "No test recorded a metric.", metric_items),
+    ] {
+        let _ = writeln!(figures, "<h2 id=\"{}\">{heading}</h2>", slug(heading));
+        let _ = writeln!(toc, "<li><a href=\"#{}\">{heading}</a> ({})", slug(heading), items.len());
+        if items.is_empty() {
+            let _ = writeln!(figures, "<p>{empty}</p>");
+            toc.push_str("</li>\n");
+            continue;
+        }
+        toc.push_str("<ul>\n");
+        for (name, unit, series) in items {
+            let mut id = format!("plot-{}", slug(&name));
+            let mut n = 2;
+            while ids.contains(&id) {
+                id = format!("plot-{}-{n}", slug(&name));
+                n += 1;
+            }
+            ids.insert(id.clone());
+            let svg = draw_plot(series, unit, &color_of)
+                .map_err(|e| DashboardError::Plot { plot: name.clone(), message: e.to_string() })?;
+            plots += 1;
+            let _ = writeln!(toc, "<li><a href=\"#{id}\">{}</a></li>", esc(&name));
+            let _ = write!(
+                figures,
+                "<figure id=\"{id}\">\n<figcaption>{} <span class=\"muted\">({})</span></figcaption>\n{svg}<div class=\"muted\">",
+                esc(&name),
+                esc(unit)
+            );
+            for (key, points) in series {
+                let RGBColor(r, g, bl) = color_of(key);
+                let _ = write!(
+                    figures,
+                    "<span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} / {} ({} runs)",
+                    esc(key.0),
+                    esc(key.1),
+                    points.len()
+                );
+            }
+            figures.push_str("</div>\n</figure>\n");
+        }
+        toc.push_str("</ul></li>\n");
+    }
+    let _ = write!(b, "<ul class=\"toc\">\n{toc}</ul>\n{figures}");
+    Ok((page("Trends", "trends.html", &b), plots))
+}
+
+/// Draws one plot to an SVG string: x in hours since the epoch (so ticks land on whole hours),
+/// one line per host, a translucent band and error bars for median ± spread.
+fn draw_plot(
+    series: &Series,
+    unit: &str,
+    color_of: &dyn Fn(&(&str, &str)) -> RGBColor,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let points = || series.values().flatten();
+    let hours = |at: i64| at as f64 / 3600.0;
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in points() {
+        x0 = x0.min(hours(p.at));
+        x1 = x1.max(hours(p.at));
+        let s = p.spread.unwrap_or(0.0);
+        y0 = y0.min(p.value - s);
+        y1 = y1.max(p.value + s);
+    }
+    if !(x0.is_finite() && x1.is_finite() && y0.is_finite() && y1.is_finite()) {
+        return Err("no finite data to plot".into());
+    }
+    let pad = ((x1 - x0) * 0.05).max(0.5);
+    let (x0, x1) = (x0 - pad, x1 + pad);
+    let pad = if y1 - y0 > f64::EPSILON * y1.abs().max(1.0) { (y1 - y0) * 0.12 } else { (y1.abs() * 0.1).max(1.0) };
+    // Times and counts are never negative: do not invent a negative part of the axis.
+    let (y0, y1) = (if y0 >= 0.0 { (y0 - pad).max(0.0) } else { y0 - pad }, y1 + pad);
+    if !(y1 - y0).is_finite() {
+        return Err("the values are too large to plot".into());
+    }
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(16)
+            .x_label_area_size(52)
+            .y_label_area_size(86)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        let x_label = |h: &f64| date_label((h * 3600.0).round() as i64);
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(7)
+            .x_label_formatter(&x_label)
+            .x_desc("run start (UTC)")
+            .y_desc(unit)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()?;
+        for (key, pts) in series {
+            let color = color_of(key);
+            let mut pts = pts.clone();
+            pts.sort_by_key(|p| p.at);
+            let xy: Vec<(f64, f64)> = pts.iter().map(|p| (hours(p.at), p.value)).collect();
+            let spreads: Vec<(f64, f64, f64)> =
+                pts.iter().filter_map(|p| p.spread.map(|s| (hours(p.at), p.value - s, p.value + s))).collect();
+            if spreads.len() >= 2 {
+                let band: Vec<(f64, f64)> = spreads
+                    .iter()
+                    .map(|(x, _, hi)| (*x, *hi))
+                    .chain(spreads.iter().rev().map(|(x, lo, _)| (*x, *lo)))
+                    .collect();
+                chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled())))?;
+            }
+            let bar = color.stroke_width(1);
+            for (x, lo, hi) in spreads.iter().filter(|(_, lo, hi)| hi > lo) {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(*x, *lo), (*x, *hi)], bar)))?;
+                for y in [*lo, *hi] {
+                    let cap = EmptyElement::at((*x, y)) + PathElement::new(vec![(-5, 0), (5, 0)], bar);
+                    chart.draw_series(std::iter::once(cap))?;
+                }
+            }
+            chart.draw_series(LineSeries::new(xy.iter().copied(), color.stroke_width(2)))?;
+            chart.draw_series(xy.iter().map(|(x, y)| Circle::new((*x, *y), 4, color.filled())))?;
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Benchmark, MetricValue};
+    use std::time::SystemTime;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Two runs on one host a day apart and one on another host, with benchmarks and metrics.
+    fn fixture(dir: &Path) {
+        let mut a = crate::tests::sample();
+        a.started = crate::rfc3339(at(1_795_000_000));
+        a.host.hostname = "alpha".into();
+        a.host.backend = "kvm_intel".into();
+        a.host.kernel = "6.18.0-alpha".into();
+        let mut b = a.clone();
+        b.started = crate::rfc3339(at(1_795_086_400));
+        b.benchmarks[0].median = 1.4;
+        b.tests[0].metrics.insert("cpuid".into(), MetricValue { value: 1300.0, unit: "cycles".into() });
+        b.benchmarks.push(Benchmark {
+            name: "vmexit".into(),
+            unit: "ns".into(),
+            median: 900.0,
+            spread: 30.0,
+            samples: 100,
+        });
+        let mut c = crate::tests::sample();
+        c.started = crate::rfc3339(at(1_795_040_000));
+        c.host.hostname = "beta".into();
+        c.host.kernel = "6.12.9-beta".into();
+        c.tests[0].outcome = Outcome::Xfail;
+        c.tests[0].reason = Some("PVM lacks the feature".into());
+        for (name, r) in [("a.json", &a), ("b.json", &b), ("c.json", &c)] {
+            r.write_atomic(&dir.join(name)).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), "not a results file").unwrap();
+    }
+
+    fn read(dir: &Path, page: &str) -> String {
+        std::fs::read_to_string(dir.join(page)).unwrap()
+    }
+
+    #[test]
+    fn pages_show_the_latest_run_trends_and_the_matrix() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fixture(input.path());
+        let site = build_site(input.path(), &out.path().join("site")).unwrap();
+        let dir = out.path().join("site");
+        assert_eq!(site.runs, 3);
+        assert_eq!(site.hosts, 2);
+        // Benchmarks cpuid and vmexit, and the metric of every test (all seven carry "cpuid").
+        assert_eq!(site.plots, 2 + 7);
+        assert_eq!(site.pages, ["index.html", "trends.html", "compat.html"].map(|p| dir.join(p)));
+
+        let index = read(&dir, "index.html");
+        assert!(index.contains("Latest run: alpha (kvm_intel)"), "the latest run is b.json");
+        assert!(index.contains("6.18.0-alpha") && index.contains("AMD EPYC") && index.contains("2000000 kHz"));
+        assert!(index.contains("<span class=\"badge o-pass\">pass <b>1</b></span>"));
+        assert!(index.contains("<table class=\"areas\">") && index.contains("<th>hw</th>"));
+        assert!(index.contains("<span class=\"badge o-xfail\">1 xfail</span>"));
+        assert!(index.contains("<span class=\"badge o-timeout-expected\">timeout <b>1</b> (1 expected)</span>"));
+        assert!(index.contains("<span class=\"badge o-timeout-expected\">1 timeout (expected)</span>"));
+        let failures = &index[index.find("id=\"failures\"").unwrap()..index.find("id=\"deviations\"").unwrap()];
+        assert!(failures.contains("cpu::case1::long64") && failures.contains("<code>0f 0b</code>"));
+        assert!(failures.contains("KVM_EXIT_SHUTDOWN") && failures.contains("shutdown"));
+        assert!(failures.contains("cpu::case4::long64"), "xpass is a failure");
+        assert!(!failures.contains("cpu::case5::long64"), "the watchdog's expected timeout is fine");
+        assert!(index.contains("id=\"deviations\">Known deviations (1)"));
+
+        let trends = read(&dir, "trends.html");
+        assert_eq!(trends.matches("<svg").count(), 9);
+        assert!(trends.contains("<figcaption>cpuid <span class=\"muted\">(ns)</span>"));
+        assert!(trends.contains("cpu::case0::long64 / cpuid <span class=\"muted\">(cycles)"));
+        assert!(trends.contains("run start (UTC)") && trends.contains("<polygon"), "axis label and spread band");
+
+        let compat = read(&dir, "compat.html");
+        assert!(compat.contains("<div>alpha</div><div>kvm_intel</div><div>6.18.0-alpha</div>"));
+        assert!(compat.contains("<div>beta</div><div>kvm_pvm</div><div>6.12.9-beta</div>"));
+        assert_eq!(compat.matches("<tr><th scope=\"row\">").count(), 7);
+        assert!(compat.contains("<td class=\"o-xfail dev\" title=\"PVM lacks the feature\">xfail</td>"));
+        assert!(compat.contains("<td class=\"o-timeout-expected\" title=\"because\">timeout (expected)</td>"));
+
+        for (page, others) in [
+            ("index.html", ["trends.html", "compat.html"]),
+            ("trends.html", ["index.html", "compat.html"]),
+            ("compat.html", ["index.html", "trends.html"]),
+        ] {
+            // The SVG namespace is a name, not something the browser fetches.
+            let html = read(&dir, page).replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+            for other in others {
+                assert!(html.contains(&format!("<a href=\"{other}\">")), "{page} links to {other}");
+            }
+            assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "no temporary files are left: {left:?}");
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fixture(input.path());
+        build_site(input.path(), &out.path().join("one")).unwrap();
+        build_site(input.path(), &out.path().join("two")).unwrap();
+        for page in ["index.html", "trends.html", "compat.html"] {
+            assert_eq!(read(&out.path().join("one"), page), read(&out.path().join("two"), page), "{page}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_missing_inputs_are_errors_naming_the_file() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let e = build_site(input.path(), out.path()).unwrap_err();
+        assert!(matches!(e, DashboardError::NoResults { .. }));
+        assert!(e.to_string().contains("no results files"), "{e}");
+
+        fixture(input.path());
+        let bad = input.path().join("broken.json");
+        std::fs::write(&bad, "{\"schema\": \"hvprobe.results/1\", \"tests\": [").unwrap();
+        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
+        assert!(e.contains("broken.json") && e.contains("line 1 column"), "{e}");
+
+        std::fs::write(&bad, "{\"schema\": \"other/2\"}").unwrap();
+        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
+        assert!(e.contains("broken.json") && e.contains("other/2"), "{e}");
+
+        let mut r = crate::tests::sample();
+        r.started = "yesterday".into();
+        r.write_atomic(&bad).unwrap();
+        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
+        assert!(e.contains("broken.json") && e.contains("yesterday"), "{e}");
+
+        let e = build_site(&input.path().join("absent"), out.path()).unwrap_err().to_string();
+        assert!(e.contains("absent"), "{e}");
+    }
+
+    #[test]
+    fn strings_from_results_files_are_escaped() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut r = crate::tests::sample();
+        r.host.hostname = "<b>host</b>".into();
+        r.tests[1].reason = Some("<script>alert(\"x\")</script> & 'more'".into());
+        r.tests[1].name = "cpu::<img src=x>::long64".into();
+        r.write_atomic(&input.path().join("r.json")).unwrap();
+        build_site(input.path(), out.path()).unwrap();
+        for page in ["index.html", "trends.html", "compat.html"] {
+            let html = read(out.path(), page);
+            assert!(!html.contains("<script") && !html.contains("<img") && !html.contains("<b>host"), "{page}");
+        }
+        let index = read(out.path(), "index.html");
+        assert!(index.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;more&#39;"));
+        let compat = read(out.path(), "compat.html");
+        assert!(compat.contains("title=\"&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;more&#39;\n"));
+        assert!(read(out.path(), "trends.html").contains("cpu::&lt;img src=x&gt;::long64 / cpuid"));
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        for secs in [0, 1_795_000_000, 951_782_400, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&crate::rfc3339(at(secs))), Some(secs as i64));
+        }
+        assert_eq!(parse_rfc3339("2026-11-18T12:06:40.25+01:00"), Some(1_795_000_000));
+        assert_eq!(parse_rfc3339("2026-11-18T11:06:40"), None);
+        assert_eq!(parse_rfc3339("2026-13-18T11:06:40Z"), None);
+        assert_eq!(date_label(1_795_000_000), "2026-11-18 11:06");
+        assert_eq!(slug("cpu::case0 / cpuid"), "cpu-case0-cpuid");
+    }
+}

@@ -83,6 +83,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FailOnArg::Regressions)]
         fail_on: FailOnArg,
     },
+    /// Build the static HTML dashboard (latest run, trends, compatibility matrix) from a
+    /// directory of results files.
+    Report {
+        /// The directory of results files (e.g. results/runs).
+        dir: PathBuf,
+        /// Where to write the site.
+        #[arg(long, default_value = "target/dashboard")]
+        out: PathBuf,
+    },
     /// Print the facts about this host that a results file records.
     Host {
         /// As JSON (the `host` object of a results file).
@@ -133,8 +142,20 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    if let Command::Compare { before, after, json, fail_on } = &cli.command {
-        return compare(before, after, *json, *fail_on);
+    match &cli.command {
+        Command::Compare { before, after, json, fail_on } => return compare(before, after, *json, *fail_on),
+        Command::Report { dir, out } => {
+            let site = hvprobe_results::dashboard::build_site(dir, out)?;
+            println!(
+                "dashboard: {} runs from {} hosts, {} plots: {}",
+                site.runs,
+                site.hosts,
+                site.plots,
+                out.join("index.html").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let payload = catalog::payload().context("the embedded guest payload is invalid")?;
     hooks::check(payload).map_err(anyhow::Error::msg)?;
@@ -152,7 +173,7 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compare { .. } => unreachable!("handled before the catalogue is loaded"),
+        Command::Compare { .. } | Command::Report { .. } => unreachable!("handled before the catalogue is loaded"),
         Command::Host { json, kvm } => {
             let opened = Kvm::open_path(&kvm.unwrap_or_else(hvprobe_harness::host::kvm_path));
             let facts = HostFacts::gather(opened.as_ref());
