@@ -81,3 +81,70 @@ fn bad_arguments_are_refused() {
         assert_eq!(err.matches("unclosed array").count(), 1, "the cause is printed once: {err}");
     }
 }
+
+fn reference() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/reference/kvm_pvm.json")
+}
+
+#[test]
+fn the_reference_run_is_valid_and_compares_clean_with_itself() {
+    let reference = reference();
+    let r = hvprobe_results::Results::read(&reference).expect("results/reference/kvm_pvm.json reads");
+    assert_eq!(r.host.backend, "kvm_pvm");
+    assert_eq!(
+        r.tests.len(),
+        hvprobe_suites::catalog::payload().unwrap().tests.len(),
+        "reference covers the catalogue"
+    );
+    let out = hvprobe().arg("compare").arg(&reference).arg(&reference).args(["--fail-on", "any"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no differences"));
+}
+
+#[test]
+fn compare_reports_differences_and_gates_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = hvprobe_results::Results::read(&reference()).unwrap();
+    let pass = r.tests.iter().position(|t| t.outcome == hvprobe_results::Outcome::Pass).unwrap();
+    r.tests[pass].outcome = hvprobe_results::Outcome::Fail;
+    r.tests[pass].reason = Some("guest check failed".into());
+    r.host.kernel = "6.19.0".into();
+    let changed = dir.path().join("changed.json");
+    r.write_atomic(&changed).unwrap();
+    let out = hvprobe().arg("compare").arg(reference()).arg(&changed).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a regression fails by default: {text}");
+    assert!(text.contains("regression") && text.contains(&r.tests[pass].name) && text.contains("6.19.0"), "{text}");
+    let out = hvprobe()
+        .arg("compare")
+        .arg(reference())
+        .arg(&changed)
+        .args(["--json", "--fail-on", "never"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tests"][0]["change"], "regression");
+    std::fs::write(dir.path().join("broken.json"), "{\"schema\":").unwrap();
+    let out = hvprobe().arg("compare").arg(reference()).arg(dir.path().join("broken.json")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.json"));
+}
+
+#[test]
+fn report_builds_a_site_from_a_results_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    std::fs::copy(reference(), runs.join("a.json")).unwrap();
+    let site = dir.path().join("site");
+    let out = hvprobe().arg("report").arg(&runs).arg("--out").arg(&site).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["index.html", "trends.html", "compat.html"] {
+        assert!(site.join(page).is_file(), "{page} written");
+    }
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = hvprobe().arg("report").arg(&empty).arg("--out").arg(&site).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
