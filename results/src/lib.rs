@@ -206,23 +206,29 @@ impl Results {
         serde_json::from_value(value).map_err(|source| ResultsError::Parse { path: path.into(), source })
     }
 
-    /// Writes atomically: a temporary file in the same directory, synced, then renamed
-    /// over `path`. A crash leaves either the old file or the new one, never half.
+    /// Writes atomically (see [`write_text_atomic`]).
     pub fn write_atomic(&self, path: &Path) -> Result<(), ResultsError> {
-        let err = |source| ResultsError::Write { path: path.into(), source };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let mut tmp =
-            tempfile::Builder::new().prefix(".hvprobe-results-").suffix(".tmp").tempfile_in(dir).map_err(err)?;
-        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| err(e.into()))?;
-        tmp.write_all(b"\n").map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(())
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| ResultsError::Write { path: path.into(), source: e.into() })?;
+        text.push('\n');
+        write_text_atomic(path, &text)
     }
+}
+
+/// Writes `text` to a temporary file in the same directory, syncs it, then renames it
+/// over `path`: a crash leaves either the old file or the new one, never half.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), ResultsError> {
+    let err = |source| ResultsError::Write { path: path.into(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut tmp = tempfile::Builder::new().prefix(".hvprobe-").suffix(".tmp").tempfile_in(dir).map_err(err)?;
+    tmp.write_all(text.as_bytes()).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
 /// RFC 3339 UTC timestamp of `t` (seconds precision).
@@ -263,7 +269,14 @@ mod tests {
             kvm_error: None,
             capabilities: [("KVM_CAP_IRQCHIP".to_string(), 1)].into(),
             tsc_khz: Some(2_000_000),
-            cpuid: vec![CpuidEntry { leaf: 1, subleaf: 0, eax: 0xb00f21, ebx: 0x800, ecx: 0x8120_2000, edx: 0x78b_fbff }],
+            cpuid: vec![CpuidEntry {
+                leaf: 1,
+                subleaf: 0,
+                eax: 0xb00f21,
+                ebx: 0x800,
+                ecx: 0x8120_2000,
+                edx: 0x78b_fbff,
+            }],
         };
         let mut r = Results::new(host, UNIX_EPOCH);
         for (i, outcome) in Outcome::ALL.iter().enumerate() {

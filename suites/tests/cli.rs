@@ -148,3 +148,24 @@ fn report_builds_a_site_from_a_results_directory() {
     let out = hvprobe().arg("report").arg(&empty).arg("--out").arg(&site).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn export_writes_every_format_from_the_reference_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["junit", "ktap", "bmf", "kcidb"] {
+        let out = dir.path().join(format!("out.{format}"));
+        let status =
+            hvprobe().arg("export").arg(reference()).args(["--format", format, "--out"]).arg(&out).status().unwrap();
+        assert!(status.success(), "{format}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        match format {
+            "junit" => assert!(text.contains("<testsuites name=\"hvprobe\"")),
+            "ktap" => assert!(text.starts_with("KTAP version 1\n")),
+            _ => {
+                serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
+        }
+    }
+    let out = hvprobe().arg("export").arg(reference()).args(["--format", "xml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,1 +1,105 @@
 //! Exports of a results file to CI formats: JUnit XML, KTAP, Bencher Metric Format, KCIDB.
+//!
+//! Every format is produced from a `Results` alone, so any results file, from any host,
+//! exports the same way. Outcomes a format has no word for are mapped as each module
+//! documents; hvprobe's own outcome always travels along where the format has room.
+
+mod bmf;
+mod junit;
+mod kcidb;
+mod ktap;
+
+use std::str::FromStr;
+
+use crate::{Outcome, Results, TestResult};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Junit,
+    Ktap,
+    Bmf,
+    Kcidb,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Junit, Format::Ktap, Format::Bmf, Format::Kcidb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Junit => "junit",
+            Format::Ktap => "ktap",
+            Format::Bmf => "bmf",
+            Format::Kcidb => "kcidb",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Junit => "xml",
+            Format::Ktap => "ktap",
+            Format::Bmf | Format::Kcidb => "json",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown export format {0:?}; the formats are junit, ktap, bmf and kcidb")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Format, UnknownFormat> {
+        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| UnknownFormat(s.to_string()))
+    }
+}
+
+/// `results` in `format`.
+pub fn export(results: &Results, format: Format) -> String {
+    match format {
+        Format::Junit => junit::render(results),
+        Format::Ktap => ktap::render(results),
+        Format::Bmf => bmf::render(results),
+        Format::Kcidb => kcidb::render(results),
+    }
+}
+
+/// Does this result fail a run? (The same rule the runner applies.)
+fn fails_run(t: &TestResult) -> bool {
+    match t.outcome {
+        Outcome::Pass | Outcome::Skip | Outcome::Xfail => false,
+        Outcome::Timeout => !t.expected_timeout,
+        Outcome::Fail | Outcome::Xpass | Outcome::Error => true,
+    }
+}
+
+/// Text folded onto one line, for formats where a newline ends a record.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Areas in first-seen order with their tests, so every export groups alike.
+fn by_area(results: &Results) -> Vec<(&str, Vec<&TestResult>)> {
+    let mut areas: Vec<(&str, Vec<&TestResult>)> = Vec::new();
+    for t in &results.tests {
+        match areas.iter_mut().find(|(a, _)| *a == t.area) {
+            Some((_, tests)) => tests.push(t),
+            None => areas.push((&t.area, vec![t])),
+        }
+    }
+    areas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_by_name_and_refuse_others() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>(), Ok(f));
+        }
+        let e = "xml".parse::<Format>().unwrap_err();
+        assert!(e.to_string().contains("junit, ktap, bmf and kcidb"));
+    }
+}

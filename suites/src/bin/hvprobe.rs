@@ -83,6 +83,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FailOnArg::Regressions)]
         fail_on: FailOnArg,
     },
+    /// Convert a results file for CI systems: JUnit XML, KTAP, Bencher Metric Format, KCIDB.
+    Export {
+        /// The results file.
+        results: PathBuf,
+        /// junit, ktap, bmf or kcidb.
+        #[arg(long, short)]
+        format: hvprobe_results::export::Format,
+        /// Write here (atomically) instead of to standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Build the static HTML dashboard (latest run, trends, compatibility matrix) from a
     /// directory of results files.
     Report {
@@ -144,6 +155,14 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Compare { before, after, json, fail_on } => return compare(before, after, *json, *fail_on),
+        Command::Export { results, format, out } => {
+            let text = hvprobe_results::export::export(&Results::read(results)?, *format);
+            match out {
+                Some(path) => hvprobe_results::write_text_atomic(path, &text)?,
+                None => print!("{text}"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Report { dir, out } => {
             let site = hvprobe_results::dashboard::build_site(dir, out)?;
             println!(
@@ -173,7 +192,7 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compare { .. } | Command::Report { .. } => unreachable!("handled before the catalogue is loaded"),
+        Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } => unreachable!("handled before the catalogue is loaded"),
         Command::Host { json, kvm } => {
             let opened = Kvm::open_path(&kvm.unwrap_or_else(hvprobe_harness::host::kvm_path));
             let facts = HostFacts::gather(opened.as_ref());
