@@ -26,9 +26,11 @@ setup-browser:
 build: setup
 	$(CARGO) build --release
 
-# Unit tests of every crate, the CLI tests, and every guest case as its own trial.
+# Unit tests of every crate, the CLI tests, and every guest case as its own trial; then
+# the guest/host ABI's own tests, on the host (its workspace builds for bare metal).
 test: setup setup-browser
 	$(CARGO) test --workspace
+	cd guest-payloads && $(CARGO) test -p hvprobe-abi --target x86_64-unknown-linux-gnu --target-dir ../target/guest-host
 
 # Runs the whole suite on this host, prints the report, writes results/runs/*.json.
 run: setup

@@ -48,6 +48,17 @@ fn run_json_validates_against_the_schema() {
     let spin = results.tests.iter().find(|t| t.name == "cpu::watchdog_spin::user64").unwrap();
     assert_eq!(spin.outcome, hvprobe_results::Outcome::Timeout);
     assert!(spin.expected_timeout);
+
+    // The fresh run against the committed reference: the cases it left out are reported
+    // as removed; on this host nothing else may differ in outcome.
+    let out = hvprobe().arg("compare").arg(reference()).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed"), "{text}");
+    if results.host.backend == "kvm_pvm" {
+        assert_eq!(out.status.code(), Some(0), "no regression against the reference: {text}");
+    }
+    let out = hvprobe().arg("compare").arg(reference()).arg(&path).args(["--fail-on", "any"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -192,7 +192,9 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } => unreachable!("handled before the catalogue is loaded"),
+        Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } => {
+            unreachable!("handled before the catalogue is loaded")
+        }
         Command::Host { json, kvm } => {
             let opened = Kvm::open_path(&kvm.unwrap_or_else(hvprobe_harness::host::kvm_path));
             let facts = HostFacts::gather(opened.as_ref());
