@@ -122,17 +122,23 @@ pub fn compare(before: &Results, after: &Results) -> Comparison {
     }
 }
 
-fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange>, usize) {
-    let a: BTreeMap<&str, &TestResult> = before.iter().map(|t| (t.name.as_str(), t)).collect();
-    let b: BTreeMap<&str, &TestResult> = after.iter().map(|t| (t.name.as_str(), t)).collect();
+/// Items of both sides paired by name, in name order, with `None` where a side lacks one.
+fn pair_by_name<'a, T>(
+    before: &'a [T],
+    after: &'a [T],
+    name: fn(&T) -> &str,
+) -> Vec<(&'a str, Option<&'a T>, Option<&'a T>)> {
+    let a: BTreeMap<&str, &T> = before.iter().map(|x| (name(x), x)).collect();
+    let b: BTreeMap<&str, &T> = after.iter().map(|x| (name(x), x)).collect();
     let names: BTreeSet<&str> = a.keys().chain(b.keys()).copied().collect();
+    names.into_iter().map(|n| (n, a.get(n).copied(), b.get(n).copied())).collect()
+}
+
+fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange>, usize) {
     let mut changes = Vec::new();
     let mut unchanged = 0;
-    for name in names {
-        let (x, y) = (a.get(name).copied(), b.get(name).copied());
+    for (name, x, y) in pair_by_name(before, after, |t| &t.name) {
         let change = match (x, y) {
-            (Some(_), None) => Change::Removed,
-            (None, Some(_)) => Change::Added,
             (Some(x), Some(y)) => match (is_good(x), is_good(y)) {
                 (true, false) => Change::Regression,
                 (false, true) => Change::Improvement,
@@ -142,7 +148,8 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
                     continue;
                 }
             },
-            (None, None) => unreachable!("every name comes from one side"),
+            (_, None) => Change::Removed,
+            (None, _) => Change::Added,
         };
         changes.push(TestChange {
             name: name.to_string(),
@@ -157,16 +164,10 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
 }
 
 fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchChange>, usize) {
-    let a: BTreeMap<&str, &Benchmark> = before.iter().map(|b| (b.name.as_str(), b)).collect();
-    let b: BTreeMap<&str, &Benchmark> = after.iter().map(|b| (b.name.as_str(), b)).collect();
-    let names: BTreeSet<&str> = a.keys().chain(b.keys()).copied().collect();
     let mut changes = Vec::new();
     let mut unchanged = 0;
-    for name in names {
-        let (x, y) = (a.get(name).copied(), b.get(name).copied());
+    for (name, x, y) in pair_by_name(before, after, |b| &b.name) {
         let change = match (x, y) {
-            (Some(_), None) => Change::Removed,
-            (None, Some(_)) => Change::Added,
             (Some(x), Some(y)) if x.unit != y.unit => Change::Changed,
             (Some(x), Some(y)) => {
                 let gap = y.median - x.median;
@@ -176,7 +177,8 @@ fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchCh
                 }
                 if gap > 0.0 { Change::Regression } else { Change::Improvement }
             }
-            (None, None) => unreachable!("every name comes from one side"),
+            (_, None) => Change::Removed,
+            (None, _) => Change::Added,
         };
         let ratio = match (x, y) {
             (Some(x), Some(y)) if x.median != 0.0 && x.unit == y.unit => Some(y.median / x.median),

@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use plotters::prelude::*;
 
+use crate::text::{escape_markup as esc, slug};
 use crate::{Failure, Outcome, Results, ResultsError, TestResult};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,56 +162,9 @@ fn date_label(secs: i64) -> String {
     s.get(..16).map_or(s.clone(), |d| d.replacen('T', " ", 1))
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// An anchor id from free text: lowercase ASCII letters, digits and dashes.
-fn slug(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
-}
-
-/// Writes `text` through a temporary file in the same directory, so a reader or a crash
-/// never sees half a page.
+/// Pages are written like results files: atomically, readable by a static server.
 fn write_atomic(path: &Path, text: &str) -> Result<(), DashboardError> {
-    let err = |source| DashboardError::Write { path: path.into(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".hvprobe-dashboard-").suffix(".tmp");
-    // Static servers often run as another user: the pages must be world-readable, not 0600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
-    tmp.write_all(text.as_bytes()).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    Ok(crate::write_text_atomic(path, text)?)
 }
 
 const STYLE: &str = "\

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub mod compare;
 pub mod dashboard;
 pub mod export;
+mod text;
 
 pub const SCHEMA_ID: &str = "hvprobe.results/1";
 /// The JSON Schema that documents [`Results`].
@@ -224,7 +225,16 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), ResultsError> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let mut tmp = tempfile::Builder::new().prefix(".hvprobe-").suffix(".tmp").tempfile_in(dir).map_err(err)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".hvprobe-").suffix(".tmp");
+    // Results and dashboard pages are for others to read (a static server, a CI job):
+    // 0644, not the 0600 of a private temporary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
     tmp.write_all(text.as_bytes()).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;

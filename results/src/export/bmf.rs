@@ -8,16 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::Results;
 
-pub(super) fn slug(unit: &str) -> String {
-    let mut s = String::new();
-    for c in unit.chars() {
-        if c.is_ascii_alphanumeric() {
-            s.push(c.to_ascii_lowercase());
-        } else if !s.ends_with('-') {
-            s.push('-');
-        }
-    }
-    let s = s.trim_matches('-').to_string();
+/// The measure name for a unit.
+fn slug(unit: &str) -> String {
+    let s = crate::text::slug(unit);
     if s.is_empty() { "value".into() } else { s }
 }
 

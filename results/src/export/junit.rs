@@ -11,24 +11,7 @@ use std::fmt::Write as _;
 use super::{by_area, fails_run};
 use crate::{Outcome, Results, TestResult};
 
-/// Escapes text for XML 1.0 content and attributes; characters XML 1.0 cannot carry at
-/// all (most C0 controls, U+FFFE, U+FFFF) become U+FFFD.
-pub(super) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::text::escape_markup as escape;
 
 #[derive(Default)]
 struct Counts {
