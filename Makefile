@@ -5,7 +5,7 @@ GUEST_TARGET := x86_64-unknown-none
 # Extra arguments for `hvprobe run`, e.g. make run ARGS="--filter irq::"
 ARGS ?=
 
-.PHONY: all setup setup-browser build test run lint fmt host list clean
+.PHONY: all setup setup-browser build test run report lint fmt host list clean
 
 all: build
 
@@ -35,6 +35,10 @@ test: setup setup-browser
 # Runs the whole suite on this host, prints the report, writes results/runs/*.json.
 run: setup
 	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- run $(ARGS)
+
+# The dashboard of every run kept in results/runs/, for the nightly job.
+report: setup
+	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- report results/runs --out target/dashboard
 
 host: setup
 	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- host
