@@ -60,6 +60,10 @@ pub const NP: u8 = 11;
 pub const SS: u8 = 12;
 pub const GP: u8 = 13;
 pub const PF: u8 = 14;
+pub const AC: u8 = 17;
+pub const NM: u8 = 7;
+
+const RFLAGS_TF: u64 = 1 << 8;
 
 /// The mnemonic of an exception vector, for messages.
 pub fn mnemonic(vector: u8) -> &'static str {
@@ -89,6 +93,12 @@ static CAUGHT_RIP: AtomicU64 = AtomicU64::new(0);
 static CAUGHT_CR2: AtomicU64 = AtomicU64::new(0);
 static CAUGHT_CS: AtomicU64 = AtomicU64::new(0);
 
+/// The last exception `catch!` took (vector | rip << 8) and where it resumed: an
+/// unexpected exception's report includes them, which tells a resume that went wrong from
+/// a second fault.
+static LAST_CAUGHT: AtomicU64 = AtomicU64::new(0);
+static LAST_RESUME: AtomicU64 = AtomicU64::new(0);
+
 #[doc(hidden)]
 pub fn arm() {
     CAUGHT_VECTOR.store(NONE, SeqCst);
@@ -117,8 +127,9 @@ pub fn armed_rip() -> u64 {
     ARMED_RIP.load(SeqCst)
 }
 
-/// Runs an instruction sequence (an `asm!` template and operands) and returns the
-/// exception it raised, if any. Use local labels other than 8 and 9 inside it.
+/// Runs an instruction sequence (`asm!` template strings, then operands) and returns the
+/// exception it raised, if any; every template string is inside the armed region. Use
+/// local labels other than 8 and 9 inside it.
 ///
 /// ```ignore
 /// let e = catch!("ud2");
@@ -126,16 +137,20 @@ pub fn armed_rip() -> u64 {
 /// ```
 #[macro_export]
 macro_rules! catch {
-    (@asm [$insn:literal $(, $($ops:tt)*)?]) => {
+    // Moves the template strings, one at a time, in front of the operands.
+    (@asm [$($insn:literal,)*] $next:literal $(, $($rest:tt)*)?) => {
+        $crate::catch!(@asm [$($insn,)* $next,] $($($rest)*)?)
+    };
+    (@asm [$($insn:literal,)+] $($($ops:tt)+)?) => {
         core::arch::asm!(
             "lea {hv_tmp}, [rip + 9f]",
             "mov qword ptr [rip + {hv_fixup}], {hv_tmp}",
             "lea {hv_tmp}, [rip + 8f]",
             "mov qword ptr [rip + {hv_armed}], {hv_tmp}",
             "8:",
-            $insn,
+            $($insn,)+
             "9:",
-            $($($ops)*,)?
+            $($($ops)+,)?
             hv_tmp = out(reg) _,
             hv_fixup = sym $crate::exception::FIXUP_RIP,
             hv_armed = sym $crate::exception::ARMED_RIP,
@@ -146,7 +161,7 @@ macro_rules! catch {
         // SAFETY: the caller's instruction sequence is the test; the recovery point makes
         // any exception it raises resume at label 9 with all registers restored.
         unsafe {
-            $crate::catch!(@asm [$($tt)*])
+            $crate::catch!(@asm [] $($tt)*)
         }
         $crate::exception::take()
     }};
@@ -175,7 +190,11 @@ extern "C" fn hvprobe_trap(frame: &mut Frame) {
         }
         CAUGHT_VECTOR.store(vector as u64, SeqCst);
         FIXUP_RIP.store(0, SeqCst);
+        LAST_CAUGHT.store(vector as u64 | frame.rip << 8, SeqCst);
+        LAST_RESUME.store(fixup, SeqCst);
         frame.rip = fixup;
+        // The armed sequence is abandoned: a single-step it set must not follow us out.
+        frame.rflags &= !RFLAGS_TF;
         return;
     }
     let handler = HANDLERS[vector as usize].load(SeqCst);
@@ -200,5 +219,17 @@ extern "C" fn hvprobe_trap(frame: &mut Frame) {
             cr2
         ),
     );
+    let last = LAST_CAUGHT.load(SeqCst);
+    if last != 0 {
+        let _ = core::fmt::write(
+            &mut buf,
+            format_args!(
+                "; the last caught exception was {} at rip {:#x}, resumed at {:#x}",
+                mnemonic(last as u8),
+                last >> 8,
+                LAST_RESUME.load(SeqCst)
+            ),
+        );
+    }
     crate::proto::fail_at_fault(file!(), line!(), buf.as_str(), frame.rip)
 }
