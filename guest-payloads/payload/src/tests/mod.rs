@@ -1,4 +1,6 @@
 mod cpu;
+mod cpu_exc;
+mod cpu_sys;
 mod io;
 mod irq;
 mod low;

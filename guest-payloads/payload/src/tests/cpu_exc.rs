@@ -1,0 +1,214 @@
+//! The `cpu` area, continued: exceptions beyond the first slice, and paging.
+
+use hvprobe_rt::cpu;
+use hvprobe_rt::exception::{self, armed_rip};
+use hvprobe_rt::{catch, check, check_eq, check_exception, paging, test_case};
+
+test_case! {
+    /// With RFLAGS.TF set, the next instruction ends with a single-step #DB, a trap: the
+    /// saved RIP follows that instruction and DR6.BS[14] is set (SDM Vol. 3B, 18.3.1.4).
+    name = "cpu::exc_db_single_step::long64", mode = Long64, path = Hw;
+    fn exc_db_single_step() {
+        let e = catch!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", "nop");
+        let e = check_exception!(e, exception::DB, None);
+        // pushfq (1 byte) + or r/m64, imm32 (8) + popfq (1) + nop (1): the trap comes
+        // after the first NOP, the instruction that POPF's TF applies to.
+        check_eq!(e.rip, armed_rip() + 11, "trap after the instruction following POPF");
+        let dr6: u64;
+        // SAFETY: reading DR6 has no side effects.
+        unsafe { core::arch::asm!("mov {0}, dr6", out(reg) dr6) };
+        check!(dr6 & (1 << 14) != 0, "DR6.BS clear: {:#x}", dr6);
+        check_eq!(cpu::read_rflags() & 0x100, 0, "TF is clear again");
+    }
+}
+
+test_case! {
+    /// x87 instructions with CR0.TS set raise #NM: FNINIT, then FNOP
+    /// (SDM Vol. 3A, 6.15, Interrupt 7).
+    name = "cpu::exc_nm::long64", mode = Long64, path = Hw;
+    fn exc_nm() {
+        let cr0 = cpu::read_cr0();
+        // SAFETY: sets CR0.TS (bit 3); restored below.
+        unsafe { cpu::write_cr0(cr0 | 1 << 3) };
+        // Each is checked before the next runs: a hypervisor that cannot handle one must
+        // not hide how it handled the other. (The checks use no x87, so TS may stay set.)
+        let e = check_exception!(catch!("fninit"), exception::NM, None);
+        check_eq!(e.rip, armed_rip());
+        let e = check_exception!(catch!("fnop"), exception::NM, None);
+        check_eq!(e.rip, armed_rip());
+        // SAFETY: restores CR0.
+        unsafe { cpu::write_cr0(cr0) };
+    }
+}
+
+test_case! {
+    /// IDIV of the most negative value by -1 overflows and raises #DE
+    /// (SDM Vol. 2A, IDIV: "#DE if the quotient is too large").
+    name = "cpu::exc_de_overflow::long64", mode = Long64, path = Hw;
+    fn exc_de_overflow() {
+        let e = catch!("idiv {0}", in(reg) -1i64, inout("rax") i64::MIN => _, inout("rdx") -1i64 => _);
+        check_exception!(e, exception::DE, None);
+    }
+}
+
+test_case! {
+    /// Opcodes that 64-bit mode removed raise #UD: INTO (CE), AAA (37), PUSH ES (06)
+    /// (SDM Vol. 2, Appendix A, "i64" opcodes).
+    name = "cpu::exc_ud_invalid_in_64bit::long64", mode = Long64, path = Hw;
+    fn exc_ud_invalid_in_64bit() {
+        check_exception!(catch!(".byte 0xce"), exception::UD, None);
+        check_exception!(catch!(".byte 0x37"), exception::UD, None);
+        check_exception!(catch!(".byte 0x06"), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// A LOCK prefix on an instruction that cannot be locked, or with a register
+    /// destination, raises #UD (SDM Vol. 2A, LOCK).
+    name = "cpu::exc_ud_lock::long64", mode = Long64, path = Hw;
+    fn exc_ud_lock() {
+        // lock add rax, rbx: f0 48 01 d8
+        check_exception!(catch!(".byte 0xf0, 0x48, 0x01, 0xd8"), exception::UD, None);
+        // lock nop
+        check_exception!(catch!(".byte 0xf0, 0x90"), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// A non-canonical address referenced through SS raises #SS(0), not #GP
+    /// (SDM Vol. 3A, 6.15, Interrupt 12).
+    name = "cpu::exc_ss_noncanonical::long64", mode = Long64, path = Hw;
+    fn exc_ss_noncanonical() {
+        let e = catch!("mov {0}, qword ptr ss:[{0}]", inout(reg) 0x8000_0000_0000_0000u64 => _);
+        check_exception!(e, exception::SS, Some(0));
+    }
+}
+
+test_case! {
+    /// Loading SS with a null selector at CPL0 in 64-bit mode is allowed, but loading DS
+    /// with a selector for a not-present descriptor raises #NP(selector); here the user
+    /// code descriptor made not-present for the test (SDM Vol. 3A, 6.15, Interrupt 11).
+    name = "cpu::exc_np_selector::long64", mode = Long64, path = Hw;
+    fn exc_np_selector() {
+        let selector = hvprobe_rt::abi::selector::USER_DATA & !3;
+        let desc = (hvprobe_rt::abi::layout::GDT + selector as u64) as *mut u64;
+        // SAFETY: the GDT is identity-mapped RAM; the user data descriptor is not in use
+        // at CPL0 and is restored before the test ends.
+        let saved = unsafe { desc.read_volatile() };
+        // SAFETY: as above; clears P (bit 47) and sets DPL 0 so only P is wrong.
+        unsafe { desc.write_volatile(saved & !(1 << 47) & !(3 << 45)) };
+        let e = catch!("mov ds, {0:x}", in(reg) selector);
+        // SAFETY: restores the descriptor.
+        unsafe { desc.write_volatile(saved) };
+        check_exception!(e, exception::NP, Some(selector as u64));
+    }
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+static mut PAGE: Page = Page([0; 4096]);
+
+fn page() -> u64 {
+    &raw const PAGE as u64
+}
+
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+
+test_case! {
+    /// The CPU sets a PTE's accessed bit on a read and its dirty bit on a write, and only
+    /// then (SDM Vol. 3A, 4.8).
+    name = "cpu::paging_accessed_dirty::long64", mode = Long64, path = Hw;
+    fn paging_accessed_dirty() {
+        let addr = page();
+        let pte = paging::pte_mut(addr);
+        *pte &= !(ACCESSED | DIRTY);
+        paging::invlpg(addr);
+        // SAFETY: a read of our own page.
+        let _ = unsafe { (addr as *const u8).read_volatile() };
+        check_eq!(*pte & (ACCESSED | DIRTY), ACCESSED, "after a read: A set, D clear");
+        // SAFETY: a write to our own page.
+        unsafe { (addr as *mut u8).write_volatile(1) };
+        check_eq!(*pte & (ACCESSED | DIRTY), ACCESSED | DIRTY, "after a write: A and D set");
+    }
+}
+
+test_case! {
+    /// A reserved bit in a PTE (above MAXPHYADDR) makes the access fault with #PF error
+    /// code P=1, RSVD=1 (SDM Vol. 3A, 4.7).
+    name = "cpu::paging_reserved_bit::long64", mode = Long64, path = Hw;
+    fn paging_reserved_bit() {
+        let maxphy = cpu::cpuid(0x8000_0008, 0).eax & 0xff;
+        if maxphy >= 52 {
+            hvprobe_rt::skip!("MAXPHYADDR is {}: no reserved PTE address bits", maxphy);
+        }
+        let addr = page() + 0x40;
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        *pte |= 1 << 51;
+        paging::invlpg(addr);
+        let e = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
+        *pte = saved;
+        paging::invlpg(addr);
+        let e = check_exception!(e, exception::PF, Some(0b1001));
+        check_eq!(e.cr2, Some(addr));
+    }
+}
+
+test_case! {
+    /// With EFER.NXE set, fetching from a page whose PTE has XD[63] raises #PF with
+    /// P=1 and I/D=1 (error code 0x11), CR2 the fetch address (SDM Vol. 3A, 4.6 and 4.7).
+    name = "cpu::paging_nx::long64", mode = Long64, path = Hw;
+    fn paging_nx() {
+        if cpu::cpuid(0x8000_0001, 0).edx & (1 << 20) == 0 {
+            hvprobe_rt::skip!("CPUID.80000001H:EDX.NX[20] is clear");
+        }
+        let addr = page() + 0x100;
+        // The page holds `jmp rcx`, so that a fetch the hypervisor lets through comes back.
+        // SAFETY: writes two bytes of our own page.
+        unsafe { core::ptr::copy_nonoverlapping([0xffu8, 0xe1].as_ptr(), addr as *mut u8, 2) };
+        // SAFETY: EFER.NXE (bit 11) only enables the XD bit; EFER is restored below.
+        let efer = unsafe {
+            let efer = cpu::rdmsr(0xc000_0080);
+            cpu::wrmsr(0xc000_0080, efer | 1 << 11);
+            efer
+        };
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        *pte |= 1 << 63;
+        paging::invlpg(addr);
+        let e = catch!("lea rcx, [rip + 2f]", "jmp {0}", "2:", in(reg) addr, out("rcx") _);
+        *pte = saved;
+        paging::invlpg(addr);
+        // SAFETY: restores EFER.
+        unsafe { cpu::wrmsr(0xc000_0080, efer) };
+        let e = check_exception!(e, exception::PF, Some(0x11));
+        check_eq!(e.cr2, Some(addr));
+        check_eq!(e.rip, addr, "the fault is on the fetch at the target");
+    }
+}
+
+test_case! {
+    /// INVLPG makes a PTE change visible: a page remapped to another frame reads the new
+    /// frame's data after INVLPG (SDM Vol. 3A, 4.10.4.1).
+    name = "cpu::paging_invlpg_remap::long64", mode = Long64, path = Hw;
+    fn paging_invlpg_remap() {
+        let addr = page();
+        let other = addr + 0x1000;
+        check!(other < hvprobe_rt::abi::layout::IMAGE_END, "the next frame is in the 4 KiB-mapped region");
+        // SAFETY: our page, and the frame after it, read through the identity map.
+        let next = unsafe { ((other + 8) as *const u64).read_volatile() };
+        // SAFETY: our page.
+        unsafe { ((addr + 8) as *mut u64).write_volatile(!next) };
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        *pte = (saved & !0x000f_ffff_ffff_f000) | other;
+        paging::invlpg(addr);
+        // SAFETY: the remapped page maps the next frame, which is mapped and readable.
+        let seen = unsafe { ((addr + 8) as *const u64).read_volatile() };
+        *pte = saved;
+        paging::invlpg(addr);
+        check_eq!(seen, next, "after INVLPG the old translation is gone");
+    }
+}

@@ -1,0 +1,276 @@
+//! The `cpu` area, continued: control registers, MSRs and system instructions.
+
+use hvprobe_rt::abi;
+use hvprobe_rt::cpu;
+use hvprobe_rt::exception;
+use hvprobe_rt::{catch, check, check_eq, check_exception, skip, test_case};
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_TSC: u32 = 0x10;
+const MSR_PAT: u32 = 0x277;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_TSC_AUX: u32 = 0xc000_0103;
+
+test_case! {
+    /// Setting a bit of CR0[63:32] raises #GP(0), and so does CR0.PG=1 with PE=0
+    /// (SDM Vol. 3A, 2.5 and MOV to CR: "#GP(0) if an attempt is made to write a 1 to any
+    /// reserved bit in CR0[63:32]" / "to set PG while PE is clear").
+    name = "cpu::cr0_reserved_gp::long64", mode = Long64, path = Full;
+    fn cr0_reserved_gp() {
+        let cr0 = cpu::read_cr0();
+        check_exception!(catch!("mov cr0, {0}", in(reg) cr0 | 1 << 32), exception::GP, Some(0));
+        check_exception!(catch!("mov cr0, {0}", in(reg) cr0 & !1), exception::GP, Some(0));
+        check_eq!(cpu::read_cr0(), cr0, "a faulting write changes nothing");
+    }
+}
+
+test_case! {
+    /// Clearing CR0.PG in 64-bit mode raises #GP(0): leaving long mode needs compatibility
+    /// mode first (SDM Vol. 3A, 10.8.5.4 and MOV to CR).
+    name = "cpu::cr0_clear_pg_gp::long64", mode = Long64, path = Full;
+    fn cr0_clear_pg_gp() {
+        let cr0 = cpu::read_cr0();
+        check_exception!(catch!("mov cr0, {0}", in(reg) cr0 & !(1 << 31)), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// A reserved CR4 bit (15) or bits 63:32 raise #GP(0), and clearing CR4.PAE in long
+    /// mode raises #GP(0) (SDM Vol. 3A, 2.5 and 10.8.5.4).
+    name = "cpu::cr4_reserved_gp::long64", mode = Long64, path = Full;
+    fn cr4_reserved_gp() {
+        let cr4 = cpu::read_cr4();
+        check_exception!(catch!("mov cr4, {0}", in(reg) cr4 | 1 << 15), exception::GP, Some(0));
+        check_exception!(catch!("mov cr4, {0}", in(reg) cr4 | 1 << 40), exception::GP, Some(0));
+        check_exception!(catch!("mov cr4, {0}", in(reg) cr4 & !(1 << 5)), exception::GP, Some(0));
+        check_eq!(cpu::read_cr4(), cr4);
+    }
+}
+
+test_case! {
+    /// CR4 feature bits can be set only where CPUID advertises the feature: CR4.PKE[22]
+    /// needs CPUID.7.0:ECX.PKU[3], CR4.FSGSBASE[16] needs CPUID.7.0:EBX[0]
+    /// (SDM Vol. 3A, 2.5; MOV to CR4 "#GP(0) ... reserved bit").
+    name = "cpu::cr4_feature_bits::long64", mode = Long64, path = Full;
+    fn cr4_feature_bits() {
+        let cr4 = cpu::read_cr4();
+        let leaf7 = cpu::cpuid(7, 0);
+        for (bit, advertised) in [(22u32, leaf7.ecx & (1 << 3) != 0), (16, leaf7.ebx & 1 != 0)] {
+            let e = catch!("mov cr4, {0}", in(reg) cr4 | 1 << bit);
+            if advertised {
+                check_eq!(e, None, "CR4 bit {} is advertised and must be settable", bit);
+                check_eq!(cpu::read_cr4() & (1 << bit), 1 << bit);
+                // SAFETY: restores the harness's CR4.
+                unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+            } else {
+                check!(e.is_some(), "setting CR4 bit {} without its CPUID feature raised no #GP", bit);
+                check_exception!(e, exception::GP, Some(0));
+            }
+        }
+    }
+}
+
+test_case! {
+    /// CR8 is the TPR's priority class: it reads back what was written, and writing bits
+    /// 63:4 raises #GP(0) (SDM Vol. 3A, 2.5 and 11.8.6.1).
+    name = "cpu::cr8_tpr::long64", mode = Long64, path = Full;
+    fn cr8_tpr() {
+        let mut v: u64;
+        // SAFETY: TPR changes only which interrupts are held back; none are pending.
+        unsafe { core::arch::asm!("mov cr8, {0}", "mov {0}, cr8", inout(reg) 9u64 => v) };
+        check_eq!(v, 9);
+        check_exception!(catch!("mov cr8, {0}", in(reg) 0x10u64), exception::GP, Some(0));
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("mov cr8, {0}", "mov {0}, cr8", inout(reg) 0u64 => v) };
+        check_eq!(v, 0);
+    }
+}
+
+test_case! {
+    /// CR3 keeps its PWT/PCD bits, and bits above MAXPHYADDR raise #GP(0)
+    /// (SDM Vol. 3A, 4.5 and MOV to CR3).
+    name = "cpu::cr3_bits::long64", mode = Long64, path = Full;
+    fn cr3_bits() {
+        let cr3 = cpu::read_cr3();
+        // SAFETY: the same page tables, with caching attributes that KVM ignores here.
+        unsafe { core::arch::asm!("mov cr3, {0}", in(reg) cr3 | 0x18) };
+        check_eq!(cpu::read_cr3(), cr3 | 0x18, "PWT and PCD read back");
+        // SAFETY: restores the harness's CR3.
+        unsafe { core::arch::asm!("mov cr3, {0}", in(reg) cr3) };
+        let maxphy = cpu::cpuid(0x8000_0008, 0).eax & 0xff;
+        if maxphy >= 52 {
+            skip!("MAXPHYADDR is {}: no reserved CR3 address bits", maxphy);
+        }
+        check_exception!(catch!("mov cr3, {0}", in(reg) cr3 | 1 << 51), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// EFER reserved bits raise #GP(0) on WRMSR (SDM Vol. 3A, 2.2.1 and WRMSR).
+    name = "cpu::efer_reserved_gp::long64", mode = Long64, path = Full;
+    fn efer_reserved_gp() {
+        // SAFETY: reading EFER has no side effects.
+        let efer = unsafe { cpu::rdmsr(MSR_EFER) };
+        let high = (efer >> 32) as u32 | 1 << 31;
+        let e = catch!("wrmsr", in("ecx") MSR_EFER, in("eax") efer as u32, in("edx") high);
+        check_exception!(e, exception::GP, Some(0));
+        // SAFETY: as above.
+        check_eq!(unsafe { cpu::rdmsr(MSR_EFER) }, efer);
+    }
+}
+
+test_case! {
+    /// WRMSR to IA32_TSC sets the counter: RDTSC right after reads at least the value
+    /// written, and not far beyond (SDM Vol. 3B, 18.17).
+    name = "cpu::msr_tsc_write::long64", mode = Long64, path = Full;
+    fn msr_tsc_write() {
+        let target: u64 = 1 << 40;
+        // SAFETY: only this vCPU's TSC moves; nothing in the guest depends on it yet.
+        unsafe { cpu::wrmsr(MSR_TSC, target) };
+        let now = cpu::rdtsc();
+        check!(now >= target, "RDTSC {:#x} is below the {:#x} just written", now, target);
+        check!(now - target < 1 << 34, "RDTSC {:#x} is far beyond the {:#x} just written", now, target);
+    }
+}
+
+test_case! {
+    /// IA32_PAT round-trips, and a reserved memory type (2 or 3) in any entry raises #GP(0)
+    /// (SDM Vol. 3A, 13.12.2).
+    name = "cpu::msr_pat::long64", mode = Long64, path = Full;
+    fn msr_pat() {
+        // SAFETY: PAT only affects caching, which KVM does not model for RAM here.
+        let pat = unsafe { cpu::rdmsr(MSR_PAT) };
+        let new = 0x0007_0406_0007_0406u64;
+        // SAFETY: as above.
+        let back = unsafe {
+            cpu::wrmsr(MSR_PAT, new);
+            cpu::rdmsr(MSR_PAT)
+        };
+        check_eq!(back, new);
+        let e = catch!("wrmsr", in("ecx") MSR_PAT, in("eax") 0x0007_0402u32, in("edx") 0x0007_0406u32);
+        check!(e.is_some(), "PAT entry 1 = 2 (reserved type) was accepted without #GP");
+        check_exception!(e, exception::GP, Some(0));
+        // SAFETY: restores the PAT.
+        unsafe { cpu::wrmsr(MSR_PAT, pat) };
+    }
+}
+
+test_case! {
+    /// FS_BASE and GS_BASE round-trip and reject non-canonical values with #GP(0)
+    /// (SDM Vol. 3A, 3.4.4 and WRMSR).
+    name = "cpu::msr_fs_gs_base::long64", mode = Long64, path = Full;
+    fn msr_fs_gs_base() {
+        for msr in [MSR_FS_BASE, MSR_GS_BASE] {
+            // SAFETY: the runtime uses neither FS nor GS.
+            let back = unsafe {
+                cpu::wrmsr(msr, 0x0000_7fff_1234_5000);
+                cpu::rdmsr(msr)
+            };
+            check_eq!(back, 0x0000_7fff_1234_5000, "MSR {:#x}", msr);
+            let e = catch!("wrmsr", in("ecx") msr, in("eax") 0, in("edx") 0x0000_8000u32);
+            check_exception!(e, exception::GP, Some(0));
+        }
+    }
+}
+
+test_case! {
+    /// SWAPGS exchanges GS.base with IA32_KERNEL_GS_BASE (SDM Vol. 2B, SWAPGS).
+    name = "cpu::swapgs::long64", mode = Long64, path = Full;
+    fn swapgs() {
+        // SAFETY: the runtime does not use GS.
+        let (gs, kernel) = unsafe {
+            cpu::wrmsr(MSR_GS_BASE, 0x1111_0000);
+            cpu::wrmsr(MSR_KERNEL_GS_BASE, 0x2222_0000);
+            core::arch::asm!("swapgs");
+            (cpu::rdmsr(MSR_GS_BASE), cpu::rdmsr(MSR_KERNEL_GS_BASE))
+        };
+        check_eq!(gs, 0x2222_0000);
+        check_eq!(kernel, 0x1111_0000);
+    }
+}
+
+test_case! {
+    /// RDTSCP returns IA32_TSC_AUX in ECX (SDM Vol. 2B, RDTSCP), where CPUID advertises it.
+    name = "cpu::rdtscp_aux::long64", mode = Long64, path = Full;
+    fn rdtscp_aux() {
+        if cpu::cpuid(0x8000_0001, 0).edx & (1 << 27) == 0 {
+            skip!("CPUID.80000001H:EDX.RDTSCP[27] is clear");
+        }
+        let aux: u32;
+        // SAFETY: TSC_AUX is only read by RDTSCP/RDPID.
+        unsafe {
+            cpu::wrmsr(MSR_TSC_AUX, 0x5a5a);
+            core::arch::asm!("rdtscp", out("ecx") aux, out("eax") _, out("edx") _);
+        }
+        check_eq!(aux, 0x5a5a);
+    }
+}
+
+test_case! {
+    /// SGDT, SIDT and STR return what the VMM loaded (SDM Vol. 2B, SGDT/SIDT/STR).
+    name = "cpu::descriptor_tables_store::long64", mode = Long64, path = Full;
+    fn descriptor_tables_store() {
+        let mut gdtr = [0u8; 10];
+        let mut idtr = [0u8; 10];
+        let tr: u16;
+        // SAFETY: SGDT and SIDT write 10 bytes each into our buffers.
+        unsafe {
+            core::arch::asm!("sgdt [{0}]", "sidt [{1}]", "str {2:x}", in(reg) gdtr.as_mut_ptr(),
+                             in(reg) idtr.as_mut_ptr(), out(reg) tr);
+        }
+        let limit = |b: &[u8; 10]| u16::from_le_bytes([b[0], b[1]]);
+        let base = |b: &[u8; 10]| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+        check_eq!(base(&gdtr), abi::layout::GDT);
+        check_eq!(limit(&gdtr), (8 * abi::selector::GDT_ENTRIES - 1) as u16);
+        check_eq!(base(&idtr), abi::layout::IDT);
+        check_eq!(limit(&idtr), 4095);
+        check_eq!(tr, abi::selector::TSS);
+    }
+}
+
+test_case! {
+    /// LGDT loads a new GDTR that SGDT then returns (SDM Vol. 2A, LGDT).
+    name = "cpu::lgdt_roundtrip::long64", mode = Long64, path = Full;
+    fn lgdt_roundtrip() {
+        let mut old = [0u8; 10];
+        let mut new = [0u8; 10];
+        new[..2].copy_from_slice(&0x2fu16.to_le_bytes());
+        new[2..].copy_from_slice(&abi::layout::GDT.to_le_bytes());
+        let mut back = [0u8; 10];
+        // SAFETY: the new GDTR is the same table with a shorter limit that still covers
+        // every selector in use; the old one is restored before anything loads a segment.
+        unsafe {
+            core::arch::asm!("sgdt [{0}]", "lgdt [{1}]", "sgdt [{2}]", "lgdt [{0}]", in(reg) old.as_mut_ptr(),
+                             in(reg) new.as_ptr(), in(reg) back.as_mut_ptr());
+        }
+        check_eq!(back, new);
+    }
+}
+
+test_case! {
+    /// CLI and STI at CPL0 clear and set RFLAGS.IF (SDM Vol. 2A, CLI/STI).
+    name = "cpu::cli_sti::long64", mode = Long64, path = Full;
+    fn cli_sti() {
+        let (off, on): (u64, u64);
+        // SAFETY: no interrupt source is armed, so IF=1 for a moment delivers nothing.
+        unsafe { core::arch::asm!("sti", "pushfq", "pop {0}", "cli", "pushfq", "pop {1}", out(reg) on, out(reg) off) };
+        check_eq!(on & (1 << 9), 1 << 9);
+        check_eq!(off & (1 << 9), 0);
+    }
+}
+
+test_case! {
+    /// Privileged instructions at CPL3 raise #GP(0): HLT, MOV to CR0, LGDT, WRMSR, and port
+    /// I/O is allowed only because IOPL is 3 (SDM Vol. 3A, 5.9).
+    name = "cpu::privileged_gp::user64", mode = User64, path = Hw;
+    fn privileged_gp() {
+        let fault = |e: Option<hvprobe_rt::Exception>| e.map(|e| (e.vector, e.error_code));
+        let want = Some((exception::GP, Some(0)));
+        check_eq!(fault(catch!("hlt")), want, "HLT");
+        check_eq!(fault(catch!("mov cr0, {0}", in(reg) 0x8000_0033u64)), want, "MOV to CR0");
+        check_eq!(fault(catch!("lgdt [{0}]", in(reg) 0x1000u64)), want, "LGDT");
+        check_eq!(fault(catch!("wrmsr", in("ecx") MSR_TSC, in("eax") 0, in("edx") 0)), want, "WRMSR");
+    }
+}
