@@ -326,3 +326,23 @@ test_case! {
         timeout_ms = 1000, flags = abi::flags::EXPECT_TIMEOUT;
     entry = watchdog_spin
 }
+
+// CPL3 variants: on PVM these execute natively, the long64 ones through the emulator.
+
+test_case! {
+    /// DIV by zero raises #DE at CPL3.
+    name = "cpu::exc_de::user64", mode = User64, path = Hw;
+    entry = exc_de
+}
+
+test_case! {
+    /// A load with a selector beyond the GDT limit raises #GP(selector) at CPL3.
+    name = "cpu::exc_gp_selector::user64", mode = User64, path = Hw;
+    entry = exc_gp_selector
+}
+
+test_case! {
+    /// A non-canonical load raises #GP(0) at CPL3.
+    name = "cpu::exc_gp_noncanonical::user64", mode = User64, path = Hw;
+    entry = exc_gp_noncanonical
+}
