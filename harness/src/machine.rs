@@ -35,7 +35,7 @@ pub fn build(mem: &GuestMemory, payload: &Payload) -> Result<(), Error> {
         mem.write_u64(layout::GDT + 8 * i as u64, *desc)?;
     }
     // 64-bit TSS: RSP0 at 4, IST1 at 36, I/O map base at 102 (no bitmap: 104 = limit + 1).
-    mem.write_u64(layout::TSS + 4, layout::KERNEL_STACK_TOP)?;
+    mem.write_u64(layout::TSS + 4, layout::RSP0_STACK_TOP)?;
     mem.write_u64(layout::TSS + 36, layout::IST1_STACK_TOP)?;
     mem.write(layout::TSS + 102, &104u16.to_le_bytes())?;
     for vector in 0..256u64 {
@@ -62,10 +62,11 @@ fn gdt() -> [u64; selector::GDT_ENTRIES] {
     ]
 }
 
-/// A 64-bit interrupt gate. #BP and #OF get DPL 3 so INT3/INTO work from CPL3; NMI,
+/// A 64-bit interrupt gate. #BP, #OF and USER_INT_VECTOR get DPL 3 so INT3, INTO and
+/// INT 0x81 work from CPL3; NMI,
 /// #DF and #MC run on IST1 so they survive a broken stack.
 fn idt_gate(handler: u64, vector: u8) -> [u64; 2] {
-    let dpl: u64 = if matches!(vector, 3 | 4) { 3 } else { 0 };
+    let dpl: u64 = if matches!(vector, 3 | 4 | hvprobe_abi::USER_INT_VECTOR) { 3 } else { 0 };
     let ist: u64 = if matches!(vector, 2 | 8 | 18) { 1 } else { 0 };
     let type_attr = 0x8e | (dpl << 5);
     let low = (handler & 0xffff)

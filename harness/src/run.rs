@@ -22,11 +22,15 @@ pub struct RunOptions {
     /// The watchdog limit.
     pub timeout: Duration,
     pub services: Option<ServiceHandler>,
+    /// The seed generated cases use (service SEED).
+    pub seed: u64,
+    /// Run only this generated case (service ONLY_CASE), to reproduce one failure.
+    pub only_case: Option<u64>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { timeout: Duration::from_secs(10), services: None }
+        RunOptions { timeout: Duration::from_secs(10), services: None, seed: 0, only_case: None }
     }
 }
 
@@ -345,7 +349,11 @@ impl Vm {
             Ok(Message::Service { id, args, addr }) => {
                 let answer = match options.services.as_mut().and_then(|h| h(id, args)) {
                     Some(a) => Some(a),
-                    None => self.builtin_service(id, args, devices),
+                    None => match id {
+                        service::SEED => Some(Ok(options.seed)),
+                        service::ONLY_CASE => Some(Ok(options.only_case.unwrap_or(u64::MAX))),
+                        _ => self.builtin_service(id, args, devices),
+                    },
                 };
                 let (status, result) = match answer {
                     Some(Ok(v)) => (proto::SERVICE_OK, v),

@@ -15,12 +15,40 @@ use crate::profile::Profile;
 /// instruction is emulated, and CI machines are small and shared.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The seed of generated cases when $HVPROBE_SEED does not set one: fixed, so that a
+/// run is repeatable and a profile's signatures stay stable.
+pub const DEFAULT_SEED: u64 = 0x5eed_0001;
+
 /// What every case of a run shares.
 pub struct Context {
     pub kvm: Kvm,
     pub profile: Profile,
     /// Overrides the default limit (not a case's own declared limit).
     pub default_timeout: Duration,
+    /// The seed of generated cases, and the one case to run alone, if any.
+    pub seed: u64,
+    pub only_case: Option<u64>,
+}
+
+/// Reads $HVPROBE_SEED (a number, or "random" for one from the clock) and $HVPROBE_CASE
+/// (the index of one generated case to rerun alone).
+pub fn generation_from_env() -> Result<(u64, Option<u64>), String> {
+    let number = |name: &str, v: String| {
+        let parsed = match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => v.parse(),
+        };
+        parsed.map_err(|_| format!("${name} must be a number, got {v:?}"))
+    };
+    let seed = match std::env::var("HVPROBE_SEED") {
+        Err(_) => DEFAULT_SEED,
+        Ok(v) if v == "random" => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(DEFAULT_SEED, |d| d.as_nanos() as u64),
+        Ok(v) => number("HVPROBE_SEED", v)?,
+    };
+    let only_case = std::env::var("HVPROBE_CASE").ok().map(|v| number("HVPROBE_CASE", v)).transpose()?;
+    Ok((seed, only_case))
 }
 
 fn result(case: &TestCase) -> TestResult {
@@ -82,8 +110,14 @@ pub fn run_case(ctx: &Context, case: &TestCase) -> TestResult {
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
     };
-    let report = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config)
-        .and_then(|mut vm| vm.run(RunOptions { timeout: timeout_of(case, ctx.default_timeout), services: None }));
+    let report = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config).and_then(|mut vm| {
+        vm.run(RunOptions {
+            timeout: timeout_of(case, ctx.default_timeout),
+            services: None,
+            seed: ctx.seed,
+            only_case: ctx.only_case,
+        })
+    });
     r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
     let report = match report {
         Ok(report) => report,

@@ -27,7 +27,9 @@ fn main() -> ExitCode {
         Ok(kvm) => {
             let backend = Backend::detect_in(std::path::Path::new("/sys/module"));
             let profile = Profile::builtin(backend, payload).unwrap_or_else(|e| panic!("{e}"));
-            (Some(Arc::new(Context { kvm, profile, default_timeout: runner::DEFAULT_TIMEOUT })), None)
+            let (seed, only_case) = runner::generation_from_env().unwrap_or_else(|e| panic!("{e}"));
+            let ctx = Context { kvm, profile, default_timeout: runner::DEFAULT_TIMEOUT, seed, only_case };
+            (Some(Arc::new(ctx)), None)
         }
         Err(e) => (None, Some(e.to_string())),
     };

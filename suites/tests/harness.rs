@@ -21,7 +21,7 @@ fn the_watchdog_stops_a_spinning_guest_at_its_limit_with_registers() {
     let Some(kvm) = kvm() else { return };
     for name in ["cpu::watchdog_spin::long64", "cpu::watchdog_spin::user64"] {
         let limit = Duration::from_millis(300);
-        let report = run(&kvm, name, RunOptions { timeout: limit, services: None });
+        let report = run(&kvm, name, RunOptions { timeout: limit, ..RunOptions::default() });
         assert_eq!(report.end(), &RunEnd::Timeout { limit }, "{name}");
         assert!(
             report.duration >= limit && report.duration < limit + Duration::from_secs(1),
@@ -48,8 +48,7 @@ fn a_console_flood_is_capped_and_the_run_goes_on() {
 fn suite_services_take_precedence_over_builtin_ones() {
     let Some(kvm) = kvm() else { return };
     let lie = Box::new(|id, _args| (id == hvprobe_abi::proto::service::ECHO_XOR).then_some(Ok(42)));
-    let report =
-        run(&kvm, "pv::host_service::long64", RunOptions { timeout: Duration::from_secs(10), services: Some(lie) });
+    let report = run(&kvm, "pv::host_service::long64", RunOptions { services: Some(lie), ..RunOptions::default() });
     let verdict = report.verdict.expect("the guest reports");
     assert_eq!(verdict.status, hvprobe_harness::VerdictStatus::Fail, "the guest saw the override's answer");
     assert_eq!(verdict.values.map(|v| v.1), Some(42), "actual value is what the override returned");

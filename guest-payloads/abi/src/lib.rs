@@ -34,6 +34,9 @@ pub mod layout {
     pub const USER_STACK_TOP: u64 = 0x60000;
     pub const KERNEL_STACK_TOP: u64 = 0x80000;
     pub const IST1_STACK_TOP: u64 = 0x88000;
+    /// TSS.RSP0: where an interrupt or exception from CPL3 starts on the CPL0 side. Its own
+    /// region, so that a CPL0 case that drops to CPL3 keeps its kernel stack intact.
+    pub const RSP0_STACK_TOP: u64 = 0x90000;
     /// Real-mode and 32-bit stack top (below the low text).
     pub const LOW_STACK_TOP: u64 = 0x7ff0;
     /// The main image (`.text`, `.rodata`, `.data`, `.bss`) is linked here.
@@ -157,6 +160,9 @@ pub mod requires {
     ];
 }
 
+/// A software-interrupt vector whose gate has DPL 3, so CPL3 code may INT to it.
+pub const USER_INT_VECTOR: u8 = 0x81;
+
 /// Test-case flags.
 pub mod flags {
     /// The guest never ends by itself: the watchdog stopping it is the expected outcome.
@@ -274,7 +280,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 2;
+    pub const ABI_VERSION: u32 = 3;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -375,6 +381,10 @@ pub mod proto {
         /// Returns how many bytes the console port has received, including those past
         /// the host's capture limit.
         pub const CONSOLE_BYTES: u32 = 4;
+        /// Returns the seed for generated cases (`RunOptions::seed`).
+        pub const SEED: u32 = 5;
+        /// Returns the one generated case to run, or u64::MAX for all (`RunOptions::only_case`).
+        pub const ONLY_CASE: u32 = 6;
     }
 
     pub const SERVICE_OK: u32 = 0;
@@ -435,7 +445,7 @@ mod tests {
             (TSS, TSS + 104),
             (LOW_START, LOW_END),
             (PML4, PT0 + 4096),
-            (USER_STACK_TOP - 0x40000, IST1_STACK_TOP),
+            (USER_STACK_TOP - 0x40000, RSP0_STACK_TOP),
             (IMAGE_START, IMAGE_END),
         ];
         for (i, a) in regions.iter().enumerate() {

@@ -180,6 +180,9 @@ pub fn set_handler(vector: u8, handler: Handler) {
 #[unsafe(no_mangle)]
 extern "C" fn hvprobe_trap(frame: &mut Frame) {
     let vector = frame.vector as u8;
+    if crate::user::resume_kernel(frame) {
+        return;
+    }
     let fixup = FIXUP_RIP.load(SeqCst);
     if vector < 32 && fixup != 0 {
         CAUGHT_ERROR.store(frame.error_code, SeqCst);

@@ -16,6 +16,7 @@ pub mod paging;
 pub mod proto;
 #[doc(hidden)]
 pub mod testcase;
+pub mod user;
 
 pub use exception::{Exception, Frame};
 pub use hvprobe_abi as abi;

@@ -223,17 +223,19 @@ fn real_main() -> Result<ExitCode> {
             if cases.is_empty() {
                 bail!("no test case matches the filters {filter:?}");
             }
-            let ctx = Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout) };
+            let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
+            let ctx = Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let started = SystemTime::now();
             let t0 = Instant::now();
             println!(
-                "hvprobe: {} cases on {} ({}), {} jobs, profile {}",
+                "hvprobe: {} cases on {} ({}), {} jobs, profile {}, seed {:#x}",
                 cases.len(),
                 facts.hostname,
                 facts.backend.name(),
                 jobs,
-                ctx.profile.source
+                ctx.profile.source,
+                ctx.seed
             );
             let tests = run_all(&ctx, &cases, jobs, verbose);
             let mut results = Results::new(host_record(&facts), started);

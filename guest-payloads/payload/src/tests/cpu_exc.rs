@@ -248,3 +248,32 @@ test_case! {
     name = "cpu::exc_ss_noncanonical::user64", mode = User64, path = Hw;
     entry = exc_ss_noncanonical
 }
+
+static USER_INTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn count_user_int(_: &mut hvprobe_rt::Frame) {
+    USER_INTS.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+}
+
+test_case! {
+    /// INT n from CPL3 through an interrupt gate with DPL 3 reaches that vector's handler
+    /// (SDM Vol. 2A, INT n: "if the gate's DPL >= CPL" the interrupt is delivered).
+    name = "cpu::int_n_dpl3_gate::user64", mode = User64, path = Hw;
+    fn int_n_dpl3_gate() {
+        hvprobe_rt::exception::set_handler(hvprobe_rt::abi::USER_INT_VECTOR, count_user_int);
+        let e = catch!("int 0x81");
+        if let Some(e) = e {
+            hvprobe_rt::proto::fail(
+                file!(),
+                line!(),
+                match e.vector {
+                    exception::UD => "INT 0x81 through a DPL3 gate raised #UD",
+                    exception::GP => "INT 0x81 through a DPL3 gate raised #GP",
+                    _ => "INT 0x81 through a DPL3 gate raised an exception",
+                },
+                Some((0x81, e.vector as u64)),
+            );
+        }
+        check_eq!(USER_INTS.load(core::sync::atomic::Ordering::SeqCst), 1, "the handler ran once");
+    }
+}

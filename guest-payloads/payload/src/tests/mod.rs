@@ -1,4 +1,5 @@
 mod cpu;
+mod cpu_diff;
 mod cpu_exc;
 mod cpu_sys;
 mod io;
