@@ -1,5 +1,7 @@
 //! The `cpu` area, continued: control registers, MSRs and system instructions.
 
+use core::arch::global_asm;
+
 use hvprobe_rt::abi;
 use hvprobe_rt::cpu;
 use hvprobe_rt::exception;
@@ -272,5 +274,146 @@ test_case! {
         check_eq!(fault(catch!("mov cr0, {0}", in(reg) 0x8000_0033u64)), want, "MOV to CR0");
         check_eq!(fault(catch!("lgdt [{0}]", in(reg) 0x1000u64)), want, "LGDT");
         check_eq!(fault(catch!("wrmsr", in("ecx") MSR_TSC, in("eax") 0, in("edx") 0)), want, "WRMSR");
+    }
+}
+
+/// What a CPL3 probe saw, written by the probe and read back at CPL0.
+static USER_FAULT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Encodes a CPL3 probe's outcome: 0 when nothing was raised, else 1 + vector << 8 +
+/// error code << 16.
+fn record(e: Option<hvprobe_rt::Exception>) {
+    let v = e.map_or(0, |e| 1 | (e.vector as u64) << 8 | e.error_code.unwrap_or(0) << 16);
+    USER_FAULT.store(v, core::sync::atomic::Ordering::SeqCst);
+}
+
+fn user_fault() -> Option<(u8, u64)> {
+    let v = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
+    (v != 0).then_some(((v >> 8) as u8, v >> 16))
+}
+
+extern "C" fn sgdt_at_cpl3(buf: u64) {
+    record(catch!("sgdt [{0}]", in(reg) buf));
+}
+
+test_case! {
+    /// With CR4.UMIP set, SGDT at CPL3 raises #GP(0); without it SGDT works at CPL3
+    /// (SDM Vol. 3A, 2.5 "UMIP"), where CPUID.7.0:ECX.UMIP[2] advertises it.
+    name = "cpu::umip::long64", mode = Long64, path = Hw;
+    fn umip() {
+        let mut buf = [0u8; 10];
+        hvprobe_rt::user::call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
+        check_eq!(user_fault(), None, "SGDT at CPL3 without UMIP");
+        if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
+            skip!("CPUID.7.0:ECX.UMIP[2] is clear");
+        }
+        let cr4 = cpu::read_cr4();
+        // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 11) };
+        hvprobe_rt::user::call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
+        // SAFETY: restores CR4.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+        check_eq!(user_fault(), Some((exception::GP, 0)), "SGDT at CPL3 with CR4.UMIP");
+    }
+}
+
+extern "C" fn misaligned_at_cpl3(addr: u64) {
+    record(catch!("pushfq", "or dword ptr [rsp], 0x40000", "popfq", "mov {0}, [{0}]", inout(reg) addr => _));
+}
+
+test_case! {
+    /// With CR0.AM and RFLAGS.AC set, a misaligned load at CPL3 raises #AC(0); at CPL0
+    /// alignment is not checked (SDM Vol. 3A, 6.15, Interrupt 17).
+    name = "cpu::exc_ac::long64", mode = Long64, path = Hw;
+    fn exc_ac() {
+        let cr0 = cpu::read_cr0();
+        // SAFETY: CR0.AM (bit 18) only enables alignment checks at CPL3; restored below.
+        unsafe { cpu::write_cr0(cr0 | 1 << 18) };
+        let word = [0u64; 2];
+        let misaligned = word.as_ptr() as u64 + 1;
+        hvprobe_rt::user::call_at_cpl3(misaligned_at_cpl3, misaligned);
+        let at_cpl3 = user_fault();
+        let at_cpl0 = catch!("pushfq", "or dword ptr [rsp], 0x40000", "popfq", "mov {0}, [{0}]", "pushfq",
+                             "and dword ptr [rsp], 0xfffbffff", "popfq", inout(reg) misaligned => _);
+        // SAFETY: restores CR0.
+        unsafe { cpu::write_cr0(cr0) };
+        check_eq!(at_cpl3, Some((exception::AC, 0)), "misaligned load at CPL3 with AM and AC");
+        check_eq!(at_cpl0, None, "no alignment check at CPL0");
+    }
+}
+
+test_case! {
+    /// XSETBV loads XCR0 and XGETBV reads it back; XCR0 without x87 (bit 0) raises #GP(0)
+    /// (SDM Vol. 2C, XSETBV), with CR4.OSXSAVE set where CPUID.1:ECX.XSAVE[26] allows it.
+    name = "cpu::xsetbv::long64", mode = Long64, path = Full;
+    fn xsetbv() {
+        if cpu::cpuid(1, 0).ecx & (1 << 26) == 0 {
+            skip!("CPUID.1:ECX.XSAVE[26] is clear");
+        }
+        let cr4 = cpu::read_cr4();
+        // SAFETY: CR4.OSXSAVE (bit 18) enables XGETBV/XSETBV; restored below.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 18) };
+        // Each step is checked before the next runs, so one that the hypervisor cannot
+        // handle does not hide how it handled the others.
+        check_eq!(catch!("xsetbv", in("ecx") 0, in("eax") 1, in("edx") 0), None, "XSETBV XCR0 = 1");
+        check_exception!(catch!("xsetbv", in("ecx") 0, in("eax") 0, in("edx") 0), exception::GP, Some(0));
+        let (lo, hi): (u32, u32);
+        // SAFETY: XGETBV of XCR0 has no side effects with OSXSAVE set.
+        unsafe { core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi) };
+        // SAFETY: restores CR4.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+        check_eq!((lo as u64) | (hi as u64) << 32, 1, "XGETBV reads XCR0 back");
+    }
+}
+
+/// SYSCALL's view from CPL0: RCX (return RIP), R11 (RFLAGS), CS.
+static SYSCALL_SEEN: [core::sync::atomic::AtomicU64; 3] = [const { core::sync::atomic::AtomicU64::new(0) }; 3];
+
+global_asm!(
+    ".section .text, \"ax\"",
+    "hv_syscall_entry:",
+    "mov [rip + {seen}], rcx",
+    "mov [rip + {seen} + 8], r11",
+    "mov [rip + {seen} + 16], cs",
+    "sysretq",
+    seen = sym SYSCALL_SEEN,
+);
+
+unsafe extern "C" {
+    fn hv_syscall_entry();
+}
+
+extern "C" fn syscall_at_cpl3(_: u64) {
+    let (after, flags): (u64, u64);
+    // SAFETY: SYSCALL enters hv_syscall_entry, which returns at once with SYSRET; RCX and
+    // R11 are clobbered by the pair, as the ABI of SYSCALL says.
+    unsafe {
+        core::arch::asm!("lea {after}, [rip + 2f]", "syscall", "2:", "pushfq", "pop {flags}",
+                         after = out(reg) after, flags = out(reg) flags, out("rcx") _, out("r11") _);
+    }
+    let _ = (after, flags);
+    SYSCALL_SEEN[0].fetch_sub(after, core::sync::atomic::Ordering::SeqCst);
+}
+
+test_case! {
+    /// SYSCALL from CPL3 enters IA32_LSTAR at CPL0 with RCX = the next RIP, R11 = RFLAGS
+    /// and CS from IA32_STAR[47:32]; SYSRET returns to CPL3 (SDM Vol. 2B, SYSCALL/SYSRET).
+    name = "cpu::syscall_sysret::long64", mode = Long64, path = Hw;
+    fn syscall_sysret() {
+        // SAFETY: EFER.SCE, STAR, LSTAR and SFMASK only shape SYSCALL, which only this
+        // test executes. 64-bit SYSRET loads CS = STAR[63:48] + 16 and SS = STAR[63:48] + 8
+        // (RPL 3): base 0x18 gives the user selectors 0x2b and 0x23.
+        unsafe {
+            let efer = cpu::rdmsr(MSR_EFER);
+            cpu::wrmsr(MSR_EFER, efer | 1);
+            cpu::wrmsr(0xc000_0081, (0x18u64 << 48) | ((abi::selector::CODE64 as u64) << 32));
+            cpu::wrmsr(0xc000_0082, hv_syscall_entry as *const () as u64);
+            cpu::wrmsr(0xc000_0084, 0x200);
+        }
+        hvprobe_rt::user::call_at_cpl3(syscall_at_cpl3, 0);
+        let seen = |i: usize| SYSCALL_SEEN[i].load(core::sync::atomic::Ordering::SeqCst);
+        check_eq!(seen(0), 0, "RCX at entry is the RIP after SYSCALL (stored minus expected)");
+        check_eq!(seen(1) & 0x3000, 0x3000, "R11 holds the CPL3 RFLAGS (IOPL 3)");
+        check_eq!(seen(2), abi::selector::CODE64 as u64, "CS at entry comes from STAR[47:32]");
     }
 }
