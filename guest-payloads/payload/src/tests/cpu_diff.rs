@@ -24,7 +24,29 @@ struct Regs {
     rbx: u64,
     rcx: u64,
     rdx: u64,
+    rsi: u64,
+    rdi: u64,
     flags: u64,
+}
+
+/// Memory the cases' operands point into (RSI and RDI start inside it); both runs start
+/// from the same bytes and must leave the same bytes.
+#[repr(C, align(64))]
+struct Buffer([u8; BUF_LEN]);
+
+const BUF_LEN: usize = 128;
+static mut BUF: Buffer = Buffer([0; BUF_LEN]);
+
+fn buf() -> *mut u8 {
+    (&raw mut BUF).cast()
+}
+
+/// What RCX may hold: any value, or a small count (REP prefixes, so strings stay inside
+/// the buffer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rcx {
+    Any,
+    Small,
 }
 
 const CF: u64 = 1 << 0;
@@ -35,33 +57,38 @@ const SF: u64 = 1 << 7;
 const OF: u64 = 1 << 11;
 const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
-/// Declares the stubs: each loads `Regs` from RDI, runs the instruction, stores `Regs`
-/// back. `undefined` lists the flags the SDM leaves undefined after the instruction; they
-/// are not compared.
+/// Declares the stubs: each loads `Regs` through R12, runs the instruction, stores `Regs`
+/// back and clears DF (the Rust ABI needs it clear). `undefined` lists the flags the SDM
+/// leaves undefined after the instruction; they are not compared.
 macro_rules! ops {
-    ($($name:ident: $insn:literal, undefined = $undef:expr;)*) => {
+    ($($name:ident: $insn:literal, undefined = $undef:expr $(, rcx = $rcx:ident)?;)*) => {
         global_asm!(
             $(
                 concat!(
                     ".section .text, \"ax\"\n",
                     "hv_diff_", stringify!($name), ":\n",
                     "push rbx\n",
-                    "push rdi\n",
-                    "mov rax, [rdi]\n",
-                    "mov rbx, [rdi + 8]\n",
-                    "mov rcx, [rdi + 16]\n",
-                    "mov rdx, [rdi + 24]\n",
-                    "push qword ptr [rdi + 32]\n",
+                    "push r12\n",
+                    "mov r12, rdi\n",
+                    "mov rax, [r12]\n",
+                    "mov rbx, [r12 + 8]\n",
+                    "mov rcx, [r12 + 16]\n",
+                    "mov rdx, [r12 + 24]\n",
+                    "mov rsi, [r12 + 32]\n",
+                    "mov rdi, [r12 + 40]\n",
+                    "push qword ptr [r12 + 48]\n",
                     "popfq\n",
                     $insn, "\n",
                     "pushfq\n",
-                    "mov rdi, [rsp + 8]\n",
-                    "pop qword ptr [rdi + 32]\n",
-                    "mov [rdi], rax\n",
-                    "mov [rdi + 8], rbx\n",
-                    "mov [rdi + 16], rcx\n",
-                    "mov [rdi + 24], rdx\n",
-                    "pop rdi\n",
+                    "pop qword ptr [r12 + 48]\n",
+                    "cld\n",
+                    "mov [r12], rax\n",
+                    "mov [r12 + 8], rbx\n",
+                    "mov [r12 + 16], rcx\n",
+                    "mov [r12 + 24], rdx\n",
+                    "mov [r12 + 32], rsi\n",
+                    "mov [r12 + 40], rdi\n",
+                    "pop r12\n",
                     "pop rbx\n",
                     "ret\n",
                 ),
@@ -73,7 +100,7 @@ macro_rules! ops {
             $(concat!(".quad hv_diff_", stringify!($name), "\n"),)*
         );
 
-        const OPS: &[(&str, &str, u64)] = &[$((stringify!($name), $insn, $undef)),*];
+        const OPS: &[(&str, &str, u64, Rcx)] = &[$((stringify!($name), $insn, $undef, [$(Rcx::$rcx,)? Rcx::Any][0])),*];
         const N_OPS: usize = OPS.len();
     };
 }
@@ -123,6 +150,32 @@ ops! {
     movsx: "movsx rax, bl", undefined = 0;
     movzx: "movzx eax, bx", undefined = 0;
     lea: "lea rax, [rbx + rcx * 4 + 0x10]", undefined = 0;
+    add_mem: "add qword ptr [rsi], rax", undefined = 0;
+    sub_mem32: "sub dword ptr [rdi + 4], ebx", undefined = 0;
+    and_mem8: "and byte ptr [rsi + 1], dl", undefined = AF;
+    inc_mem16: "inc word ptr [rdi]", undefined = 0;
+    neg_mem: "neg qword ptr [rsi + 8]", undefined = 0;
+    shl_mem: "shl qword ptr [rdi], cl", undefined = AF | OF;
+    xchg_mem: "xchg [rdi], rbx", undefined = 0;
+    xadd_lock: "lock xadd [rsi], rax", undefined = 0;
+    cmpxchg_mem: "lock cmpxchg [rdi], rcx", undefined = 0;
+    bts_mem: "bts qword ptr [rsi], 13", undefined = OF | SF | AF | PF;
+    movzx_mem: "movzx eax, word ptr [rsi + 3]", undefined = 0;
+    push_pop: "push qword ptr [rsi]\npop qword ptr [rdi]", undefined = 0;
+    push_pop_reg: "push rax\npush rdx\npop rbx\npop rcx", undefined = 0;
+    movsb: "movsb", undefined = 0;
+    movsq: "movsq", undefined = 0;
+    rep_movsb: "rep movsb", undefined = 0, rcx = Small;
+    rep_movsd: "rep movsd", undefined = 0, rcx = Small;
+    rep_stosq: "rep stosq", undefined = 0, rcx = Small;
+    stosw: "stosw", undefined = 0;
+    lodsb: "lodsb", undefined = 0;
+    rep_lodsq: "rep lodsq", undefined = 0, rcx = Small;
+    cmpsb: "cmpsb", undefined = 0;
+    repe_cmpsb: "repe cmpsb", undefined = 0, rcx = Small;
+    repne_scasb: "repne scasb", undefined = 0, rcx = Small;
+    scasq: "scasq", undefined = 0;
+    seg_override: "mov rax, qword ptr ds:[rsi]\nmov rbx, qword ptr ss:[rdi]", undefined = 0;
 }
 
 unsafe extern "C" {
@@ -139,6 +192,19 @@ fn stub(op: usize) -> extern "C" fn(&mut Regs) {
 struct Job {
     op: usize,
     regs: Regs,
+}
+
+/// Fills the buffer from the case's byte pattern.
+fn load_buffer(pattern: &[u8; BUF_LEN]) {
+    // SAFETY: BUF is ours alone; nothing else runs while a case does.
+    unsafe { core::ptr::copy_nonoverlapping(pattern.as_ptr(), buf(), BUF_LEN) };
+}
+
+fn read_buffer() -> [u8; BUF_LEN] {
+    let mut out = [0u8; BUF_LEN];
+    // SAFETY: as above.
+    unsafe { core::ptr::copy_nonoverlapping(buf(), out.as_mut_ptr(), BUF_LEN) };
+    out
 }
 
 extern "C" fn run_job(arg: u64) {
@@ -183,25 +249,44 @@ impl Rng {
     }
 }
 
-fn case_input(rng: &mut Rng) -> (usize, Regs) {
+const DF: u64 = 1 << 10;
+
+fn case_input(rng: &mut Rng, pattern: &mut [u8; BUF_LEN]) -> (usize, Regs) {
     let op = (rng.next() % N_OPS as u64) as usize;
+    let base = buf() as u64;
+    // RSI and RDI start in the middle, so up to 4 elements of 8 bytes either way stay in.
+    let pointer = |r: u64| base + 48 + r % 32;
+    let rcx = match OPS[op].3 {
+        Rcx::Small => rng.next() % 5,
+        Rcx::Any if rng.next() & 1 == 0 => rng.next() % 70,
+        Rcx::Any => rng.operand(),
+    };
     let regs = Regs {
         rax: rng.operand(),
         rbx: rng.operand(),
-        rcx: if rng.next() & 1 == 0 { rng.next() % 70 } else { rng.operand() },
+        rcx,
         rdx: rng.operand(),
-        flags: (rng.next() & STATUS) | 0x2,
+        rsi: pointer(rng.next()),
+        rdi: pointer(rng.next()),
+        flags: (rng.next() & (STATUS | DF)) | 0x2,
     };
+    for chunk in pattern.chunks_exact_mut(8) {
+        // Repeated bytes half the time, so REPE/REPNE run past the first element.
+        let v = if rng.next() & 1 == 0 { 0x4141_4141_4141_4141 } else { rng.next() };
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
     (op, regs)
 }
 
 const CASES: u64 = 1000;
 
 test_case! {
-    /// 1,000 generated ALU, shift, multiply/divide, bit-test, exchange and move cases:
-    /// CPL0 and CPL3 must agree on RAX, RBX, RCX, RDX and every flag the SDM defines.
-    name = "cpu::emulator_diff_alu::long64", mode = Long64, path = Full;
-    fn emulator_diff_alu() {
+    /// 1,000 generated cases over ALU, shift, multiply/divide, bit-test, exchange and move
+    /// instructions, memory operands (with LOCK), push/pop, segment overrides and string
+    /// instructions with REP prefixes in both DF directions: CPL0 and CPL3 must agree on
+    /// RAX, RBX, RCX, RDX, RSI, RDI, every flag the SDM defines, and the memory.
+    name = "cpu::emulator_diff::long64", mode = Long64, path = Full;
+    fn emulator_diff() {
         let ask = |id| hvprobe_rt::proto::service(id, [0; 4]).unwrap_or(0);
         let seed = ask(service::SEED);
         let only = hvprobe_rt::proto::service(service::ONLY_CASE, [0; 4]).unwrap_or(u64::MAX);
@@ -210,30 +295,40 @@ test_case! {
         let mut rng = Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed });
         let mut differing = [0u32; N_OPS];
         let (mut ran, mut first) = (0u64, None);
+        let mut pattern = [0u8; BUF_LEN];
         for index in 0..CASES {
-            let (op, input) = case_input(&mut rng);
+            let (op, input) = case_input(&mut rng, &mut pattern);
             if only != u64::MAX && index != only {
                 continue;
             }
             ran += 1;
             let mut cpl0 = input;
+            load_buffer(&pattern);
             stub(op)(&mut cpl0);
+            let mem0 = read_buffer();
             let mut job = Job { op, regs: input };
+            load_buffer(&pattern);
             call_at_cpl3(run_job, &raw mut job as u64);
+            let mem3 = read_buffer();
             let cpl3 = job.regs;
             let mask = STATUS & !OPS[op].2;
             let same = Regs { flags: cpl0.flags & mask, ..cpl0 } == Regs { flags: cpl3.flags & mask, ..cpl3 };
-            if !same {
+            if !same || mem0 != mem3 {
                 if differing[op] == 0 {
+                    let at = mem0.iter().zip(&mem3).position(|(a, b)| a != b);
                     log!(
-                        "case {} {} ({}): in {:x?}\n  CPL0 {:x?}\n  CPL3 {:x?} (flags compared: {:#x})",
+                        "case {} {} ({}): in {:x?}\n  CPL0 {:x?}\n  CPL3 {:x?} (flags compared: {:#x}); memory {}",
                         index,
                         OPS[op].0,
                         OPS[op].1,
                         input,
                         cpl0,
                         cpl3,
-                        mask
+                        mask,
+                        match at {
+                            None => "equal",
+                            Some(_) => "differs",
+                        }
                     );
                 }
                 differing[op] += 1;
