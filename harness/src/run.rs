@@ -382,6 +382,13 @@ impl Vm {
                 })
             }
             service::TSC_KHZ => Some(self.vcpus[0].get_tsc_khz().map(u64::from).map_err(|_| ())),
+            service::CPUID_ENTRY => Some(
+                usize::try_from(args[0])
+                    .ok()
+                    .and_then(|i| self.cpuid.get(i))
+                    .map(|e| u64::from(e.function) | u64::from(e.index) << 32)
+                    .ok_or(()),
+            ),
             service::CONSOLE_BYTES => Some(Ok(devices.console_total)),
             _ => None,
         }

@@ -385,6 +385,9 @@ pub mod proto {
         pub const SEED: u32 = 5;
         /// Returns the one generated case to run, or u64::MAX for all (`RunOptions::only_case`).
         pub const ONLY_CASE: u32 = 6;
+        /// Returns `leaf | subleaf << 32` of entry `args[0]` of the CPUID table the host set
+        /// with KVM_SET_CPUID2; fails past the last entry.
+        pub const CPUID_ENTRY: u32 = 7;
     }
 
     pub const SERVICE_OK: u32 = 0;

@@ -35,7 +35,7 @@ hvprobe_call_cpl3:
     mov [rip + {kernel_rip}], rax
     push {user_ss}
     push {user_stack}
-    push 0x3002
+    push rdx
     push {user_cs}
     lea rax, [rip + hvprobe_user_trampoline]
     push rax
@@ -67,16 +67,22 @@ hvprobe_user_return_point:
 );
 
 unsafe extern "C" {
-    fn hvprobe_call_cpl3(f: extern "C" fn(u64), arg: u64);
+    fn hvprobe_call_cpl3(f: extern "C" fn(u64), arg: u64, rflags: u64);
     fn hvprobe_user_return_point();
 }
 
 /// Runs `f(arg)` at CPL3 (IOPL 3, interrupts off) on the user stack and returns to the
 /// caller at CPL0. Only a CPL0 case may call it.
 pub fn call_at_cpl3(f: extern "C" fn(u64), arg: u64) {
+    call_at_cpl3_with_rflags(f, arg, 0x3002);
+}
+
+/// [`call_at_cpl3`] starting with the given RFLAGS (e.g. IOPL 0 to test port access).
+pub fn call_at_cpl3_with_rflags(f: extern "C" fn(u64), arg: u64, rflags: u64) {
     // SAFETY: the trampoline preserves the System V callee-saved registers and returns
-    // on the caller's stack; `f` runs on the separate user stack.
-    unsafe { hvprobe_call_cpl3(f, arg) }
+    // on the caller's stack; `f` runs on the separate user stack. RFLAGS is forced to its
+    // reserved bit 1 and to IF clear, so no interrupt can arrive at CPL3 unplanned.
+    unsafe { hvprobe_call_cpl3(f, arg, (rflags | 0x2) & !0x200) }
 }
 
 /// The handler's part: turn the trampoline's #BP frame into a return to CPL0.

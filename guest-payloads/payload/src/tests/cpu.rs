@@ -346,3 +346,72 @@ test_case! {
     name = "cpu::exc_gp_noncanonical::user64", mode = User64, path = Hw;
     entry = exc_gp_noncanonical
 }
+
+/// Bits KVM derives from vCPU state rather than from the table (KVM API 4.46 and the SDM):
+/// CPUID.1:ECX.OSXSAVE and EDX.APIC, CPUID.7.0:ECX.OSPKE, and the XSAVE sizes in 0xD.
+fn dynamic_bits(leaf: u32, subleaf: u32) -> [u32; 4] {
+    match (leaf, subleaf) {
+        (1, _) => [0, 0xff00_0000, 1 << 27, 1 << 9],
+        (7, 0) => [0, 0, 1 << 4, 0],
+        (0xd, 0) | (0xd, 1) => [0, u32::MAX, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+test_case! {
+    /// Every CPUID leaf and subleaf the host set with KVM_SET_CPUID2 reads back as set,
+    /// apart from the bits that reflect vCPU state (KVM API 4.46).
+    name = "cpu::cpuid_all_leaves::long64", mode = Long64, path = Full;
+    fn cpuid_all_leaves() {
+        let (mut checked, mut differing, mut first) = (0u32, 0u32, None);
+        for i in 0.. {
+            let Ok(entry) = hvprobe_rt::proto::service(service::CPUID_ENTRY, [i, 0, 0, 0]) else { break };
+            let (leaf, subleaf) = (entry as u32, (entry >> 32) as u32);
+            let Some(set) = cpuid_as_set(leaf, subleaf) else { continue };
+            let got = cpu::cpuid(leaf, subleaf);
+            let mask = dynamic_bits(leaf, subleaf);
+            let regs = |c: Cpuid| [c.eax & !mask[0], c.ebx & !mask[1], c.ecx & !mask[2], c.edx & !mask[3]];
+            checked += 1;
+            if regs(got) != regs(set) {
+                differing += 1;
+                if first.is_none() {
+                    first = Some((leaf, subleaf, got, set));
+                }
+            }
+        }
+        hvprobe_rt::metric("leaves_checked", "count", checked as u64);
+        check!(checked > 10, "only {} CPUID entries to check", checked);
+        if let Some((leaf, subleaf, got, set)) = first {
+            check!(
+                false,
+                "{} of {} CPUID leaves differ from the table; first: leaf {:#x}.{} reads {:x?}, set {:x?}",
+                differing,
+                checked,
+                leaf,
+                subleaf,
+                got,
+                set
+            );
+        }
+    }
+}
+
+test_case! {
+    /// The maximum basic and extended leaves (CPUID.0:EAX, CPUID.80000000H:EAX) are the
+    /// highest leaves in the table the host set (SDM Vol. 2A, CPUID).
+    name = "cpu::cpuid_max_leaf::long64", mode = Long64, path = Full;
+    fn cpuid_max_leaf() {
+        let (mut basic, mut extended) = (0u32, 0u32);
+        for i in 0.. {
+            let Ok(entry) = hvprobe_rt::proto::service(service::CPUID_ENTRY, [i, 0, 0, 0]) else { break };
+            let leaf = entry as u32;
+            if leaf < 0x4000_0000 {
+                basic = basic.max(leaf);
+            } else if leaf >= 0x8000_0000 {
+                extended = extended.max(leaf);
+            }
+        }
+        check_eq!(cpu::cpuid(0, 0).eax, basic, "maximum basic leaf");
+        check_eq!(cpu::cpuid(0x8000_0000, 0).eax, extended, "maximum extended leaf");
+    }
+}

@@ -277,3 +277,53 @@ test_case! {
         check_eq!(USER_INTS.load(core::sync::atomic::Ordering::SeqCst), 1, "the handler ran once");
     }
 }
+
+static USER_PF: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn touch_at_cpl3(addr: u64) {
+    let read = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
+    let write = catch!("mov byte ptr [{0}], 1", in(reg) addr);
+    let code =
+        |e: Option<hvprobe_rt::Exception>| e.map_or(0xff, |e| (e.vector as u64) << 8 | e.error_code.unwrap_or(0));
+    USER_PF.store(code(read) | code(write) << 16, core::sync::atomic::Ordering::SeqCst);
+}
+
+test_case! {
+    /// A supervisor page (U/S clear) is out of reach at CPL3: reads fault with #PF(P|U) and
+    /// writes with #PF(P|W|U) (SDM Vol. 3A, 4.6 and 4.7).
+    name = "cpu::paging_user_supervisor::long64", mode = Long64, path = Hw;
+    fn paging_user_supervisor() {
+        let addr = page() + 0x300;
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        *pte &= !paging::USER;
+        paging::invlpg(addr);
+        hvprobe_rt::user::call_at_cpl3(touch_at_cpl3, addr);
+        *pte = saved;
+        paging::invlpg(addr);
+        let seen = USER_PF.load(core::sync::atomic::Ordering::SeqCst);
+        check_eq!(seen & 0xffff, (exception::PF as u64) << 8 | 0b101, "read: #PF with P and U/S");
+        check_eq!(seen >> 16, (exception::PF as u64) << 8 | 0b111, "write: #PF with P, W/R and U/S");
+    }
+}
+
+test_case! {
+    /// A 2 MiB page's PDE gets its accessed bit on a read and its dirty bit on a write
+    /// (SDM Vol. 3A, 4.8).
+    name = "cpu::paging_large_page_ad::long64", mode = Long64, path = Hw;
+    fn paging_large_page_ad() {
+        let addr: u64 = 0x30_0000 + 0x80;
+        // The harness maps the first GiB with the page directory at layout::PD0.
+        let pde = (hvprobe_rt::abi::layout::PD0 + (addr >> 21) * 8) as *mut u64;
+        // SAFETY: the PDE lives in identity-mapped RAM; the page it maps is RAM.
+        unsafe {
+            check_eq!(pde.read_volatile() & (1 << 7), 1 << 7, "a 2 MiB mapping");
+            pde.write_volatile(pde.read_volatile() & !(ACCESSED | DIRTY));
+            paging::invlpg(addr);
+            let _ = (addr as *const u8).read_volatile();
+            check_eq!(pde.read_volatile() & (ACCESSED | DIRTY), ACCESSED, "after a read");
+            (addr as *mut u8).write_volatile(1);
+            check_eq!(pde.read_volatile() & (ACCESSED | DIRTY), ACCESSED | DIRTY, "after a write");
+        }
+    }
+}

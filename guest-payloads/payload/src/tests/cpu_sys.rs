@@ -417,3 +417,113 @@ test_case! {
         check_eq!(seen(2), abi::selector::CODE64 as u64, "CS at entry comes from STAR[47:32]");
     }
 }
+
+test_case! {
+    /// IA32_APIC_BASE of the boot vCPU: BSP[8] and EN[11] set, base 0xFEE00000
+    /// (SDM Vol. 3A, 11.4.4).
+    name = "cpu::msr_apic_base::long64", mode = Long64, path = Full;
+    fn msr_apic_base() {
+        // SAFETY: reading IA32_APIC_BASE has no side effects.
+        let base = unsafe { cpu::rdmsr(0x1b) };
+        check_eq!(base & (1 << 8), 1 << 8, "BSP flag");
+        check_eq!(base & (1 << 11), 1 << 11, "APIC global enable");
+        check_eq!(base & 0xf_ffff_f000, abi::layout::APIC_BASE);
+    }
+}
+
+test_case! {
+    /// Writing IA32_TSC_ADJUST moves the TSC by the same amount (SDM Vol. 3B, 18.17.3),
+    /// where CPUID.7.0:EBX.TSC_ADJUST[1] advertises it.
+    name = "cpu::msr_tsc_adjust::long64", mode = Long64, path = Full;
+    fn msr_tsc_adjust() {
+        if cpu::cpuid(7, 0).ebx & (1 << 1) == 0 {
+            skip!("CPUID.7.0:EBX.TSC_ADJUST[1] is clear");
+        }
+        const STEP: u64 = 1 << 40;
+        let before = cpu::rdtsc();
+        // SAFETY: moves this vCPU's TSC forward; nothing here depends on its value.
+        let adjust = unsafe {
+            cpu::wrmsr(0x3b, cpu::rdmsr(0x3b).wrapping_add(STEP));
+            cpu::rdmsr(0x3b)
+        };
+        let after = cpu::rdtsc();
+        check!(adjust >= STEP, "TSC_ADJUST reads {:#x}", adjust);
+        check!(after.wrapping_sub(before) >= STEP, "TSC moved by {:#x}, not by the {:#x} added", after.wrapping_sub(before), STEP);
+        check!(after.wrapping_sub(before) < STEP + (1 << 34), "TSC moved by {:#x}", after.wrapping_sub(before));
+    }
+}
+
+test_case! {
+    /// MTRRs: IA32_MTRR_DEF_TYPE round-trips a valid value and refuses a reserved bit or
+    /// type with #GP(0) (SDM Vol. 3A, 13.11.2.1), where CPUID.1:EDX.MTRR[12] advertises them.
+    name = "cpu::msr_mtrr::long64", mode = Long64, path = Full;
+    fn msr_mtrr() {
+        if cpu::cpuid(1, 0).edx & (1 << 12) == 0 {
+            skip!("CPUID.1:EDX.MTRR[12] is clear");
+        }
+        // SAFETY: MTRRs only set memory types, which KVM ignores for this guest's RAM.
+        let (cap, old) = unsafe { (cpu::rdmsr(0xfe), cpu::rdmsr(0x2ff)) };
+        check!(cap & 0xff != 0, "MTRRcap reports no variable ranges: {:#x}", cap);
+        // SAFETY: as above.
+        let back = unsafe {
+            cpu::wrmsr(0x2ff, 0xc06);
+            cpu::rdmsr(0x2ff)
+        };
+        check_eq!(back, 0xc06, "E, FE and type WB");
+        check!(catch!("wrmsr", in("ecx") 0x2ffu32, in("eax") 0x1c06u32, in("edx") 0).is_some(), "reserved bit 12 accepted");
+        check!(catch!("wrmsr", in("ecx") 0x2ffu32, in("eax") 0xc02u32, in("edx") 0).is_some(), "reserved type 2 accepted");
+        // SAFETY: restores the default type.
+        unsafe { cpu::wrmsr(0x2ff, old) };
+    }
+}
+
+test_case! {
+    /// LAR, LSL, VERR and VERW report the GDT's descriptors (SDM Vol. 2A/2B): access rights
+    /// of the 64-bit code segment, the flat data limit, code readable but not writable.
+    name = "cpu::lar_lsl_verr_verw::long64", mode = Long64, path = Full;
+    fn lar_lsl_verr_verw() {
+        let (rights, limit): (u64, u64);
+        let (code_r, code_w, data_w): (u8, u8, u8);
+        // SAFETY: these instructions only read descriptors and set ZF.
+        unsafe {
+            core::arch::asm!("lar {0}, {1:r}", out(reg) rights, in(reg) abi::selector::CODE64 as u64);
+            core::arch::asm!("lsl {0}, {1:r}", out(reg) limit, in(reg) abi::selector::DATA as u64);
+            core::arch::asm!("verr {1:x}", "setz {0}", out(reg_byte) code_r, in(reg) abi::selector::CODE64);
+            core::arch::asm!("verw {1:x}", "setz {0}", out(reg_byte) code_w, in(reg) abi::selector::CODE64);
+            core::arch::asm!("verw {1:x}", "setz {0}", out(reg_byte) data_w, in(reg) abi::selector::DATA);
+        }
+        check_eq!(rights & 0x00ff_ff00, 0x00a0_9b00, "LAR: P, DPL 0, code, L, G");
+        check_eq!(limit, 0xffff_ffff, "LSL: the limit scaled by G");
+        check_eq!((code_r, code_w, data_w), (1, 0, 1), "VERR code, VERW code, VERW data");
+    }
+}
+
+extern "C" fn port_in_at_cpl3(_: u64) {
+    record(catch!("in al, dx", in("dx") abi::port::TEST_IO, out("al") _));
+}
+
+test_case! {
+    /// IN at CPL3 with IOPL 0 and no I/O permission bitmap raises #GP(0); with IOPL 3 it
+    /// does not (SDM Vol. 1, 19.5).
+    name = "cpu::in_out_iopl::long64", mode = Long64, path = Hw;
+    fn in_out_iopl() {
+        hvprobe_rt::user::call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x2);
+        check_eq!(user_fault(), Some((exception::GP, 0)), "IN at CPL3 with IOPL 0");
+        hvprobe_rt::user::call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x3002);
+        check_eq!(user_fault(), None, "IN at CPL3 with IOPL 3");
+    }
+}
+
+extern "C" fn wbinvd_at_cpl3(_: u64) {
+    record(catch!("wbinvd"));
+}
+
+test_case! {
+    /// WBINVD runs at CPL0 and raises #GP(0) at CPL3 (SDM Vol. 2D, WBINVD).
+    name = "cpu::wbinvd::long64", mode = Long64, path = Full;
+    fn wbinvd() {
+        check_eq!(catch!("wbinvd"), None, "WBINVD at CPL0");
+        hvprobe_rt::user::call_at_cpl3(wbinvd_at_cpl3, 0);
+        check_eq!(user_fault(), Some((exception::GP, 0)), "WBINVD at CPL3");
+    }
+}
