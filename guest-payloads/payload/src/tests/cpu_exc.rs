@@ -327,3 +327,47 @@ test_case! {
         }
     }
 }
+
+test_case! {
+    /// A write to CR3 flushes non-global translations: a PTE changed without INVLPG takes
+    /// effect after CR3 is reloaded (SDM Vol. 3A, 4.10.4.1).
+    name = "cpu::paging_cr3_reload::long64", mode = Long64, path = Hw;
+    fn paging_cr3_reload() {
+        let addr = page();
+        let other = addr + 0x1000;
+        // SAFETY: our page and the next frame, read through the identity map.
+        let next = unsafe { ((other + 16) as *const u64).read_volatile() };
+        // SAFETY: our page; touching it loads its translation into the TLB.
+        unsafe { ((addr + 16) as *mut u64).write_volatile(!next) };
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        *pte = (saved & !0x000f_ffff_ffff_f000) | other;
+        // SAFETY: reloading CR3 with its own value only flushes the TLB.
+        unsafe { core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _) };
+        // SAFETY: the remapped page maps the next frame, which is mapped and readable.
+        let seen = unsafe { ((addr + 16) as *const u64).read_volatile() };
+        *pte = saved;
+        paging::invlpg(addr);
+        check_eq!(seen, next, "after a CR3 reload the old translation is gone");
+    }
+}
+
+test_case! {
+    /// An exception whose IDT gate lies beyond the IDT limit raises #GP, whose own gate
+    /// is beyond the limit too: that is a #DF with error code 0 (SDM Vol. 3A, 6.15,
+    /// Interrupt 8, Table 6-5). The IDT is cut to vectors 0-8 for the test.
+    name = "cpu::exc_df::long64", mode = Long64, path = Hw;
+    fn exc_df() {
+        let mut old = [0u8; 10];
+        let mut short = [0u8; 10];
+        short[..2].copy_from_slice(&(9u16 * 16 - 1).to_le_bytes());
+        short[2..].copy_from_slice(&hvprobe_rt::abi::layout::IDT.to_le_bytes());
+        // SAFETY: saves the IDTR; the short one keeps #DF (8) and everything below it.
+        unsafe { core::arch::asm!("sidt [{0}]", in(reg) old.as_mut_ptr()) };
+        // A non-canonical load raises #GP (13), whose gate is now beyond the limit.
+        let e = catch!("lidt [{0}]", "mov {1}, [{1}]", in(reg) short.as_ptr(), inout(reg) 0x8000_0000_0000_0000u64 => _);
+        // SAFETY: restores the IDTR.
+        unsafe { core::arch::asm!("lidt [{0}]", in(reg) old.as_ptr()) };
+        check_exception!(e, exception::DF, Some(0));
+    }
+}

@@ -527,3 +527,79 @@ test_case! {
         check_eq!(user_fault(), Some((exception::GP, 0)), "WBINVD at CPL3");
     }
 }
+
+test_case! {
+    /// LIDT loads a new IDTR that SIDT then returns (SDM Vol. 2A, LIDT).
+    name = "cpu::lidt_roundtrip::long64", mode = Long64, path = Full;
+    fn lidt_roundtrip() {
+        let mut old = [0u8; 10];
+        let mut new = [0u8; 10];
+        new[..2].copy_from_slice(&0x7ffu16.to_le_bytes());
+        new[2..].copy_from_slice(&abi::layout::IDT.to_le_bytes());
+        let mut back = [0u8; 10];
+        // SAFETY: the new IDTR is the same table with half its limit; no interrupt or
+        // exception happens before the old one is restored.
+        unsafe {
+            core::arch::asm!("sidt [{0}]", "lidt [{1}]", "sidt [{2}]", "lidt [{0}]", in(reg) old.as_mut_ptr(),
+                             in(reg) new.as_ptr(), in(reg) back.as_mut_ptr());
+        }
+        check_eq!(back, new);
+    }
+}
+
+extern "C" fn umip_probe_at_cpl3(buf: u64) {
+    let code = |e: Option<hvprobe_rt::Exception>| e.map_or(0, |e| 1 + e.vector as u64);
+    let sidt = code(catch!("sidt [{0}]", in(reg) buf));
+    let smsw = code(catch!("smsw {0:x}", out(reg) _));
+    let str_ = code(catch!("str {0:x}", out(reg) _));
+    USER_FAULT.store(sidt | smsw << 8 | str_ << 16, core::sync::atomic::Ordering::SeqCst);
+}
+
+test_case! {
+    /// With CR4.UMIP set, SIDT, SMSW and STR at CPL3 raise #GP(0) too
+    /// (SDM Vol. 3A, 2.5 "UMIP"), where CPUID advertises UMIP.
+    name = "cpu::umip_sidt_smsw_str::long64", mode = Long64, path = Hw;
+    fn umip_sidt_smsw_str() {
+        if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
+            skip!("CPUID.7.0:ECX.UMIP[2] is clear");
+        }
+        let mut buf = [0u8; 10];
+        let cr4 = cpu::read_cr4();
+        // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 11) };
+        hvprobe_rt::user::call_at_cpl3(umip_probe_at_cpl3, buf.as_mut_ptr() as u64);
+        // SAFETY: restores CR4.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+        let gp = 1 + exception::GP as u64;
+        let seen = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
+        check_eq!(seen & 0xff, gp, "SIDT");
+        check_eq!((seen >> 8) & 0xff, gp, "SMSW");
+        check_eq!((seen >> 16) & 0xff, gp, "STR");
+    }
+}
+
+/// Records IF on entry to CPL3 (bit 0) and after a POPF that tries to set it (bit 1).
+extern "C" fn popf_if_at_cpl3(_: u64) {
+    let (before, after): (u64, u64);
+    // SAFETY: tries to set IF through POPF; no interrupt source is armed in this VM, and
+    // the return to CPL0 clears IF again (CLI here would itself fault with IOPL 0).
+    unsafe {
+        core::arch::asm!("pushfq", "pop {0}", "pushfq", "or qword ptr [rsp], 0x200", "popfq", "pushfq", "pop {1}",
+                         out(reg) before, out(reg) after)
+    };
+    USER_FAULT.store((before >> 9) & 1 | ((after >> 9) & 1) << 1, core::sync::atomic::Ordering::SeqCst);
+}
+
+test_case! {
+    /// POPF at CPL3 changes IF only when CPL <= IOPL; otherwise IF is left alone without a
+    /// fault (SDM Vol. 2B, POPF, "Operation").
+    name = "cpu::popf_if_iopl::long64", mode = Long64, path = Hw;
+    fn popf_if_iopl() {
+        hvprobe_rt::user::call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x2);
+        let seen = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
+        check_eq!(seen & 1, 0, "IF reads 0 at CPL3 after IRETQ with IF clear");
+        check_eq!(seen >> 1, 0, "IOPL 0: POPF leaves IF alone");
+        hvprobe_rt::user::call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x3002);
+        check_eq!(USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst) >> 1, 1, "IOPL 3: POPF sets IF");
+    }
+}
