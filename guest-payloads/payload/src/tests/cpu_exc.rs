@@ -371,3 +371,91 @@ test_case! {
         check_exception!(e, exception::DF, Some(0));
     }
 }
+
+/// Arms hardware breakpoint 0 or 1 (DR7 L0/L1) on `addr` with the given R/W and LEN bits.
+fn arm_breakpoint(n: u32, addr: u64, rw_len: u64) {
+    let dr7 = (1u64 << (2 * n)) | (rw_len << (16 + 4 * n));
+    // SAFETY: the breakpoint only raises #DB, which the test catches; disarmed by the caller.
+    unsafe {
+        match n {
+            0 => core::arch::asm!("mov dr0, {0}", in(reg) addr),
+            _ => core::arch::asm!("mov dr1, {0}", in(reg) addr),
+        }
+        core::arch::asm!("mov dr6, {0}", "mov dr7, {1}", in(reg) 0xffff_0ff0u64, in(reg) dr7);
+    }
+}
+
+fn disarm_breakpoints() -> u64 {
+    let dr6: u64;
+    // SAFETY: clears DR7 and reads DR6; no side effects beyond the debug state.
+    unsafe { core::arch::asm!("mov {0}, dr6", "mov dr7, {1}", out(reg) dr6, in(reg) 0x400u64) };
+    dr6
+}
+
+test_case! {
+    /// An execute breakpoint in DR0 raises #DB as a fault before the instruction, with
+    /// DR6.B0 set (SDM Vol. 3B, 18.2.4 and 18.3.1.1).
+    name = "cpu::exc_db_dr0_execute::long64", mode = Long64, path = Hw;
+    fn exc_db_dr0_execute() {
+        // The breakpoint is on a NOP reached by JMP and left by `jmp rcx`, so a fault there
+        // leaves the stack as it was (a CALL would leave its return address behind).
+        let target: u64;
+        // SAFETY: computes an address inside this function.
+        unsafe { core::arch::asm!("lea {0}, [rip + 3f]", "jmp 4f", "3:", "nop", "jmp rcx", "4:", out(reg) target) };
+        arm_breakpoint(0, target, 0b0000);
+        let e = catch!("lea rcx, [rip + 2f]", "jmp {0}", "2:", in(reg) target, out("rcx") _);
+        let dr6 = disarm_breakpoints();
+        let e = check_exception!(e, exception::DB, None);
+        check_eq!(e.rip, target, "an instruction breakpoint is a fault: RIP is the NOP");
+        check_eq!(dr6 & 0xf, 1, "DR6.B0");
+    }
+}
+
+static WATCHED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+test_case! {
+    /// A data-write breakpoint in DR1 raises #DB as a trap after the write, with DR6.B1 set
+    /// (SDM Vol. 3B, 18.2.4 and 18.3.1.2).
+    name = "cpu::exc_db_dr1_write::long64", mode = Long64, path = Hw;
+    fn exc_db_dr1_write() {
+        let addr = &raw const WATCHED as u64;
+        arm_breakpoint(1, addr, 0b1101);
+        let e = catch!("mov qword ptr [{0}], 5", "nop", in(reg) addr);
+        let dr6 = disarm_breakpoints();
+        check!(e.is_some(), "a write to the address DR1 watches raised no #DB (DR6 {:#x})", dr6);
+        let e = check_exception!(e, exception::DB, None);
+        check_eq!(e.rip, armed_rip() + 7, "a data breakpoint is a trap: RIP follows the MOV");
+        check_eq!(dr6 & 0xf, 0b10, "DR6.B1");
+        check_eq!(WATCHED.load(core::sync::atomic::Ordering::SeqCst), 5, "the write happened");
+    }
+}
+
+extern "C" fn write_at_cpl3(addr: u64) {
+    let e = catch!("mov byte ptr [{0}], 1", in(reg) addr);
+    USER_PF.store(
+        e.map_or(0xff, |e| (e.vector as u64) << 8 | e.error_code.unwrap_or(0)),
+        core::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+test_case! {
+    /// A CPL3 write to a read-only user page raises #PF(P|W|U) whatever CR0.WP says
+    /// (SDM Vol. 3A, 4.6.1).
+    name = "cpu::paging_read_only_cpl3::long64", mode = Long64, path = Hw;
+    fn paging_read_only_cpl3() {
+        let addr = page() + 0x500;
+        let pte = paging::pte_mut(addr);
+        let saved = *pte;
+        let cr0 = cpu::read_cr0();
+        *pte &= !paging::WRITABLE;
+        paging::invlpg(addr);
+        // SAFETY: CR0.WP (bit 16) off: only supervisor writes would change; restored below.
+        unsafe { cpu::write_cr0(cr0 & !(1 << 16)) };
+        hvprobe_rt::user::call_at_cpl3(write_at_cpl3, addr);
+        // SAFETY: restores CR0.
+        unsafe { cpu::write_cr0(cr0) };
+        *pte = saved;
+        paging::invlpg(addr);
+        check_eq!(USER_PF.load(core::sync::atomic::Ordering::SeqCst), (exception::PF as u64) << 8 | 0b111);
+    }
+}

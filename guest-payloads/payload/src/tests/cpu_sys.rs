@@ -603,3 +603,79 @@ test_case! {
         check_eq!(USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst) >> 1, 1, "IOPL 3: POPF sets IF");
     }
 }
+
+test_case! {
+    /// CR0.NW=1 with CD=0 is an invalid combination and raises #GP(0)
+    /// (SDM Vol. 3A, 2.5 and MOV to CR0).
+    name = "cpu::cr0_nw_without_cd_gp::long64", mode = Long64, path = Full;
+    fn cr0_nw_without_cd_gp() {
+        let cr0 = cpu::read_cr0() & !(1 << 30);
+        check_exception!(catch!("mov cr0, {0}", in(reg) cr0 | 1 << 29), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// In long mode, changing CR4.LA57 raises #GP(0), and CR4.VMXE raises #GP(0) where
+    /// CPUID.1:ECX.VMX[5] is clear (SDM Vol. 3A, 2.5 and MOV to CR4).
+    name = "cpu::cr4_la57_vmxe_gp::long64", mode = Long64, path = Full;
+    fn cr4_la57_vmxe_gp() {
+        let cr4 = cpu::read_cr4();
+        let e = catch!("mov cr4, {0}", in(reg) cr4 | 1 << 12);
+        check!(e.is_some(), "setting CR4.LA57 in long mode raised no #GP");
+        check_exception!(e, exception::GP, Some(0));
+        if cpu::cpuid(1, 0).ecx & (1 << 5) == 0 {
+            let e = catch!("mov cr4, {0}", in(reg) cr4 | 1 << 13);
+            check!(e.is_some(), "setting CR4.VMXE without VMX raised no #GP");
+            check_exception!(e, exception::GP, Some(0));
+        }
+    }
+}
+
+test_case! {
+    /// Clearing EFER.LME while paging is on raises #GP(0) (SDM Vol. 3A, 10.8.5).
+    name = "cpu::efer_lme_while_paging_gp::long64", mode = Long64, path = Full;
+    fn efer_lme_while_paging_gp() {
+        // SAFETY: reading EFER has no side effects.
+        let efer = unsafe { cpu::rdmsr(MSR_EFER) };
+        let low = (efer & !(1 << 8)) as u32;
+        let e = catch!("wrmsr", in("ecx") MSR_EFER, in("eax") low, in("edx") (efer >> 32) as u32);
+        check!(e.is_some(), "clearing EFER.LME with paging on raised no #GP");
+        check_exception!(e, exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// MOV to DR7 with a bit of 63:32 set raises #GP(0); with CR4.DE set, DR4 is reserved
+    /// and MOV from it raises #UD (SDM Vol. 3B, 18.2 and MOV to/from DR).
+    name = "cpu::debug_register_reserved::long64", mode = Long64, path = Full;
+    fn debug_register_reserved() {
+        let e = catch!("mov dr7, {0}", in(reg) 1u64 << 40 | 0x400);
+        check!(e.is_some(), "DR7 with bit 40 set raised no #GP");
+        check_exception!(e, exception::GP, Some(0));
+        let cr4 = cpu::read_cr4();
+        // SAFETY: CR4.DE (bit 3) only makes DR4/DR5 references fault; restored below.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 3) };
+        let e = catch!("mov {0}, dr4", out(reg) _);
+        // SAFETY: restores CR4.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+        check_exception!(e, exception::UD, None);
+    }
+}
+
+test_case! {
+    /// RDPID returns IA32_TSC_AUX (SDM Vol. 2B, RDPID), where CPUID.7.0:ECX.RDPID[22]
+    /// advertises it.
+    name = "cpu::rdpid::long64", mode = Long64, path = Full;
+    fn rdpid() {
+        if cpu::cpuid(7, 0).ecx & (1 << 22) == 0 {
+            skip!("CPUID.7.0:ECX.RDPID[22] is clear");
+        }
+        let aux: u64;
+        // SAFETY: TSC_AUX is only read by RDTSCP/RDPID.
+        unsafe {
+            cpu::wrmsr(MSR_TSC_AUX, 0x77);
+            core::arch::asm!("rdpid {0}", out(reg) aux);
+        }
+        check_eq!(aux, 0x77);
+    }
+}
