@@ -679,3 +679,71 @@ test_case! {
         check_eq!(aux, 0x77);
     }
 }
+
+test_case! {
+    /// IA32_LSTAR, like every MSR that holds a linear address, refuses a non-canonical value
+    /// with #GP(0) (SDM Vol. 2B, WRMSR).
+    name = "cpu::msr_lstar_noncanonical_gp::long64", mode = Long64, path = Full;
+    fn msr_lstar_noncanonical_gp() {
+        let e = catch!("wrmsr", in("ecx") 0xc000_0082u32, in("eax") 0, in("edx") 0x0000_8000u32);
+        check!(e.is_some(), "a non-canonical IA32_LSTAR was accepted");
+        check_exception!(e, exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// IA32_SYSENTER_CS, _ESP and _EIP hold what was written (SDM Vol. 4, Table 2-2).
+    name = "cpu::msr_sysenter_roundtrip::long64", mode = Long64, path = Full;
+    fn msr_sysenter_roundtrip() {
+        for (msr, value) in [(0x174u32, 0x10u64), (0x175, 0xffff_8000_0000_1000), (0x176, 0xffff_8000_0000_2000)] {
+            // SAFETY: these MSRs only matter to SYSENTER, which this test never executes.
+            let back = unsafe {
+                cpu::wrmsr(msr, value);
+                cpu::rdmsr(msr)
+            };
+            check_eq!(back, value, "MSR {:#x}", msr);
+        }
+    }
+}
+
+test_case! {
+    /// EFER.SCE[0] and, where CPUID advertises NX, EFER.NXE[11] can be set and cleared
+    /// (SDM Vol. 3A, 2.2.1).
+    name = "cpu::efer_sce_nxe::long64", mode = Long64, path = Full;
+    fn efer_sce_nxe() {
+        let nx = cpu::cpuid(0x8000_0001, 0).edx & (1 << 20) != 0;
+        // SAFETY: SCE only enables SYSCALL and NXE only enables the XD bit, which no PTE
+        // here sets; EFER is restored below.
+        let efer = unsafe { cpu::rdmsr(MSR_EFER) };
+        for bit in [0u32, 11] {
+            if bit == 11 && !nx {
+                continue;
+            }
+            // SAFETY: as above.
+            let (on, off) = unsafe {
+                cpu::wrmsr(MSR_EFER, efer | 1 << bit);
+                let on = cpu::rdmsr(MSR_EFER);
+                cpu::wrmsr(MSR_EFER, efer & !(1 << bit));
+                (on, cpu::rdmsr(MSR_EFER))
+            };
+            check_eq!((on >> bit) & 1, 1, "EFER bit {} set", bit);
+            check_eq!((off >> bit) & 1, 0, "EFER bit {} cleared", bit);
+        }
+        // SAFETY: restores EFER.
+        unsafe { cpu::wrmsr(MSR_EFER, efer) };
+    }
+}
+
+test_case! {
+    /// Loading SS with a code selector raises #GP(selector); a null SS is allowed at CPL0 in
+    /// 64-bit mode; LTR of the busy TSS raises #GP(selector) (SDM Vol. 2A MOV Sreg, LTR).
+    name = "cpu::segment_loads::long64", mode = Long64, path = Hw;
+    fn segment_loads() {
+        let e = catch!("mov ss, {0:x}", in(reg) abi::selector::CODE64);
+        check_exception!(e, exception::GP, Some(abi::selector::CODE64 as u64));
+        let e = catch!("mov {1:x}, ss", "mov ss, {0:x}", "mov ss, {1:x}", in(reg) 0u16, out(reg) _);
+        check_eq!(e, None, "null SS at CPL0 in 64-bit mode");
+        let e = catch!("ltr {0:x}", in(reg) abi::selector::TSS);
+        check_exception!(e, exception::GP, Some(abi::selector::TSS as u64));
+    }
+}

@@ -125,6 +125,50 @@ hv_port_widths_real16:
     HV_REPORT hv_low_pass
     HV_HALT
 
+    // Real-mode INT n goes through the IVT at 0: IP at 4n, CS at 4n+2 (SDM Vol. 3A, 20.1.4).
+    .global hv_int_ivt_real16
+hv_int_ivt_real16:
+    mov word ptr ds:[0x30 * 4], offset hv_ivt_handler
+    mov word ptr ds:[0x30 * 4 + 2], 0
+    mov dword ptr ds:[0x6000], 0
+    int 0x30
+    mov eax, dword ptr ds:[0x6000]
+"#,
+    check_eq_asm!("eax", "0x30", "INT 0x30 ran the IVT handler once"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+hv_ivt_handler:
+    add dword ptr ds:[0x6000], 0x30
+    iret
+
+    // #DE in real mode is delivered through IVT entry 0; the saved IP is the DIV's.
+    .global hv_exc_de_real16
+hv_exc_de_real16:
+    mov word ptr ds:[0], offset hv_de_handler
+    mov word ptr ds:[2], 0
+    mov dword ptr ds:[0x6004], 0
+    xor bl, bl
+    mov ax, 1
+hv_de_div:
+    div bl
+    mov eax, dword ptr ds:[0x6004]
+    mov ebx, offset hv_de_div
+"#,
+    check_eq_asm!("eax", "ebx", "the #DE handler saw the DIV's IP"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+hv_de_handler:
+    push bp
+    mov bp, sp
+    mov ax, word ptr [bp + 2]
+    movzx eax, ax
+    mov dword ptr ds:[0x6004], eax
+    add word ptr [bp + 2], 2
+    pop bp
+    iret
+
     .code32
     .global hv_boot_prot32
 hv_boot_prot32:
@@ -171,6 +215,8 @@ hv_mmio_widths_prot32:
 );
 
 unsafe extern "C" {
+    fn hv_int_ivt_real16();
+    fn hv_exc_de_real16();
     fn hv_boot_real16();
     fn hv_port_widths_real16();
     fn hv_boot_prot32();
@@ -199,4 +245,17 @@ test_case! {
     /// MMIO reads and writes of 8, 16 and 32 bits without paging reach the host device.
     name = "io::mmio_widths::prot32", mode = Prot32, path = Full;
     entry = hv_mmio_widths_prot32
+}
+
+test_case! {
+    /// INT n in real mode vectors through the IVT and IRET returns (SDM Vol. 3A, 20.1.4).
+    name = "cpu::int_ivt::real16", mode = Real16, path = Hw;
+    entry = hv_int_ivt_real16
+}
+
+test_case! {
+    /// DIV by zero in real mode raises #DE through IVT entry 0 with the DIV's IP saved
+    /// (SDM Vol. 3A, 20.1.4 and 6.15).
+    name = "cpu::exc_de::real16", mode = Real16, path = Hw;
+    entry = hv_exc_de_real16
 }
