@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use crate::{Outcome, Results, TestResult};
 
+/// A CI format `hvprobe export` can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Junit,
@@ -22,8 +23,10 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in the order help texts list them.
     pub const ALL: [Format; 4] = [Format::Junit, Format::Ktap, Format::Bmf, Format::Kcidb];
 
+    /// The name `--format` takes.
     pub fn name(self) -> &'static str {
         match self {
             Format::Junit => "junit",
@@ -33,6 +36,7 @@ impl Format {
         }
     }
 
+    /// The file extension CI systems expect for the format.
     pub fn extension(self) -> &'static str {
         match self {
             Format::Junit => "xml",
@@ -42,6 +46,7 @@ impl Format {
     }
 }
 
+/// A `--format` that names no format; the message lists the ones there are.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown export format {0:?}; the formats are junit, ktap, bmf and kcidb")]
 pub struct UnknownFormat(pub String);
@@ -54,7 +59,7 @@ impl FromStr for Format {
     }
 }
 
-/// `results` in `format`.
+/// `results` in `format`, as the text of a whole file (ending in a newline).
 pub fn export(results: &Results, format: Format) -> String {
     match format {
         Format::Junit => junit::render(results),
@@ -73,9 +78,16 @@ fn fails_run(t: &TestResult) -> bool {
     }
 }
 
-/// Text folded onto one line, for formats where a newline ends a record.
+/// Text folded onto one line, for formats where a newline ends a record: every run of
+/// whitespace or control characters becomes one space.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// A duration in milliseconds as seconds. A results file written by hand or by a broken
+/// clock can hold NaN or a negative time, which no format can carry: those become 0.
+fn seconds(ms: f64) -> f64 {
+    if ms.is_finite() && ms > 0.0 { ms / 1e3 } else { 0.0 }
 }
 
 /// Areas in first-seen order with their tests, so every export groups alike.
@@ -101,5 +113,23 @@ mod tests {
         }
         let e = "xml".parse::<Format>().unwrap_err();
         assert!(e.to_string().contains("junit, ktap, bmf and kcidb"));
+        let extensions: Vec<&str> = Format::ALL.iter().map(|f| f.extension()).collect();
+        assert_eq!(extensions, ["xml", "ktap", "json", "json"]);
+    }
+
+    #[test]
+    fn helpers_fold_lines_and_tame_durations() {
+        assert_eq!(one_line(" a\n\tb\r\n\u{1}c  "), "a b c");
+        assert_eq!(seconds(1500.0), 1.5);
+        assert_eq!(seconds(f64::NAN), 0.0);
+        assert_eq!(seconds(-3.0), 0.0);
+    }
+
+    #[test]
+    fn every_format_exports_the_sample() {
+        let r = crate::tests::sample();
+        for f in Format::ALL {
+            assert!(!export(&r, f).is_empty(), "{}", f.name());
+        }
     }
 }
