@@ -415,3 +415,20 @@ test_case! {
         check_eq!(cpu::cpuid(0x8000_0000, 0).eax, extended, "maximum extended leaf");
     }
 }
+
+test_case! {
+    /// The KVM signature leaf reads the same from CPL3.
+    name = "cpu::cpuid_kvm_signature::user64", mode = User64, path = Para,
+        requires = abi::requires::KVM_PV;
+    entry = cpuid_kvm_signature
+}
+
+test_case! {
+    /// CPUID.1:ECX[31], "hypervisor present", is set as the host set it, read from CPL3
+    /// (SDM Vol. 2A, CPUID: reserved for hypervisor use, set by KVM).
+    name = "cpu::cpuid_hypervisor_bit::user64", mode = User64, path = Full;
+    fn cpuid_hypervisor_bit() {
+        check_eq!(cpu::cpuid(1, 0).ecx >> 31, 1, "CPUID.1:ECX.hypervisor");
+        check_eq!(cpuid_as_set(1, 0).map(|c| c.ecx >> 31), Some(1), "the host set it");
+    }
+}

@@ -169,6 +169,46 @@ hv_de_handler:
     pop bp
     iret
 
+    // #UD and #BP in real mode go through IVT entries 6 and 3. #UD is a fault (IP of the
+    // UD2), #BP a trap (IP after the INT3): each handler records the IP and returns past.
+    .global hv_exc_ud_bp_real16
+hv_exc_ud_bp_real16:
+    mov word ptr ds:[6 * 4], offset hv_ud_handler
+    mov word ptr ds:[6 * 4 + 2], 0
+    mov word ptr ds:[3 * 4], offset hv_bp_handler
+    mov word ptr ds:[3 * 4 + 2], 0
+hv_ud_at:
+    ud2
+    mov eax, dword ptr ds:[0x6008]
+    mov ebx, offset hv_ud_at
+"#,
+    check_eq_asm!("eax", "ebx", "the #UD handler saw the UD2's IP"),
+    r#"
+    int3
+hv_bp_after:
+    mov eax, dword ptr ds:[0x600c]
+    mov ebx, offset hv_bp_after
+"#,
+    check_eq_asm!("eax", "ebx", "the #BP handler saw the IP after INT3"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+hv_ud_handler:
+    push bp
+    mov bp, sp
+    movzx eax, word ptr [bp + 2]
+    mov dword ptr ds:[0x6008], eax
+    add word ptr [bp + 2], 2
+    pop bp
+    iret
+hv_bp_handler:
+    push bp
+    mov bp, sp
+    movzx eax, word ptr [bp + 2]
+    mov dword ptr ds:[0x600c], eax
+    pop bp
+    iret
+
     .code32
     .global hv_boot_prot32
 hv_boot_prot32:
@@ -215,6 +255,7 @@ hv_mmio_widths_prot32:
 );
 
 unsafe extern "C" {
+    fn hv_exc_ud_bp_real16();
     fn hv_int_ivt_real16();
     fn hv_exc_de_real16();
     fn hv_boot_real16();
@@ -258,4 +299,11 @@ test_case! {
     /// (SDM Vol. 3A, 20.1.4 and 6.15).
     name = "cpu::exc_de::real16", mode = Real16, path = Hw;
     entry = hv_exc_de_real16
+}
+
+test_case! {
+    /// UD2 raises #UD (a fault) and INT3 raises #BP (a trap) through the IVT in real mode
+    /// (SDM Vol. 3A, 20.1.4 and 6.15).
+    name = "cpu::exc_ud_bp::real16", mode = Real16, path = Hw;
+    entry = hv_exc_ud_bp_real16
 }
