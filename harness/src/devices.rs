@@ -48,13 +48,12 @@ impl Devices {
     pub fn port_write(&mut self, port: u16, data: &[u8]) {
         match port {
             port::CONSOLE => {
+                // The console is a byte port: a wider OUT carries its low byte, as on Bochs.
                 self.console_total += 1;
-                for &b in data.iter().take(1) {
-                    if self.console.len() < CONSOLE_LIMIT {
-                        self.console.push(b);
-                    } else {
-                        self.console_truncated = true;
-                    }
+                if self.console.len() < CONSOLE_LIMIT {
+                    self.console.push(data[0]);
+                } else {
+                    self.console_truncated = true;
                 }
             }
             p if test_io_range(p, data.len()) => {

@@ -14,8 +14,8 @@ pub enum Error {
     GuestMemory { size: u64, source: std::io::Error },
     #[error("guest memory access at {addr:#x}+{len:#x} is outside guest RAM")]
     OutOfBounds { addr: u64, len: u64 },
-    #[error("the payload does not fit the machine: {0}")]
-    Layout(String),
+    #[error("cannot build the CPUID table: {0}")]
+    Cpuid(String),
     #[error("cannot read KVM statistics: {0}")]
     Stats(String),
     #[error("cannot start the watchdog: {0}")]

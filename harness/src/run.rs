@@ -171,8 +171,6 @@ pub struct RunReport {
     /// Accesses to absent devices.
     pub notes: Vec<String>,
     pub duration: Duration,
-    /// Exits to userspace.
-    pub exits: u64,
     pub stats: Vec<StatDelta>,
     pub stats_error: Option<String>,
 }
@@ -208,7 +206,6 @@ impl Vm {
                 break RunEnd::Timeout { limit: options.timeout };
             }
             let step = self.step(run_ptr, &mut devices, &mut report, &mut options);
-            report.exits += 1;
             if let Step::Stop(end) = step {
                 break end;
             }

@@ -31,6 +31,8 @@ pub struct Stats {
     file: File,
     descs: Vec<Desc>,
     data_offset: u64,
+    /// Bytes of the data block that cover every descriptor kept.
+    data_len: usize,
 }
 
 impl Stats {
@@ -53,7 +55,7 @@ impl Stats {
         let desc_size = DESC_FIXED + name_size as usize;
         let mut table = vec![0u8; desc_size * num_desc as usize];
         file.read_exact_at(&mut table, desc_offset.into()).map_err(|e| Error::Stats(format!("descriptors: {e}")))?;
-        let descs = table
+        let descs: Vec<Desc> = table
             .chunks_exact(desc_size)
             .filter_map(|d| {
                 let flags = u32::from_le_bytes(d[0..4].try_into().ok()?);
@@ -69,21 +71,26 @@ impl Stats {
                 })
             })
             .collect();
-        Ok(Stats { file, descs, data_offset: data_offset.into() })
+        let data_len = descs.iter().map(|d| d.offset as usize + 8).max().unwrap_or(0);
+        if data_len > 1 << 20 {
+            return Err(Error::Stats(format!("implausible data block of {data_len} bytes")));
+        }
+        Ok(Stats { file, descs, data_offset: data_offset.into(), data_len })
     }
 
-    /// Current values, in descriptor order.
+    /// Current values, in descriptor order: one read of the data block per call, since
+    /// it runs before and after every case.
     pub fn read(&self) -> Result<Vec<u64>, Error> {
-        self.descs
+        let mut data = vec![0u8; self.data_len];
+        self.file.read_exact_at(&mut data, self.data_offset).map_err(|e| Error::Stats(format!("data: {e}")))?;
+        Ok(self
+            .descs
             .iter()
             .map(|d| {
-                let mut b = [0u8; 8];
-                self.file
-                    .read_exact_at(&mut b, self.data_offset + d.offset)
-                    .map_err(|e| Error::Stats(format!("{}: {e}", d.name)))?;
-                Ok(u64::from_le_bytes(b))
+                let at = d.offset as usize;
+                u64::from_le_bytes(data[at..at + 8].try_into().expect("data_len covers every descriptor"))
             })
-            .collect()
+            .collect())
     }
 
     /// Non-zero changes of cumulative counters between two readings; instantaneous and

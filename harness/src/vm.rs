@@ -37,7 +37,9 @@ pub struct Vm {
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) stats: Option<Stats>,
     pub(crate) stats_error: Option<String>,
-    pub(crate) vm: VmFd,
+    /// Held, not used after boot: the VM lives until its last fd closes, and this field
+    /// is declared before `memory` so that it closes first.
+    _vm: VmFd,
     pub(crate) memory: GuestMemory,
     pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
@@ -73,7 +75,7 @@ impl Vm {
         for id in 0..config.vcpus.max(1) {
             let vcpu = vm.create_vcpu(id.into()).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
             let table = cpuid_for_vcpu(&cpuid, id);
-            let fam = CpuId::from_entries(&table).map_err(|e| Error::Layout(format!("CPUID table: {e:?}")))?;
+            let fam = CpuId::from_entries(&table).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
             vcpu.set_cpuid2(&fam).map_err(Error::kvm("KVM_SET_CPUID2"))?;
             vcpus.push(vcpu);
         }
@@ -87,20 +89,12 @@ impl Vm {
             Err(e) => (None, Some(e.to_string())),
         };
         let cpuid = cpuid_for_vcpu(&cpuid, 0);
-        Ok(Vm { vcpus, stats, stats_error, vm, memory, cpuid, vcpu_mmap_size: kvm.vcpu_mmap_size })
+        Ok(Vm { vcpus, stats, stats_error, _vm: vm, memory, cpuid, vcpu_mmap_size: kvm.vcpu_mmap_size })
     }
 
     /// The CPUID entry (leaf, subleaf) vCPU 0 was given with KVM_SET_CPUID2.
     pub fn cpuid_as_set(&self, leaf: u32, subleaf: u32) -> Option<kvm_cpuid_entry2> {
         find_cpuid(&self.cpuid, leaf, subleaf)
-    }
-
-    pub fn memory(&self) -> &GuestMemory {
-        &self.memory
-    }
-
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
     }
 }
 
