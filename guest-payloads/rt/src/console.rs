@@ -17,8 +17,6 @@ pub fn write(text: &str) {
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {{
-        let mut buf = $crate::proto::MessageBuf::new();
-        let _ = core::fmt::write(&mut buf, format_args!($($arg)*));
-        $crate::console::write(buf.as_str());
+        $crate::console::write($crate::proto::MessageBuf::format(format_args!($($arg)*)).as_str());
     }};
 }

@@ -104,6 +104,14 @@ pub fn arm() {
     CAUGHT_VECTOR.store(NONE, SeqCst);
 }
 
+/// Arms a recovery point at `fixup` for code that is not a `catch!` sequence (the CPL3
+/// trampoline); `take` then reports what was raised.
+pub(crate) fn arm_at(fixup: u64) {
+    arm();
+    ARMED_RIP.store(fixup, SeqCst);
+    FIXUP_RIP.store(fixup, SeqCst);
+}
+
 /// The exception the last [`catch!`] caught, if any.
 #[doc(hidden)]
 pub fn take() -> Option<Exception> {
@@ -177,6 +185,28 @@ pub fn set_handler(vector: u8, handler: Handler) {
     HANDLERS[vector as usize].store(handler as usize, SeqCst);
 }
 
+/// How every report of an exception nobody expected begins; profiles match on it.
+fn unexpected(vector: u8, error_code: u64, cpl: u64, rip: u64) -> crate::proto::MessageBuf {
+    crate::proto::MessageBuf::format(format_args!(
+        "unexpected {} (vector {}) error code {:#x} from CPL {} at rip {:#x}",
+        if vector < 32 { mnemonic(vector) } else { "interrupt" },
+        vector,
+        error_code,
+        cpl,
+        rip
+    ))
+}
+
+/// Fails the test with a caught exception that should not have happened, reported as the
+/// handler reports an uncaught one (so the host records the instruction bytes too).
+pub fn fail_unexpected(file: &str, line: u32, e: &Exception) -> ! {
+    let mut buf = unexpected(e.vector, e.error_code.unwrap_or(0), e.cs as u64 & 3, e.rip);
+    if let Some(cr2) = e.cr2 {
+        buf.append(format_args!(" cr2 {cr2:#x}"));
+    }
+    crate::proto::fail_at_fault(file, line, buf.as_str(), e.rip)
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn hvprobe_trap(frame: &mut Frame) {
     let vector = frame.vector as u8;
@@ -208,31 +238,16 @@ extern "C" fn hvprobe_trap(frame: &mut Frame) {
         return;
     }
     let cr2 = if vector == PF { crate::cpu::read_cr2() } else { 0 };
-    let mut buf = crate::proto::MessageBuf::new();
-    let _ = core::fmt::write(
-        &mut buf,
-        format_args!(
-            "unexpected {} (vector {}) error code {:#x} from CPL {} at rip {:#x} rsp {:#x} cr2 {:#x}",
-            if vector < 32 { mnemonic(vector) } else { "interrupt" },
-            vector,
-            frame.error_code,
-            frame.cs & 3,
-            frame.rip,
-            frame.rsp,
-            cr2
-        ),
-    );
+    let mut buf = unexpected(vector, frame.error_code, frame.cs & 3, frame.rip);
+    buf.append(format_args!(" rsp {:#x} cr2 {:#x}", frame.rsp, cr2));
     let last = LAST_CAUGHT.load(SeqCst);
     if last != 0 {
-        let _ = core::fmt::write(
-            &mut buf,
-            format_args!(
-                "; the last caught exception was {} at rip {:#x}, resumed at {:#x}",
-                mnemonic(last as u8),
-                last >> 8,
-                LAST_RESUME.load(SeqCst)
-            ),
-        );
+        buf.append(format_args!(
+            "; the last caught exception was {} at rip {:#x}, resumed at {:#x}",
+            mnemonic(last as u8),
+            last >> 8,
+            LAST_RESUME.load(SeqCst)
+        ));
     }
     crate::proto::fail_at_fault(file!(), line!(), buf.as_str(), frame.rip)
 }

@@ -26,7 +26,5 @@ pub use proto::{log, metric};
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
-    let mut buf = proto::MessageBuf::new();
-    let _ = core::fmt::write(&mut buf, format_args!("guest panic: {}", info.message()));
-    proto::fail(file, line, buf.as_str(), None)
+    proto::fail(file, line, proto::MessageBuf::format(format_args!("guest panic: {}", info.message())).as_str(), None)
 }

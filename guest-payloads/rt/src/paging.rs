@@ -10,7 +10,7 @@ pub fn pte_mut(addr: u64) -> &'static mut u64 {
         // SAFETY: the harness builds the tables in identity-mapped RAM; each entry on the
         // walk to a 4 KiB page is present and points at the next table.
         let entry = unsafe { *((table + index * 8) as *const u64) };
-        table = entry & 0x000f_ffff_ffff_f000;
+        table = entry & FRAME;
     }
     let index = (addr >> 12) & 0x1ff;
     // SAFETY: as above; the last table maps 4 KiB pages, and the entry lives as long as the VM.
@@ -18,6 +18,8 @@ pub fn pte_mut(addr: u64) -> &'static mut u64 {
 }
 
 pub const PRESENT: u64 = 1 << 0;
+/// The physical frame address bits of an entry.
+pub const FRAME: u64 = 0x000f_ffff_ffff_f000;
 pub const WRITABLE: u64 = 1 << 1;
 pub const USER: u64 = 1 << 2;
 
@@ -25,4 +27,26 @@ pub const USER: u64 = 1 << 2;
 pub fn invlpg(addr: u64) {
     // SAFETY: invalidating a TLB entry has no effect beyond making the next access walk.
     unsafe { core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack)) };
+}
+
+/// A page of the image's BSS that tests may remap, protect or unmap through its PTE: it is
+/// in the 4 KiB-mapped region and nothing else uses it.
+pub fn scratch_page() -> u64 {
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    static mut SCRATCH: Page = Page([0; 4096]);
+    &raw const SCRATCH as u64
+}
+
+/// Runs `body` while the PTE of `addr` holds `edit(old)`, flushing the TLB entry on the
+/// way in and out, and restores the old entry afterwards.
+pub fn with_pte<R>(addr: u64, edit: impl FnOnce(u64) -> u64, body: impl FnOnce() -> R) -> R {
+    let pte = pte_mut(addr);
+    let saved = *pte;
+    *pte = edit(saved);
+    invlpg(addr);
+    let result = body();
+    *pte = saved;
+    invlpg(addr);
+    result
 }

@@ -130,6 +130,18 @@ impl MessageBuf {
         MessageBuf { buf: [0; 512], len: 0 }
     }
 
+    /// The formatted text, cut to capacity.
+    pub fn format(args: fmt::Arguments) -> Self {
+        let mut buf = Self::new();
+        buf.append(args);
+        buf
+    }
+
+    /// Appends formatted text, cut to the remaining capacity.
+    pub fn append(&mut self, args: fmt::Arguments) {
+        let _ = fmt::write(self, args);
+    }
+
     pub fn as_str(&self) -> &str {
         // Only whole `str`s are copied in (cut at a char boundary), so this cannot fail.
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<message not UTF-8>")
@@ -167,9 +179,7 @@ impl fmt::Write for MessageBuf {
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {{
-        let mut buf = $crate::proto::MessageBuf::new();
-        let _ = core::fmt::write(&mut buf, format_args!($($arg)*));
-        $crate::proto::log(buf.as_str());
+        $crate::proto::log($crate::proto::MessageBuf::format(format_args!($($arg)*)).as_str());
     }};
 }
 
@@ -185,18 +195,14 @@ macro_rules! check_eq {
         let actual = $actual;
         let expected = $expected;
         if actual != expected {
-            let mut buf = $crate::proto::MessageBuf::new();
-            let _ = core::fmt::write(
-                &mut buf,
-                format_args!(
-                    "check_eq failed: {} == {}: actual {:x?}, expected {:x?}. ",
-                    stringify!($actual),
-                    stringify!($expected),
-                    actual,
-                    expected
-                ),
-            );
-            let _ = core::fmt::write(&mut buf, format_args!($($arg)+));
+            let mut buf = $crate::proto::MessageBuf::format(format_args!(
+                "check_eq failed: {} == {}: actual {:x?}, expected {:x?}. ",
+                stringify!($actual),
+                stringify!($expected),
+                actual,
+                expected
+            ));
+            buf.append(format_args!($($arg)+));
             #[allow(unused_imports)]
             use $crate::testcase::{IntValue as _, NoValue as _};
             let values = (&$crate::testcase::Probe(&expected))
@@ -215,9 +221,8 @@ macro_rules! check {
     };
     ($cond:expr, $($arg:tt)+) => {{
         if !$cond {
-            let mut buf = $crate::proto::MessageBuf::new();
-            let _ = core::fmt::write(&mut buf, format_args!("check failed: {}. ", stringify!($cond)));
-            let _ = core::fmt::write(&mut buf, format_args!($($arg)+));
+            let mut buf = $crate::proto::MessageBuf::format(format_args!("check failed: {}. ", stringify!($cond)));
+            buf.append(format_args!($($arg)+));
             $crate::proto::fail(file!(), line!(), buf.as_str(), None);
         }
     }};
@@ -227,9 +232,18 @@ macro_rules! check {
 #[macro_export]
 macro_rules! skip {
     ($($arg:tt)+) => {{
-        let mut buf = $crate::proto::MessageBuf::new();
-        let _ = core::fmt::write(&mut buf, format_args!($($arg)+));
-        $crate::proto::skip(file!(), line!(), buf.as_str())
+        $crate::proto::skip(file!(), line!(), $crate::proto::MessageBuf::format(format_args!($($arg)+)).as_str())
+    }};
+}
+
+/// Fails the test if `$caught` (a `catch!` or `call_at_cpl3` result) holds an exception,
+/// reporting it with its faulting RIP and instruction bytes.
+#[macro_export]
+macro_rules! check_no_exception {
+    ($caught:expr $(,)?) => {{
+        if let Some(e) = $caught {
+            $crate::exception::fail_unexpected(file!(), line!(), &e);
+        }
     }};
 }
 

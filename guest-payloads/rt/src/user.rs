@@ -2,7 +2,9 @@
 //!
 //! `call_at_cpl3(f, arg)` saves its callee-saved registers and stack, IRETs to a CPL3
 //! trampoline that calls `f(arg)` on the user stack and then executes INT3 at one known
-//! address. The #BP handler recognises that address and rewrites the frame to resume at
+//! address. The trampoline is also the recovery point of an exception `f` raises: the
+//! handler records it (as `catch!` does) and resumes at that INT3, so `call_at_cpl3`
+//! returns what CPL3 raised. The #BP handler recognises that address and rewrites the frame to resume at
 //! CPL0 where `call_at_cpl3` left off. (INT3 rather than INT n through a DPL3 gate: PVM
 //! raises #UD for the latter, see cpu::int_n_dpl3_gate.) On PVM this runs `f` natively while the
 //! caller's code is emulated, which is what the differential tests compare.
@@ -12,7 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use hvprobe_abi::{layout, selector};
 
-use crate::exception::Frame;
+use crate::exception::{Exception, Frame};
 
 #[doc(hidden)]
 pub static KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
@@ -54,6 +56,8 @@ hvprobe_call_cpl3:
 
 hvprobe_user_trampoline:
     call rsi
+    .global hvprobe_user_fault_resume
+hvprobe_user_fault_resume:
     int3
     .global hvprobe_user_return_point
 hvprobe_user_return_point:
@@ -69,20 +73,26 @@ hvprobe_user_return_point:
 unsafe extern "C" {
     fn hvprobe_call_cpl3(f: extern "C" fn(u64), arg: u64, rflags: u64);
     fn hvprobe_user_return_point();
+    fn hvprobe_user_fault_resume();
 }
 
 /// Runs `f(arg)` at CPL3 (IOPL 3, interrupts off) on the user stack and returns to the
-/// caller at CPL0. Only a CPL0 case may call it.
-pub fn call_at_cpl3(f: extern "C" fn(u64), arg: u64) {
-    call_at_cpl3_with_rflags(f, arg, 0x3002);
+/// caller at CPL0 with the exception `f` raised, if any (`f` ends where it raised it).
+/// Only a CPL0 case may call it, and `f` itself must not use `catch!`.
+#[must_use = "the exception raised at CPL3 is the result"]
+pub fn call_at_cpl3(f: extern "C" fn(u64), arg: u64) -> Option<Exception> {
+    call_at_cpl3_with_rflags(f, arg, 0x3002)
 }
 
 /// [`call_at_cpl3`] starting with the given RFLAGS (e.g. IOPL 0 to test port access).
-pub fn call_at_cpl3_with_rflags(f: extern "C" fn(u64), arg: u64, rflags: u64) {
+#[must_use = "the exception raised at CPL3 is the result"]
+pub fn call_at_cpl3_with_rflags(f: extern "C" fn(u64), arg: u64, rflags: u64) -> Option<Exception> {
+    crate::exception::arm_at(hvprobe_user_fault_resume as *const () as u64);
     // SAFETY: the trampoline preserves the System V callee-saved registers and returns
     // on the caller's stack; `f` runs on the separate user stack. RFLAGS is forced to its
     // reserved bit 1 and to IF clear, so no interrupt can arrive at CPL3 unplanned.
-    unsafe { hvprobe_call_cpl3(f, arg, (rflags | 0x2) & !0x200) }
+    unsafe { hvprobe_call_cpl3(f, arg, (rflags | 0x2) & !0x200) };
+    crate::exception::take()
 }
 
 /// The handler's part: turn the trampoline's #BP frame into a return to CPL0.

@@ -15,6 +15,19 @@ pub fn cpuid_as_set(leaf: u32, subleaf: u32) -> Option<Cpuid> {
 
 const MSR_EFER: u32 = 0xc000_0080;
 
+/// Writes each MSR and checks it reads back the value. The caller makes sure the values
+/// take no effect that matters to the test.
+pub fn check_msr_roundtrips(cases: &[(u32, u64)]) {
+    for &(msr, value) in cases {
+        // SAFETY: forwarded to the caller, as above.
+        let back = unsafe {
+            cpu::wrmsr(msr, value);
+            cpu::rdmsr(msr)
+        };
+        check_eq!(back, value, "MSR {:#x}", msr);
+    }
+}
+
 test_case! {
     /// Long mode at CPL0 as the harness built it: EFER.LMA, CR0.PG and PE, CR4.PAE, and CS
     /// the 64-bit code selector (SDM Vol. 3A, 10.8.5).
@@ -140,14 +153,8 @@ test_case! {
             (0xc000_0082, 0xffff_ffff_8100_0000),
             (0xc000_0084, 0x0004_7700),
         ];
-        for (msr, value) in cases {
-            // SAFETY: these MSRs only take effect on SYSCALL/SWAPGS, which the test never runs.
-            let back = unsafe {
-                cpu::wrmsr(msr, value);
-                cpu::rdmsr(msr)
-            };
-            check_eq!(back, value, "MSR {:#x}", msr);
-        }
+        // They only take effect on SYSCALL/SWAPGS, which the test never runs.
+        check_msr_roundtrips(&cases);
     }
 }
 
@@ -206,34 +213,21 @@ test_case! {
     }
 }
 
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-
-static mut VICTIM: Page = Page([0; 4096]);
-
-fn victim_addr() -> u64 {
-    &raw const VICTIM as u64
-}
-
 test_case! {
     /// Access to a not-present page raises #PF with CR2 = the address and error code P=0,
     /// W/R as the access, U/S=0 (SDM Vol. 3A, 4.7).
     name = "cpu::exc_pf_not_present::long64", mode = Long64, path = Hw;
     fn exc_pf_not_present() {
-        let addr = victim_addr() + 0x123;
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
-        *pte &= !paging::PRESENT;
-        paging::invlpg(addr);
-        let e = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
-        let e = check_exception!(e, exception::PF, Some(0));
-        check_eq!(e.cr2, Some(addr), "CR2 is the faulting linear address");
-        check_eq!(e.rip, armed_rip());
-        let e = catch!("mov byte ptr [{0}], 1", in(reg) addr);
-        let e = check_exception!(e, exception::PF, Some(2));
-        check_eq!(e.cr2, Some(addr));
-        *pte = saved;
-        paging::invlpg(addr);
+        let addr = paging::scratch_page() + 0x123;
+        paging::with_pte(addr, |pte| pte & !paging::PRESENT, || {
+            let e = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
+            let e = check_exception!(e, exception::PF, Some(0));
+            check_eq!(e.cr2, Some(addr), "CR2 is the faulting linear address");
+            check_eq!(e.rip, armed_rip());
+            let e = catch!("mov byte ptr [{0}], 1", in(reg) addr);
+            let e = check_exception!(e, exception::PF, Some(2));
+            check_eq!(e.cr2, Some(addr));
+        });
         check_eq!(catch!("mov byte ptr [{0}], 1", in(reg) addr), None, "page is back");
     }
 }
@@ -243,22 +237,18 @@ test_case! {
     /// the same write succeeds (SDM Vol. 3A, 4.6.1).
     name = "cpu::exc_pf_write_protect::long64", mode = Long64, path = Hw;
     fn exc_pf_write_protect() {
-        let addr = victim_addr() + 0x800;
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
+        let addr = paging::scratch_page() + 0x800;
         let cr0 = cpu::read_cr0();
-        *pte &= !paging::WRITABLE;
-        paging::invlpg(addr);
-        // SAFETY: toggling CR0.WP (bit 16) leaves the mode intact.
-        unsafe { cpu::write_cr0(cr0 | 1 << 16) };
-        let e = catch!("mov byte ptr [{0}], 7", in(reg) addr);
-        let e = check_exception!(e, exception::PF, Some(3));
-        check_eq!(e.cr2, Some(addr));
-        // SAFETY: as above.
-        unsafe { cpu::write_cr0(cr0 & !(1 << 16)) };
-        check_eq!(catch!("mov byte ptr [{0}], 7", in(reg) addr), None, "CR0.WP=0 allows the write");
-        *pte = saved;
-        paging::invlpg(addr);
+        paging::with_pte(addr, |pte| pte & !paging::WRITABLE, || {
+            // SAFETY: toggling CR0.WP (bit 16) leaves the mode intact.
+            unsafe { cpu::write_cr0(cr0 | 1 << 16) };
+            let e = catch!("mov byte ptr [{0}], 7", in(reg) addr);
+            let e = check_exception!(e, exception::PF, Some(3));
+            check_eq!(e.cr2, Some(addr));
+            // SAFETY: as above.
+            unsafe { cpu::write_cr0(cr0 & !(1 << 16)) };
+            check_eq!(catch!("mov byte ptr [{0}], 7", in(reg) addr), None, "CR0.WP=0 allows the write");
+        });
         // SAFETY: restores the harness's CR0.
         unsafe { cpu::write_cr0(cr0) };
     }

@@ -14,7 +14,7 @@ use core::arch::global_asm;
 use hvprobe_rt::abi::proto::service;
 use hvprobe_rt::proto::MessageBuf;
 use hvprobe_rt::user::call_at_cpl3;
-use hvprobe_rt::{log, metric, test_case};
+use hvprobe_rt::{check_no_exception, log, metric, test_case};
 
 /// The registers a stub reads and writes, and RFLAGS before and after.
 #[repr(C)]
@@ -308,14 +308,13 @@ test_case! {
             let mem0 = read_buffer();
             let mut job = Job { op, regs: input };
             load_buffer(&pattern);
-            call_at_cpl3(run_job, &raw mut job as u64);
+            check_no_exception!(call_at_cpl3(run_job, &raw mut job as u64));
             let mem3 = read_buffer();
             let cpl3 = job.regs;
             let mask = STATUS & !OPS[op].2;
             let same = Regs { flags: cpl0.flags & mask, ..cpl0 } == Regs { flags: cpl3.flags & mask, ..cpl3 };
             if !same || mem0 != mem3 {
                 if differing[op] == 0 {
-                    let at = mem0.iter().zip(&mem3).position(|(a, b)| a != b);
                     log!(
                         "case {} {} ({}): in {:x?}\n  CPL0 {:x?}\n  CPL3 {:x?} (flags compared: {:#x}); memory {}",
                         index,
@@ -325,10 +324,7 @@ test_case! {
                         cpl0,
                         cpl3,
                         mask,
-                        match at {
-                            None => "equal",
-                            Some(_) => "differs",
-                        }
+                        if mem0 == mem3 { "equal" } else { "differs" }
                     );
                 }
                 differing[op] += 1;

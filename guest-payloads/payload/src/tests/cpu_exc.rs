@@ -2,6 +2,8 @@
 
 use hvprobe_rt::cpu;
 use hvprobe_rt::exception::{self, armed_rip};
+use hvprobe_rt::paging::{scratch_page as page, with_pte};
+use hvprobe_rt::user::call_at_cpl3;
 use hvprobe_rt::{catch, check, check_eq, check_exception, paging, test_case};
 
 test_case! {
@@ -107,15 +109,6 @@ test_case! {
     }
 }
 
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-
-static mut PAGE: Page = Page([0; 4096]);
-
-fn page() -> u64 {
-    &raw const PAGE as u64
-}
-
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 
@@ -147,13 +140,7 @@ test_case! {
             hvprobe_rt::skip!("MAXPHYADDR is {}: no reserved PTE address bits", maxphy);
         }
         let addr = page() + 0x40;
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
-        *pte |= 1 << 51;
-        paging::invlpg(addr);
-        let e = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
-        *pte = saved;
-        paging::invlpg(addr);
+        let e = with_pte(addr, |pte| pte | 1 << 51, || catch!("mov {0:l}, [{0}]", inout(reg) addr => _));
         let e = check_exception!(e, exception::PF, Some(0b1001));
         check_eq!(e.cr2, Some(addr));
     }
@@ -177,13 +164,9 @@ test_case! {
             cpu::wrmsr(0xc000_0080, efer | 1 << 11);
             efer
         };
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
-        *pte |= 1 << 63;
-        paging::invlpg(addr);
-        let e = catch!("lea rcx, [rip + 2f]", "jmp {0}", "2:", in(reg) addr, out("rcx") _);
-        *pte = saved;
-        paging::invlpg(addr);
+        let e = with_pte(addr, |pte| pte | 1 << 63, || {
+            catch!("lea rcx, [rip + 2f]", "jmp {0}", "2:", in(reg) addr, out("rcx") _)
+        });
         // SAFETY: restores EFER.
         unsafe { cpu::wrmsr(0xc000_0080, efer) };
         let e = check_exception!(e, exception::PF, Some(0x11));
@@ -204,14 +187,9 @@ test_case! {
         let next = unsafe { ((other + 8) as *const u64).read_volatile() };
         // SAFETY: our page.
         unsafe { ((addr + 8) as *mut u64).write_volatile(!next) };
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
-        *pte = (saved & !0x000f_ffff_ffff_f000) | other;
-        paging::invlpg(addr);
         // SAFETY: the remapped page maps the next frame, which is mapped and readable.
-        let seen = unsafe { ((addr + 8) as *const u64).read_volatile() };
-        *pte = saved;
-        paging::invlpg(addr);
+        let read = || unsafe { ((addr + 8) as *const u64).read_volatile() };
+        let seen = with_pte(addr, |pte| (pte & !paging::FRAME) | other, read);
         check_eq!(seen, next, "after INVLPG the old translation is gone");
     }
 }
@@ -278,14 +256,14 @@ test_case! {
     }
 }
 
-static USER_PF: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+extern "C" fn read_at_cpl3(addr: u64) {
+    // SAFETY: a byte load; the page may fault, which is what the caller tests.
+    unsafe { core::arch::asm!("mov {0:l}, [{0}]", inout(reg) addr => _) };
+}
 
-extern "C" fn touch_at_cpl3(addr: u64) {
-    let read = catch!("mov {0:l}, [{0}]", inout(reg) addr => _);
-    let write = catch!("mov byte ptr [{0}], 1", in(reg) addr);
-    let code =
-        |e: Option<hvprobe_rt::Exception>| e.map_or(0xff, |e| (e.vector as u64) << 8 | e.error_code.unwrap_or(0));
-    USER_PF.store(code(read) | code(write) << 16, core::sync::atomic::Ordering::SeqCst);
+extern "C" fn write_at_cpl3(addr: u64) {
+    // SAFETY: a byte store to the caller's scratch page; it may fault, which is the test.
+    unsafe { core::arch::asm!("mov byte ptr [{0}], 1", in(reg) addr) };
 }
 
 test_case! {
@@ -294,16 +272,12 @@ test_case! {
     name = "cpu::paging_user_supervisor::long64", mode = Long64, path = Hw;
     fn paging_user_supervisor() {
         let addr = page() + 0x300;
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
-        *pte &= !paging::USER;
-        paging::invlpg(addr);
-        hvprobe_rt::user::call_at_cpl3(touch_at_cpl3, addr);
-        *pte = saved;
-        paging::invlpg(addr);
-        let seen = USER_PF.load(core::sync::atomic::Ordering::SeqCst);
-        check_eq!(seen & 0xffff, (exception::PF as u64) << 8 | 0b101, "read: #PF with P and U/S");
-        check_eq!(seen >> 16, (exception::PF as u64) << 8 | 0b111, "write: #PF with P, W/R and U/S");
+        let (read, write) = with_pte(addr, |pte| pte & !paging::USER, || {
+            (call_at_cpl3(read_at_cpl3, addr), call_at_cpl3(write_at_cpl3, addr))
+        });
+        check!(read.is_some() && write.is_some(), "CPL3 access to a supervisor page: read {:?}, write {:?}", read, write);
+        check_exception!(read, exception::PF, Some(0b101));
+        check_exception!(write, exception::PF, Some(0b111));
     }
 }
 
@@ -341,7 +315,7 @@ test_case! {
         unsafe { ((addr + 16) as *mut u64).write_volatile(!next) };
         let pte = paging::pte_mut(addr);
         let saved = *pte;
-        *pte = (saved & !0x000f_ffff_ffff_f000) | other;
+        *pte = (saved & !paging::FRAME) | other;
         // SAFETY: reloading CR3 with its own value only flushes the TLB.
         unsafe { core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _) };
         // SAFETY: the remapped page maps the next frame, which is mapped and readable.
@@ -358,16 +332,18 @@ test_case! {
     /// Interrupt 8, Table 6-5). The IDT is cut to vectors 0-8 for the test.
     name = "cpu::exc_df::long64", mode = Long64, path = Hw;
     fn exc_df() {
-        let mut old = [0u8; 10];
-        let mut short = [0u8; 10];
-        short[..2].copy_from_slice(&(9u16 * 16 - 1).to_le_bytes());
-        short[2..].copy_from_slice(&hvprobe_rt::abi::layout::IDT.to_le_bytes());
-        // SAFETY: saves the IDTR; the short one keeps #DF (8) and everything below it.
-        unsafe { core::arch::asm!("sidt [{0}]", in(reg) old.as_mut_ptr()) };
+        let mut old = x86::dtables::DescriptorTablePointer::<u8>::default();
+        // The IDT with gates 0-8 only: #DF (8) and everything below it stay reachable.
+        let short = x86::dtables::DescriptorTablePointer::<u8> {
+            limit: 9 * 16 - 1,
+            base: hvprobe_rt::abi::layout::IDT as *const u8,
+        };
+        // SAFETY: saves the IDTR.
+        unsafe { x86::dtables::sidt(&mut old) };
         // A non-canonical load raises #GP (13), whose gate is now beyond the limit.
-        let e = catch!("lidt [{0}]", "mov {1}, [{1}]", in(reg) short.as_ptr(), inout(reg) 0x8000_0000_0000_0000u64 => _);
+        let e = catch!("lidt [{0}]", "mov {1}, [{1}]", in(reg) &raw const short, inout(reg) 0x8000_0000_0000_0000u64 => _);
         // SAFETY: restores the IDTR.
-        unsafe { core::arch::asm!("lidt [{0}]", in(reg) old.as_ptr()) };
+        unsafe { x86::dtables::lidt(&old) };
         check_exception!(e, exception::DF, Some(0));
     }
 }
@@ -430,32 +406,19 @@ test_case! {
     }
 }
 
-extern "C" fn write_at_cpl3(addr: u64) {
-    let e = catch!("mov byte ptr [{0}], 1", in(reg) addr);
-    USER_PF.store(
-        e.map_or(0xff, |e| (e.vector as u64) << 8 | e.error_code.unwrap_or(0)),
-        core::sync::atomic::Ordering::SeqCst,
-    );
-}
-
 test_case! {
     /// A CPL3 write to a read-only user page raises #PF(P|W|U) whatever CR0.WP says
     /// (SDM Vol. 3A, 4.6.1).
     name = "cpu::paging_read_only_cpl3::long64", mode = Long64, path = Hw;
     fn paging_read_only_cpl3() {
         let addr = page() + 0x500;
-        let pte = paging::pte_mut(addr);
-        let saved = *pte;
         let cr0 = cpu::read_cr0();
-        *pte &= !paging::WRITABLE;
-        paging::invlpg(addr);
         // SAFETY: CR0.WP (bit 16) off: only supervisor writes would change; restored below.
         unsafe { cpu::write_cr0(cr0 & !(1 << 16)) };
-        hvprobe_rt::user::call_at_cpl3(write_at_cpl3, addr);
+        let e = with_pte(addr, |pte| pte & !paging::WRITABLE, || call_at_cpl3(write_at_cpl3, addr));
         // SAFETY: restores CR0.
         unsafe { cpu::write_cr0(cr0) };
-        *pte = saved;
-        paging::invlpg(addr);
-        check_eq!(USER_PF.load(core::sync::atomic::Ordering::SeqCst), (exception::PF as u64) << 8 | 0b111);
+        check!(e.is_some(), "a CPL3 write to a read-only page raised nothing");
+        check_exception!(e, exception::PF, Some(0b111));
     }
 }

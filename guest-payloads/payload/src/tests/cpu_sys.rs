@@ -5,7 +5,10 @@ use core::arch::global_asm;
 use hvprobe_rt::abi;
 use hvprobe_rt::cpu;
 use hvprobe_rt::exception;
-use hvprobe_rt::{catch, check, check_eq, check_exception, skip, test_case};
+use hvprobe_rt::user::{call_at_cpl3, call_at_cpl3_with_rflags};
+
+use super::cpu::check_msr_roundtrips;
+use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, skip, test_case};
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_TSC: u32 = 0x10;
@@ -164,13 +167,9 @@ test_case! {
     /// (SDM Vol. 3A, 3.4.4 and WRMSR).
     name = "cpu::msr_fs_gs_base::long64", mode = Long64, path = Full;
     fn msr_fs_gs_base() {
+        // The runtime uses neither FS nor GS.
+        check_msr_roundtrips(&[(MSR_FS_BASE, 0x0000_7fff_1234_5000), (MSR_GS_BASE, 0x0000_7fff_1234_5000)]);
         for msr in [MSR_FS_BASE, MSR_GS_BASE] {
-            // SAFETY: the runtime uses neither FS nor GS.
-            let back = unsafe {
-                cpu::wrmsr(msr, 0x0000_7fff_1234_5000);
-                cpu::rdmsr(msr)
-            };
-            check_eq!(back, 0x0000_7fff_1234_5000, "MSR {:#x}", msr);
             let e = catch!("wrmsr", in("ecx") msr, in("eax") 0, in("edx") 0x0000_8000u32);
             check_exception!(e, exception::GP, Some(0));
         }
@@ -210,24 +209,42 @@ test_case! {
     }
 }
 
+/// GDTR or IDTR as SGDT/SIDT store it.
+type TableRegister = x86::dtables::DescriptorTablePointer<u8>;
+
+fn table_register(limit: u16, base: u64) -> TableRegister {
+    TableRegister { limit, base: base as *const u8 }
+}
+
+fn sgdt() -> TableRegister {
+    let mut r = table_register(0, 0);
+    // SAFETY: SGDT only stores the GDTR into `r`.
+    unsafe { x86::dtables::sgdt(&mut r) };
+    r
+}
+
+fn sidt() -> TableRegister {
+    let mut r = table_register(0, 0);
+    // SAFETY: SIDT only stores the IDTR into `r`.
+    unsafe { x86::dtables::sidt(&mut r) };
+    r
+}
+
+/// (limit, base) of a stored register, comparable with check_eq!.
+fn limit_base(r: &TableRegister) -> (u16, u64) {
+    let (limit, base) = (r.limit, r.base);
+    (limit, base as u64)
+}
+
 test_case! {
     /// SGDT, SIDT and STR return what the VMM loaded (SDM Vol. 2B, SGDT/SIDT/STR).
     name = "cpu::descriptor_tables_store::long64", mode = Long64, path = Full;
     fn descriptor_tables_store() {
-        let mut gdtr = [0u8; 10];
-        let mut idtr = [0u8; 10];
         let tr: u16;
-        // SAFETY: SGDT and SIDT write 10 bytes each into our buffers.
-        unsafe {
-            core::arch::asm!("sgdt [{0}]", "sidt [{1}]", "str {2:x}", in(reg) gdtr.as_mut_ptr(),
-                             in(reg) idtr.as_mut_ptr(), out(reg) tr);
-        }
-        let limit = |b: &[u8; 10]| u16::from_le_bytes([b[0], b[1]]);
-        let base = |b: &[u8; 10]| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
-        check_eq!(base(&gdtr), abi::layout::GDT);
-        check_eq!(limit(&gdtr), (8 * abi::selector::GDT_ENTRIES - 1) as u16);
-        check_eq!(base(&idtr), abi::layout::IDT);
-        check_eq!(limit(&idtr), 4095);
+        // SAFETY: STR only reads the task register.
+        unsafe { core::arch::asm!("str {0:x}", out(reg) tr) };
+        check_eq!(limit_base(&sgdt()), ((8 * abi::selector::GDT_ENTRIES - 1) as u16, abi::layout::GDT));
+        check_eq!(limit_base(&sidt()), (4095, abi::layout::IDT));
         check_eq!(tr, abi::selector::TSS);
     }
 }
@@ -236,18 +253,17 @@ test_case! {
     /// LGDT loads a new GDTR that SGDT then returns (SDM Vol. 2A, LGDT).
     name = "cpu::lgdt_roundtrip::long64", mode = Long64, path = Full;
     fn lgdt_roundtrip() {
-        let mut old = [0u8; 10];
-        let mut new = [0u8; 10];
-        new[..2].copy_from_slice(&0x2fu16.to_le_bytes());
-        new[2..].copy_from_slice(&abi::layout::GDT.to_le_bytes());
-        let mut back = [0u8; 10];
+        let old = sgdt();
+        let new = table_register(0x2f, abi::layout::GDT);
         // SAFETY: the new GDTR is the same table with a shorter limit that still covers
         // every selector in use; the old one is restored before anything loads a segment.
-        unsafe {
-            core::arch::asm!("sgdt [{0}]", "lgdt [{1}]", "sgdt [{2}]", "lgdt [{0}]", in(reg) old.as_mut_ptr(),
-                             in(reg) new.as_ptr(), in(reg) back.as_mut_ptr());
-        }
-        check_eq!(back, new);
+        let back = unsafe {
+            x86::dtables::lgdt(&new);
+            let back = sgdt();
+            x86::dtables::lgdt(&old);
+            back
+        };
+        check_eq!(limit_base(&back), limit_base(&new));
     }
 }
 
@@ -277,23 +293,24 @@ test_case! {
     }
 }
 
-/// What a CPL3 probe saw, written by the probe and read back at CPL0.
-static USER_FAULT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Encodes a CPL3 probe's outcome: 0 when nothing was raised, else 1 + vector << 8 +
-/// error code << 16.
-fn record(e: Option<hvprobe_rt::Exception>) {
-    let v = e.map_or(0, |e| 1 | (e.vector as u64) << 8 | e.error_code.unwrap_or(0) << 16);
-    USER_FAULT.store(v, core::sync::atomic::Ordering::SeqCst);
-}
-
-fn user_fault() -> Option<(u8, u64)> {
-    let v = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
-    (v != 0).then_some(((v >> 8) as u8, v >> 16))
-}
-
 extern "C" fn sgdt_at_cpl3(buf: u64) {
-    record(catch!("sgdt [{0}]", in(reg) buf));
+    // SAFETY: stores 10 bytes into the caller's buffer (user-accessible memory).
+    unsafe { core::arch::asm!("sgdt [{0}]", in(reg) buf) };
+}
+
+/// Runs `f` at CPL3 with CR4.UMIP set, where CPUID advertises UMIP, and returns what
+/// CPL3 raised.
+fn with_umip_at_cpl3(f: extern "C" fn(u64), arg: u64) -> Option<hvprobe_rt::Exception> {
+    if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
+        skip!("CPUID.7.0:ECX.UMIP[2] is clear");
+    }
+    let cr4 = cpu::read_cr4();
+    // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
+    unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 11) };
+    let e = call_at_cpl3(f, arg);
+    // SAFETY: restores CR4.
+    unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+    e
 }
 
 test_case! {
@@ -302,23 +319,18 @@ test_case! {
     name = "cpu::umip::long64", mode = Long64, path = Hw;
     fn umip() {
         let mut buf = [0u8; 10];
-        hvprobe_rt::user::call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
-        check_eq!(user_fault(), None, "SGDT at CPL3 without UMIP");
-        if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
-            skip!("CPUID.7.0:ECX.UMIP[2] is clear");
-        }
-        let cr4 = cpu::read_cr4();
-        // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
-        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 11) };
-        hvprobe_rt::user::call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
-        // SAFETY: restores CR4.
-        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
-        check_eq!(user_fault(), Some((exception::GP, 0)), "SGDT at CPL3 with CR4.UMIP");
+        check_eq!(call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64), None, "SGDT at CPL3 without UMIP");
+        let e = with_umip_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
+        check!(e.is_some(), "SGDT at CPL3 with CR4.UMIP raised nothing");
+        check_exception!(e, exception::GP, Some(0));
     }
 }
 
 extern "C" fn misaligned_at_cpl3(addr: u64) {
-    record(catch!("pushfq", "or dword ptr [rsp], 0x40000", "popfq", "mov {0}, [{0}]", inout(reg) addr => _));
+    // SAFETY: sets RFLAGS.AC and loads from `addr`, readable user memory.
+    unsafe {
+        core::arch::asm!("pushfq", "or dword ptr [rsp], 0x40000", "popfq", "mov {0}, [{0}]", inout(reg) addr => _)
+    };
 }
 
 test_case! {
@@ -331,13 +343,13 @@ test_case! {
         unsafe { cpu::write_cr0(cr0 | 1 << 18) };
         let word = [0u64; 2];
         let misaligned = word.as_ptr() as u64 + 1;
-        hvprobe_rt::user::call_at_cpl3(misaligned_at_cpl3, misaligned);
-        let at_cpl3 = user_fault();
+        let at_cpl3 = call_at_cpl3(misaligned_at_cpl3, misaligned);
         let at_cpl0 = catch!("pushfq", "or dword ptr [rsp], 0x40000", "popfq", "mov {0}, [{0}]", "pushfq",
                              "and dword ptr [rsp], 0xfffbffff", "popfq", inout(reg) misaligned => _);
         // SAFETY: restores CR0.
         unsafe { cpu::write_cr0(cr0) };
-        check_eq!(at_cpl3, Some((exception::AC, 0)), "misaligned load at CPL3 with AM and AC");
+        check!(at_cpl3.is_some(), "misaligned load at CPL3 with AM and AC raised nothing");
+        check_exception!(at_cpl3, exception::AC, Some(0));
         check_eq!(at_cpl0, None, "no alignment check at CPL0");
     }
 }
@@ -384,14 +396,13 @@ unsafe extern "C" {
 }
 
 extern "C" fn syscall_at_cpl3(_: u64) {
-    let (after, flags): (u64, u64);
+    let after: u64;
     // SAFETY: SYSCALL enters hv_syscall_entry, which returns at once with SYSRET; RCX and
     // R11 are clobbered by the pair, as the ABI of SYSCALL says.
     unsafe {
-        core::arch::asm!("lea {after}, [rip + 2f]", "syscall", "2:", "pushfq", "pop {flags}",
-                         after = out(reg) after, flags = out(reg) flags, out("rcx") _, out("r11") _);
+        core::arch::asm!("lea {after}, [rip + 2f]", "syscall", "2:", after = out(reg) after, out("rcx") _,
+                         out("r11") _);
     }
-    let _ = (after, flags);
     SYSCALL_SEEN[0].fetch_sub(after, core::sync::atomic::Ordering::SeqCst);
 }
 
@@ -410,7 +421,7 @@ test_case! {
             cpu::wrmsr(0xc000_0082, hv_syscall_entry as *const () as u64);
             cpu::wrmsr(0xc000_0084, 0x200);
         }
-        hvprobe_rt::user::call_at_cpl3(syscall_at_cpl3, 0);
+        check_no_exception!(call_at_cpl3(syscall_at_cpl3, 0));
         let seen = |i: usize| SYSCALL_SEEN[i].load(core::sync::atomic::Ordering::SeqCst);
         check_eq!(seen(0), 0, "RCX at entry is the RIP after SYSCALL (stored minus expected)");
         check_eq!(seen(1) & 0x3000, 0x3000, "R11 holds the CPL3 RFLAGS (IOPL 3)");
@@ -499,7 +510,8 @@ test_case! {
 }
 
 extern "C" fn port_in_at_cpl3(_: u64) {
-    record(catch!("in al, dx", in("dx") abi::port::TEST_IO, out("al") _));
+    // SAFETY: reads the port test device, which has no side effects.
+    unsafe { core::arch::asm!("in al, dx", in("dx") abi::port::TEST_IO, out("al") _) };
 }
 
 test_case! {
@@ -507,15 +519,16 @@ test_case! {
     /// does not (SDM Vol. 1, 19.5).
     name = "cpu::in_out_iopl::long64", mode = Long64, path = Hw;
     fn in_out_iopl() {
-        hvprobe_rt::user::call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x2);
-        check_eq!(user_fault(), Some((exception::GP, 0)), "IN at CPL3 with IOPL 0");
-        hvprobe_rt::user::call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x3002);
-        check_eq!(user_fault(), None, "IN at CPL3 with IOPL 3");
+        let e = call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x2);
+        check!(e.is_some(), "IN at CPL3 with IOPL 0 raised nothing");
+        check_exception!(e, exception::GP, Some(0));
+        check_eq!(call_at_cpl3_with_rflags(port_in_at_cpl3, 0, 0x3002), None, "IN at CPL3 with IOPL 3");
     }
 }
 
 extern "C" fn wbinvd_at_cpl3(_: u64) {
-    record(catch!("wbinvd"));
+    // SAFETY: write-back and invalidation of caches has no effect the test can see.
+    unsafe { core::arch::asm!("wbinvd") };
 }
 
 test_case! {
@@ -523,8 +536,9 @@ test_case! {
     name = "cpu::wbinvd::long64", mode = Long64, path = Full;
     fn wbinvd() {
         check_eq!(catch!("wbinvd"), None, "WBINVD at CPL0");
-        hvprobe_rt::user::call_at_cpl3(wbinvd_at_cpl3, 0);
-        check_eq!(user_fault(), Some((exception::GP, 0)), "WBINVD at CPL3");
+        let e = call_at_cpl3(wbinvd_at_cpl3, 0);
+        check!(e.is_some(), "WBINVD at CPL3 raised nothing");
+        check_exception!(e, exception::GP, Some(0));
     }
 }
 
@@ -532,27 +546,33 @@ test_case! {
     /// LIDT loads a new IDTR that SIDT then returns (SDM Vol. 2A, LIDT).
     name = "cpu::lidt_roundtrip::long64", mode = Long64, path = Full;
     fn lidt_roundtrip() {
-        let mut old = [0u8; 10];
-        let mut new = [0u8; 10];
-        new[..2].copy_from_slice(&0x7ffu16.to_le_bytes());
-        new[2..].copy_from_slice(&abi::layout::IDT.to_le_bytes());
-        let mut back = [0u8; 10];
+        let old = sidt();
+        let new = table_register(0x7ff, abi::layout::IDT);
         // SAFETY: the new IDTR is the same table with half its limit; no interrupt or
         // exception happens before the old one is restored.
-        unsafe {
-            core::arch::asm!("sidt [{0}]", "lidt [{1}]", "sidt [{2}]", "lidt [{0}]", in(reg) old.as_mut_ptr(),
-                             in(reg) new.as_ptr(), in(reg) back.as_mut_ptr());
-        }
-        check_eq!(back, new);
+        let back = unsafe {
+            x86::dtables::lidt(&new);
+            let back = sidt();
+            x86::dtables::lidt(&old);
+            back
+        };
+        check_eq!(limit_base(&back), limit_base(&new));
     }
 }
 
-extern "C" fn umip_probe_at_cpl3(buf: u64) {
-    let code = |e: Option<hvprobe_rt::Exception>| e.map_or(0, |e| 1 + e.vector as u64);
-    let sidt = code(catch!("sidt [{0}]", in(reg) buf));
-    let smsw = code(catch!("smsw {0:x}", out(reg) _));
-    let str_ = code(catch!("str {0:x}", out(reg) _));
-    USER_FAULT.store(sidt | smsw << 8 | str_ << 16, core::sync::atomic::Ordering::SeqCst);
+extern "C" fn sidt_at_cpl3(buf: u64) {
+    // SAFETY: stores 10 bytes into the caller's buffer (user-accessible memory).
+    unsafe { core::arch::asm!("sidt [{0}]", in(reg) buf) };
+}
+
+extern "C" fn smsw_at_cpl3(_: u64) {
+    // SAFETY: SMSW only reads CR0's low word.
+    unsafe { core::arch::asm!("smsw {0:x}", out(reg) _) };
+}
+
+extern "C" fn str_at_cpl3(_: u64) {
+    // SAFETY: STR only reads the task register.
+    unsafe { core::arch::asm!("str {0:x}", out(reg) _) };
 }
 
 test_case! {
@@ -560,25 +580,20 @@ test_case! {
     /// (SDM Vol. 3A, 2.5 "UMIP"), where CPUID advertises UMIP.
     name = "cpu::umip_sidt_smsw_str::long64", mode = Long64, path = Hw;
     fn umip_sidt_smsw_str() {
-        if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
-            skip!("CPUID.7.0:ECX.UMIP[2] is clear");
-        }
         let mut buf = [0u8; 10];
-        let cr4 = cpu::read_cr4();
-        // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
-        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4 | 1 << 11) };
-        hvprobe_rt::user::call_at_cpl3(umip_probe_at_cpl3, buf.as_mut_ptr() as u64);
-        // SAFETY: restores CR4.
-        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
-        let gp = 1 + exception::GP as u64;
-        let seen = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
-        check_eq!(seen & 0xff, gp, "SIDT");
-        check_eq!((seen >> 8) & 0xff, gp, "SMSW");
-        check_eq!((seen >> 16) & 0xff, gp, "STR");
+        let probes: [(extern "C" fn(u64), &str); 3] = [(sidt_at_cpl3, "SIDT"), (smsw_at_cpl3, "SMSW"), (str_at_cpl3, "STR")];
+        for (probe, name) in probes {
+            let e = with_umip_at_cpl3(probe, buf.as_mut_ptr() as u64);
+            check!(e.is_some(), "{} at CPL3 with CR4.UMIP raised nothing", name);
+            check_exception!(e, exception::GP, Some(0));
+        }
     }
 }
 
-/// Records IF on entry to CPL3 (bit 0) and after a POPF that tries to set it (bit 1).
+/// IF on entry to CPL3 (bit 0) and after a POPF that tries to set it (bit 1).
+static POPF_IF_SEEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Records IF on entry to CPL3 and after a POPF that tries to set it.
 extern "C" fn popf_if_at_cpl3(_: u64) {
     let (before, after): (u64, u64);
     // SAFETY: tries to set IF through POPF; no interrupt source is armed in this VM, and
@@ -587,7 +602,7 @@ extern "C" fn popf_if_at_cpl3(_: u64) {
         core::arch::asm!("pushfq", "pop {0}", "pushfq", "or qword ptr [rsp], 0x200", "popfq", "pushfq", "pop {1}",
                          out(reg) before, out(reg) after)
     };
-    USER_FAULT.store((before >> 9) & 1 | ((after >> 9) & 1) << 1, core::sync::atomic::Ordering::SeqCst);
+    POPF_IF_SEEN.store((before >> 9) & 1 | ((after >> 9) & 1) << 1, core::sync::atomic::Ordering::SeqCst);
 }
 
 test_case! {
@@ -595,12 +610,13 @@ test_case! {
     /// fault (SDM Vol. 2B, POPF, "Operation").
     name = "cpu::popf_if_iopl::long64", mode = Long64, path = Hw;
     fn popf_if_iopl() {
-        hvprobe_rt::user::call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x2);
-        let seen = USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst);
-        check_eq!(seen & 1, 0, "IF reads 0 at CPL3 after IRETQ with IF clear");
-        check_eq!(seen >> 1, 0, "IOPL 0: POPF leaves IF alone");
-        hvprobe_rt::user::call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x3002);
-        check_eq!(USER_FAULT.swap(0, core::sync::atomic::Ordering::SeqCst) >> 1, 1, "IOPL 3: POPF sets IF");
+        let seen = || POPF_IF_SEEN.swap(0, core::sync::atomic::Ordering::SeqCst);
+        check_no_exception!(call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x2));
+        let flags = seen();
+        check_eq!(flags & 1, 0, "IF reads 0 at CPL3 after IRETQ with IF clear");
+        check_eq!(flags >> 1, 0, "IOPL 0: POPF leaves IF alone");
+        check_no_exception!(call_at_cpl3_with_rflags(popf_if_at_cpl3, 0, 0x3002));
+        check_eq!(seen() >> 1, 1, "IOPL 3: POPF sets IF");
     }
 }
 
@@ -695,14 +711,8 @@ test_case! {
     /// IA32_SYSENTER_CS, _ESP and _EIP hold what was written (SDM Vol. 4, Table 2-2).
     name = "cpu::msr_sysenter_roundtrip::long64", mode = Long64, path = Full;
     fn msr_sysenter_roundtrip() {
-        for (msr, value) in [(0x174u32, 0x10u64), (0x175, 0xffff_8000_0000_1000), (0x176, 0xffff_8000_0000_2000)] {
-            // SAFETY: these MSRs only matter to SYSENTER, which this test never executes.
-            let back = unsafe {
-                cpu::wrmsr(msr, value);
-                cpu::rdmsr(msr)
-            };
-            check_eq!(back, value, "MSR {:#x}", msr);
-        }
+        // SYSENTER is never executed, so these values take no effect.
+        check_msr_roundtrips(&[(0x174, 0x10), (0x175, 0xffff_8000_0000_1000), (0x176, 0xffff_8000_0000_2000)]);
     }
 }
 

@@ -63,6 +63,25 @@ hv_low_file_end:
 .Lok\@:
     .endm
 
+    // Points IVT entry \vec at \handler in segment 0 (SDM Vol. 3A, 20.1.4).
+    .macro HV_SET_IVT vec, handler
+    mov word ptr ds:[\vec * 4], offset \handler
+    mov word ptr ds:[\vec * 4 + 2], 0
+    .endm
+
+    // A real-mode handler that records the IP it interrupted at \slot (clobbering EAX, which
+    // the tests reload) and resumes \skip bytes past it.
+    .macro HV_REAL_HANDLER name, slot, skip
+\name:
+    push bp
+    mov bp, sp
+    movzx eax, word ptr [bp + 2]
+    mov dword ptr ds:[\slot], eax
+    add word ptr [bp + 2], \skip
+    pop bp
+    iret
+    .endm
+
     .section .text.low, "ax"
     .code16
 
@@ -128,8 +147,7 @@ hv_port_widths_real16:
     // Real-mode INT n goes through the IVT at 0: IP at 4n, CS at 4n+2 (SDM Vol. 3A, 20.1.4).
     .global hv_int_ivt_real16
 hv_int_ivt_real16:
-    mov word ptr ds:[0x30 * 4], offset hv_ivt_handler
-    mov word ptr ds:[0x30 * 4 + 2], 0
+    HV_SET_IVT 0x30, hv_ivt_handler
     mov dword ptr ds:[0x6000], 0
     int 0x30
     mov eax, dword ptr ds:[0x6000]
@@ -145,8 +163,7 @@ hv_ivt_handler:
     // #DE in real mode is delivered through IVT entry 0; the saved IP is the DIV's.
     .global hv_exc_de_real16
 hv_exc_de_real16:
-    mov word ptr ds:[0], offset hv_de_handler
-    mov word ptr ds:[2], 0
+    HV_SET_IVT 0, hv_de_handler
     mov dword ptr ds:[0x6004], 0
     xor bl, bl
     mov ax, 1
@@ -159,24 +176,14 @@ hv_de_div:
     r#"
     HV_REPORT hv_low_pass
     HV_HALT
-hv_de_handler:
-    push bp
-    mov bp, sp
-    mov ax, word ptr [bp + 2]
-    movzx eax, ax
-    mov dword ptr ds:[0x6004], eax
-    add word ptr [bp + 2], 2
-    pop bp
-    iret
+    HV_REAL_HANDLER hv_de_handler, 0x6004, 2
 
     // #UD and #BP in real mode go through IVT entries 6 and 3. #UD is a fault (IP of the
     // UD2), #BP a trap (IP after the INT3): each handler records the IP and returns past.
     .global hv_exc_ud_bp_real16
 hv_exc_ud_bp_real16:
-    mov word ptr ds:[6 * 4], offset hv_ud_handler
-    mov word ptr ds:[6 * 4 + 2], 0
-    mov word ptr ds:[3 * 4], offset hv_bp_handler
-    mov word ptr ds:[3 * 4 + 2], 0
+    HV_SET_IVT 6, hv_ud_handler
+    HV_SET_IVT 3, hv_bp_handler
 hv_ud_at:
     ud2
     mov eax, dword ptr ds:[0x6008]
@@ -193,21 +200,8 @@ hv_bp_after:
     r#"
     HV_REPORT hv_low_pass
     HV_HALT
-hv_ud_handler:
-    push bp
-    mov bp, sp
-    movzx eax, word ptr [bp + 2]
-    mov dword ptr ds:[0x6008], eax
-    add word ptr [bp + 2], 2
-    pop bp
-    iret
-hv_bp_handler:
-    push bp
-    mov bp, sp
-    movzx eax, word ptr [bp + 2]
-    mov dword ptr ds:[0x600c], eax
-    pop bp
-    iret
+    HV_REAL_HANDLER hv_ud_handler, 0x6008, 2
+    HV_REAL_HANDLER hv_bp_handler, 0x600c, 0
 
     .code32
     .global hv_boot_prot32
