@@ -18,6 +18,10 @@ pub enum Error {
     Cpuid(String),
     #[error("cannot read KVM statistics: {0}")]
     Stats(String),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(String),
+    #[error("{0}")]
+    Floor(String),
     #[error("cannot start the watchdog: {0}")]
     Watchdog(String),
 }

@@ -23,6 +23,8 @@ pub struct Kvm {
     pub(crate) kvm: kvm_ioctls::Kvm,
     pub(crate) supported_cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
+    pub(crate) msr_index_list: Vec<u32>,
+    pub(crate) state_caps: crate::state::StateCaps,
 }
 
 impl Kvm {
@@ -48,7 +50,10 @@ impl Kvm {
             .as_slice()
             .to_vec();
         let vcpu_mmap_size = kvm.get_vcpu_mmap_size().map_err(Error::kvm("KVM_GET_VCPU_MMAP_SIZE"))?;
-        Ok(Kvm { kvm, supported_cpuid, vcpu_mmap_size })
+        let msr_index_list = crate::state::msr_index_list(&kvm)?;
+        let mut k = Kvm { kvm, supported_cpuid, vcpu_mmap_size, msr_index_list, state_caps: Default::default() };
+        k.state_caps = crate::state::StateCaps::of(&k);
+        Ok(k)
     }
 
     /// The entry KVM_GET_SUPPORTED_CPUID reports for (leaf, subleaf).
@@ -63,6 +68,7 @@ impl Kvm {
             requires::IRQCHIP => self.kvm.check_extension(kvm_ioctls::Cap::Irqchip),
             requires::X2APIC => leaf1.ecx & (1 << 21) != 0,
             requires::TSC_DEADLINE => leaf1.ecx & (1 << 24) != 0,
+            requires::IOEVENTFD => self.kvm.check_extension(kvm_ioctls::Cap::Ioeventfd),
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
             }),

@@ -8,12 +8,14 @@
 
 mod devices;
 mod error;
+pub mod floor;
 pub mod host;
 mod machine;
 mod memory;
 pub mod payload;
 mod protocol;
 mod run;
+mod state;
 mod stats;
 mod vm;
 mod watchdog;
@@ -24,5 +26,6 @@ pub use memory::GuestMemory;
 pub use payload::{Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
 pub use run::{CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, ServiceHandler, hex as run_hex};
+pub use state::VcpuState;
 pub use stats::StatDelta;
-pub use vm::{CpuidEdit, Vm, VmConfig};
+pub use vm::{CpuidEdit, IOEVENTS, Vm, VmConfig};

@@ -46,6 +46,23 @@ impl GuestMemory {
         self.ptr.as_ptr() as u64
     }
 
+    /// Maps this memory at guest-physical 0 as memory slot 0 of `vm`.
+    ///
+    /// # Safety
+    /// The memory must outlive the VM (declare it after the VM fd in the owning struct,
+    /// so that it drops later).
+    pub(crate) unsafe fn map_as_slot0(&self, vm: &kvm_ioctls::VmFd) -> Result<(), Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: self.size,
+            userspace_addr: self.host_addr(),
+        };
+        // SAFETY: the region is this mapping, which the caller keeps alive past the VM.
+        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+    }
+
     fn check(&self, addr: u64, len: u64) -> Result<usize, Error> {
         match addr.checked_add(len) {
             Some(end) if end <= self.size => Ok(addr as usize),

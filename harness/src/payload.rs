@@ -40,6 +40,8 @@ pub enum PayloadError {
 
 /// The areas test names may start with (design.md).
 pub const AREAS: [&str; 5] = ["cpu", "irq", "io", "pv", "state"];
+/// The area of benchmarks, which are not conformance cases.
+pub const BENCH_AREA: &str = "bench";
 
 /// One test case as declared in the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +71,10 @@ impl TestCase {
         self.flags & hvprobe_abi::flags::HOST_HOOK != 0
     }
 
+    pub fn is_bench(&self) -> bool {
+        self.flags & hvprobe_abi::flags::BENCH != 0
+    }
+
     /// Names of the requirements in `requires`.
     pub fn requirement_names(&self) -> Vec<&'static str> {
         hvprobe_abi::requires::NAMES.iter().filter(|(bit, _)| self.requires & bit != 0).map(|(_, n)| *n).collect()
@@ -89,7 +95,10 @@ pub struct Payload {
     pub segments: Vec<Segment>,
     pub vector_stubs: u64,
     pub entry64: u64,
+    /// The conformance cases, in name order.
     pub tests: Vec<TestCase>,
+    /// The benchmarks (flag `BENCH`, area `bench`), in name order.
+    pub benches: Vec<TestCase>,
 }
 
 const LOW: (u64, u64) = (layout::LOW_START, layout::LOW_END);
@@ -162,7 +171,7 @@ impl Payload {
                 format!("size {} is not a multiple of the descriptor size {}", table.len(), TestDesc::SIZE),
             ));
         }
-        let mut tests = Vec::new();
+        let (mut tests, mut benches) = (Vec::new(), Vec::new());
         let mut names = HashSet::new();
         for (index, chunk) in table.chunks_exact(TestDesc::SIZE).enumerate() {
             let desc_addr = tests_section.address() + (index * TestDesc::SIZE) as u64;
@@ -170,14 +179,25 @@ impl Payload {
             if !names.insert(test.name.clone()) {
                 return Err(PayloadError::DuplicateTest(test.name));
             }
-            tests.push(test);
+            if test.is_bench() != (test.area == BENCH_AREA) {
+                return Err(PayloadError::BadTest {
+                    index,
+                    reason: format!("{}: the BENCH flag and the area `{BENCH_AREA}` go together", test.name),
+                });
+            }
+            if test.is_bench() { benches.push(test) } else { tests.push(test) }
         }
         tests.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Payload { segments, vector_stubs: boot.vector_stubs, entry64: boot.entry64, tests })
+        benches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Payload { segments, vector_stubs: boot.vector_stubs, entry64: boot.entry64, tests, benches })
     }
 
     pub fn test(&self, name: &str) -> Option<&TestCase> {
         self.tests.iter().find(|t| t.name == name)
+    }
+
+    pub fn bench(&self, name: &str) -> Option<&TestCase> {
+        self.benches.iter().find(|t| t.name == name)
     }
 }
 
@@ -221,7 +241,7 @@ fn validate_name(name: &str) -> Result<(), String> {
     if !(2..=3).contains(&parts.len()) {
         return Err("must be area::case or area::case::variant".into());
     }
-    if !AREAS.contains(&parts[0]) {
+    if !AREAS.contains(&parts[0]) && parts[0] != BENCH_AREA {
         return Err(format!("unknown area {:?} (areas: {})", parts[0], AREAS.join(", ")));
     }
     let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -239,6 +259,7 @@ mod tests {
     fn names_follow_the_contract() {
         assert!(validate_name("cpu::cpuid_leaf1::long64").is_ok());
         assert!(validate_name("irq::timer").is_ok());
+        assert!(validate_name("bench::cpuid::long64").is_ok());
         assert!(validate_name("gpu::x").is_err());
         assert!(validate_name("cpu").is_err());
         assert!(validate_name("cpu::A").is_err());

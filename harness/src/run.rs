@@ -26,11 +26,14 @@ pub struct RunOptions {
     pub seed: u64,
     /// Run only this generated case (service ONLY_CASE), to reproduce one failure.
     pub only_case: Option<u64>,
+    /// Stop after this many exits to userspace (`RunEnd::ExitLimit`): how a benchmark
+    /// times the run loop on a guest that never stops by itself.
+    pub max_exits: Option<u64>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { timeout: Duration::from_secs(10), services: None, seed: 0, only_case: None }
+        RunOptions { timeout: Duration::from_secs(10), services: None, seed: 0, only_case: None, max_exits: None }
     }
 }
 
@@ -67,6 +70,8 @@ pub enum RunEnd {
     UnexpectedExit(String),
     /// KVM_RUN itself failed.
     KvmRunFailed(String),
+    /// `RunOptions::max_exits` exits happened.
+    ExitLimit { exits: u64 },
 }
 
 impl RunEnd {
@@ -83,6 +88,7 @@ impl RunEnd {
             RunEnd::ProtocolError(_) => "protocol_error",
             RunEnd::UnexpectedExit(_) => "unexpected_exit",
             RunEnd::KvmRunFailed(_) => "kvm_run_failed",
+            RunEnd::ExitLimit { .. } => "exit_limit",
         }
     }
 
@@ -106,6 +112,7 @@ impl RunEnd {
             RunEnd::ProtocolError(m) => format!("protocol error: {m}"),
             RunEnd::UnexpectedExit(m) => format!("unexpected exit: {m}"),
             RunEnd::KvmRunFailed(m) => format!("KVM_RUN failed: {m}"),
+            RunEnd::ExitLimit { exits } => format!("stopped after {exits} exits, as asked"),
             RunEnd::Verdict => "the guest reported a verdict".into(),
             RunEnd::Hlt => "KVM_EXIT_HLT: the guest halted".into(),
             RunEnd::Shutdown => "KVM_EXIT_SHUTDOWN: triple fault or unrecoverable event".into(),
@@ -201,10 +208,16 @@ impl Vm {
         let immediate_exit = ImmediateExit(unsafe { &raw mut (*run_ptr).immediate_exit });
         let start = Instant::now();
         let watchdog = Watchdog::arm(options.timeout, immediate_exit)?;
+        let max_exits = options.max_exits.unwrap_or(u64::MAX);
+        let mut exits = 0u64;
         let end = loop {
             if watchdog.fired() {
                 break RunEnd::Timeout { limit: options.timeout };
             }
+            if exits == max_exits {
+                break RunEnd::ExitLimit { exits };
+            }
+            exits += 1;
             let step = self.step(run_ptr, &mut devices, &mut report, &mut options);
             if let Step::Stop(end) = step {
                 break end;

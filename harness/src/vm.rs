@@ -1,10 +1,14 @@
 //! A VM booted for one test case: memory, the machine the case expects, vCPUs.
 
-use hvprobe_abi::layout;
-use kvm_bindings::{CpuId, kvm_cpuid_entry2, kvm_userspace_memory_region};
-use kvm_ioctls::{Cap, VcpuFd, VmFd};
+use hvprobe_abi::{BENCH_DATAMATCH, layout, port};
+use kvm_bindings::{CpuId, kvm_cpuid_entry2};
+use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use std::sync::OnceLock;
 
 use crate::host::find_cpuid;
+use crate::state::StateCaps;
 use crate::stats::Stats;
 use crate::{Error, GuestMemory, Kvm, Payload, TestCase, machine};
 
@@ -20,29 +24,46 @@ pub struct VmConfig {
     /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC) with KVM_CREATE_IRQCHIP.
     pub irqchip: bool,
     pub cpuid_edit: Option<CpuidEdit>,
+    /// Register the benchmark ioeventfds (see [`IOEVENTS`]).
+    pub ioeventfds: bool,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None }
+        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false }
     }
 }
 
+/// The ioeventfds `VmConfig::ioeventfds` registers: name, address, datamatch (a 32-bit
+/// value, or any write of any width).
+pub const IOEVENTS: [(&str, IoEventAddress, Option<u32>); 4] = [
+    ("pio", IoEventAddress::Pio(port::IOEVENTFD as u64), None),
+    ("pio_datamatch", IoEventAddress::Pio(port::IOEVENTFD_DATAMATCH as u64), Some(BENCH_DATAMATCH)),
+    ("mmio", IoEventAddress::Mmio(layout::IOEVENTFD_MMIO), None),
+    ("mmio_datamatch", IoEventAddress::Mmio(layout::IOEVENTFD_MMIO + 8), Some(BENCH_DATAMATCH)),
+];
+
 /// Where the identity-map TSS pages of VMX live (KVM_SET_TSS_ADDR): three pages in the
 /// hole below the 4 GiB boundary, far from RAM and the test devices.
-const KVM_TSS_ADDR: usize = 0xfffb_d000;
+pub(crate) const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
 /// A booted VM. Field order is drop order: vCPUs and the VM fd go before the memory.
 pub struct Vm {
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) stats: Option<Stats>,
     pub(crate) stats_error: Option<String>,
-    /// Held, not used after boot: the VM lives until its last fd closes, and this field
-    /// is declared before `memory` so that it closes first.
+    /// The eventfds of [`IOEVENTS`], when registered, in that order.
+    pub(crate) ioevents: Vec<EventFd>,
+    /// The VM lives until its last fd closes; this field is declared before `memory` so
+    /// that it closes first.
     _vm: VmFd,
     pub(crate) memory: GuestMemory,
     pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
+    pub(crate) irqchip: bool,
+    pub(crate) caps: StateCaps,
+    pub(crate) msr_index_list: Vec<u32>,
+    pub(crate) state_msrs: OnceLock<Vec<u32>>,
 }
 
 impl Vm {
@@ -56,16 +77,21 @@ impl Vm {
             vm.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
         }
         let memory = GuestMemory::new(layout::RAM_SIZE)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: memory.size(),
-            userspace_addr: memory.host_addr(),
-        };
-        // SAFETY: the region is our own mapping, which outlives the VM (see field order).
-        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        // SAFETY: the memory outlives the VM: it is declared after the VM fd.
+        unsafe { memory.map_as_slot0(&vm) }?;
         machine::build(&memory, payload)?;
+        let mut ioevents = Vec::new();
+        if config.ioeventfds {
+            for (_, addr, datamatch) in &IOEVENTS {
+                let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventFd(e.to_string()))?;
+                match datamatch {
+                    Some(v) => vm.register_ioevent(&fd, addr, *v),
+                    None => vm.register_ioevent(&fd, addr, NoDatamatch),
+                }
+                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+                ioevents.push(fd);
+            }
+        }
 
         let mut cpuid = kvm.supported_cpuid.clone();
         if let Some(edit) = config.cpuid_edit {
@@ -89,7 +115,26 @@ impl Vm {
             Err(e) => (None, Some(e.to_string())),
         };
         let cpuid = cpuid_for_vcpu(&cpuid, 0);
-        Ok(Vm { vcpus, stats, stats_error, _vm: vm, memory, cpuid, vcpu_mmap_size: kvm.vcpu_mmap_size })
+        Ok(Vm {
+            vcpus,
+            stats,
+            stats_error,
+            ioevents,
+            _vm: vm,
+            memory,
+            cpuid,
+            vcpu_mmap_size: kvm.vcpu_mmap_size,
+            irqchip: config.irqchip,
+            caps: kvm.state_caps,
+            msr_index_list: kvm.msr_index_list.clone(),
+            state_msrs: OnceLock::new(),
+        })
+    }
+
+    /// How many times each registered ioeventfd of [`IOEVENTS`] fired since the last call
+    /// (reading an eventfd resets it), by name.
+    pub fn ioevent_counts(&self) -> Vec<(&'static str, u64)> {
+        self.ioevents.iter().zip(IOEVENTS).map(|(fd, (name, ..))| (name, fd.read().unwrap_or(0))).collect()
     }
 
     /// The CPUID entry (leaf, subleaf) vCPU 0 was given with KVM_SET_CPUID2.

@@ -164,11 +164,16 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
 }
 
 fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchChange>, usize) {
+    // A benchmark is its name and unit: one operation is reported in cycles and in ns.
+    let key = |b: &Benchmark| (b.name.clone(), b.unit.clone());
+    let a: BTreeMap<(String, String), &Benchmark> = before.iter().map(|b| (key(b), b)).collect();
+    let b: BTreeMap<(String, String), &Benchmark> = after.iter().map(|b| (key(b), b)).collect();
+    let keys: BTreeSet<&(String, String)> = a.keys().chain(b.keys()).collect();
     let mut changes = Vec::new();
     let mut unchanged = 0;
-    for (name, x, y) in pair_by_name(before, after, |b| &b.name) {
+    for k in keys {
+        let (x, y) = (a.get(k).copied(), b.get(k).copied());
         let change = match (x, y) {
-            (Some(x), Some(y)) if x.unit != y.unit => Change::Changed,
             (Some(x), Some(y)) => {
                 let gap = y.median - x.median;
                 if gap.abs() <= x.spread.abs() + y.spread.abs() {
@@ -181,12 +186,12 @@ fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchCh
             (None, _) => Change::Added,
         };
         let ratio = match (x, y) {
-            (Some(x), Some(y)) if x.median != 0.0 && x.unit == y.unit => Some(y.median / x.median),
+            (Some(x), Some(y)) if x.median != 0.0 => Some(y.median / x.median),
             _ => None,
         };
         changes.push(BenchChange {
-            name: name.to_string(),
-            unit: y.or(x).map(|b| b.unit.clone()).unwrap_or_default(),
+            name: k.0.clone(),
+            unit: k.1.clone(),
             change,
             before: x.map(|b| (b.median, b.spread)),
             after: y.map(|b| (b.median, b.spread)),
@@ -353,7 +358,7 @@ mod tests {
     use crate::CpuidEntry;
 
     fn bench(name: &str, median: f64, spread: f64) -> Benchmark {
-        Benchmark { name: name.into(), unit: "cycles".into(), median, spread, samples: 10 }
+        Benchmark::new(name, "cycles", median, spread, 10)
     }
 
     #[test]

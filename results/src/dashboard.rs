@@ -704,13 +704,7 @@ mod tests {
         b.started = crate::rfc3339(at(1_795_086_400));
         b.benchmarks[0].median = 1.4;
         b.tests[0].metrics.insert("cpuid".into(), MetricValue { value: 1300.0, unit: "cycles".into() });
-        b.benchmarks.push(Benchmark {
-            name: "vmexit".into(),
-            unit: "ns".into(),
-            median: 900.0,
-            spread: 30.0,
-            samples: 100,
-        });
+        b.benchmarks.push(Benchmark::new("vmexit", "ns", 900.0, 30.0, 100));
         let mut c = crate::tests::sample();
         c.started = crate::rfc3339(at(1_795_040_000));
         c.host.hostname = "beta".into();

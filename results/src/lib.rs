@@ -170,6 +170,41 @@ pub struct Benchmark {
     /// Median absolute deviation, in `unit`.
     pub spread: f64,
     pub samples: u64,
+    /// The path the operation takes (full, para, hw), for guest operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The empty loop's median per iteration, in `unit`, measured in the same run and
+    /// already subtracted from `median`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// Iterations of the operation per sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u64>,
+    /// The floor's median, in `unit`: the same host operation done with bare ioctls and
+    /// nothing else, measured in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
+    /// `median / floor`: what hvprobe's own work adds to the bare operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_ratio: Option<f64>,
+}
+
+impl Benchmark {
+    /// A benchmark with only the required fields set.
+    pub fn new(name: impl Into<String>, unit: impl Into<String>, median: f64, spread: f64, samples: u64) -> Benchmark {
+        Benchmark {
+            name: name.into(),
+            unit: unit.into(),
+            median,
+            spread,
+            samples,
+            path: None,
+            baseline: None,
+            iterations: None,
+            floor: None,
+            floor_ratio: None,
+        }
+    }
 }
 
 impl Results {
@@ -316,7 +351,7 @@ mod tests {
                 log: vec!["hello".into()],
             });
         }
-        r.benchmarks.push(Benchmark { name: "cpuid".into(), unit: "ns".into(), median: 1.0, spread: 0.1, samples: 10 });
+        r.benchmarks.push(Benchmark::new("cpuid", "ns", 1.0, 0.1, 10));
         r
     }
 

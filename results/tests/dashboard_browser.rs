@@ -71,7 +71,7 @@ fn test(name: &str, outcome: Outcome, reason: Option<&str>, metric: Option<(&str
 }
 
 fn bench(name: &str, unit: &str, median: f64, spread: f64) -> Benchmark {
-    Benchmark { name: name.into(), unit: unit.into(), median, spread, samples: 1000 }
+    Benchmark::new(name, unit, median, spread, 1000)
 }
 
 /// Five runs over three days on two hosts, with deviations and moving numbers.

@@ -2,10 +2,11 @@
 //! what its run means against the backend's expectation profile. The runners
 //! (`tests/guest.rs` for cargo test, `bin/hvprobe.rs` for the CLI) are thin layers on top.
 
+pub mod bench;
 pub mod catalog;
 pub mod hooks;
 pub mod judge;
 pub mod profile;
 pub mod runner;
 
-pub use runner::{Context, run_case};
+pub use runner::{Context, Phases, run_case, run_case_timed};

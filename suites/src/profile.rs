@@ -111,8 +111,8 @@ impl Profile {
         let invalid = |reason: String| ProfileError::Invalid { path: path.into(), reason };
         let mut seen = std::collections::HashSet::new();
         for d in &p.deviations {
-            if payload.test(&d.test).is_none() {
-                return Err(invalid(format!("{} is not a test in the catalogue", d.test)));
+            if payload.test(&d.test).is_none() && payload.bench(&d.test).is_none() {
+                return Err(invalid(format!("{} is not a test or benchmark in the catalogue", d.test)));
             }
             if !seen.insert(&d.test) {
                 return Err(invalid(format!("{} is listed twice", d.test)));

@@ -91,37 +91,67 @@ pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
     case.timeout.unwrap_or(default)
 }
 
+/// Where one case's time went: creating the VM and loading the guest, running it,
+/// judging the report, and tearing the VM down.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    pub boot: Duration,
+    pub run: Duration,
+    pub judge: Duration,
+    pub teardown: Duration,
+}
+
 /// Boots `case` in a fresh VM, runs it, and judges it.
 pub fn run_case(ctx: &Context, case: &TestCase) -> TestResult {
+    run_case_timed(ctx, case).0
+}
+
+/// [`run_case`], also returning where the time went (None when no VM was booted).
+pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Phases>) {
     let start = Instant::now();
     let mut r = result(case);
     let missing = ctx.kvm.missing_requirements(case.requires);
     if !missing.is_empty() {
         r.outcome = Outcome::Skip;
         r.reason = Some(format!("host lacks {}", missing.join(", ")));
-        return r;
+        return (r, None);
     }
     let hook = hooks::hook_for(&case.name);
     if case.has_host_hook() != hook.is_some() {
-        return harness_error(r, format!("{}: guest and suites/src/hooks.rs disagree about its host hook", case.name));
+        let why = format!("{}: guest and suites/src/hooks.rs disagree about its host hook", case.name);
+        return (harness_error(r, why), None);
     }
     let config = VmConfig {
         vcpus: 1,
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
+        ioeventfds: case.requires & requires::IOEVENTFD != 0,
     };
-    let report = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config).and_then(|mut vm| {
-        vm.run(RunOptions {
+    let mut phases = Phases::default();
+    let vm = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config);
+    phases.boot = start.elapsed();
+    let report = vm.and_then(|mut vm| {
+        let t = Instant::now();
+        let report = vm.run(RunOptions {
             timeout: timeout_of(case, ctx.default_timeout),
             services: None,
             seed: ctx.seed,
             only_case: ctx.only_case,
-        })
+            max_exits: None,
+        });
+        phases.run = t.elapsed();
+        let t = Instant::now();
+        drop(vm);
+        phases.teardown = t.elapsed();
+        report
     });
-    r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+    let judging = Instant::now();
     let report = match report {
         Ok(report) => report,
-        Err(e) => return harness_error(r, format!("harness error: {e}")),
+        Err(e) => {
+            r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+            return (harness_error(r, format!("harness error: {e}")), None);
+        }
     };
     let Judgement { outcome, reason, failure } = judge::judge(case, &report, &ctx.profile);
     r.outcome = outcome;
@@ -143,7 +173,9 @@ pub fn run_case(ctx: &Context, case: &TestCase) -> TestResult {
     if let Some(e) = &report.stats_error {
         r.log.push(format!("host: KVM statistics unavailable: {e}"));
     }
-    r
+    phases.judge = judging.elapsed();
+    r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+    (r, Some(phases))
 }
 
 fn hvprobe_payload() -> &'static hvprobe_harness::Payload {

@@ -52,6 +52,11 @@ pub mod layout {
     /// [`super::port::PROTOCOL`]. CPL3 code uses it so that reporting never depends on
     /// RFLAGS.IOPL being honoured (that is a test of its own).
     pub const PROTOCOL_MMIO: u64 = 0xc000_1000;
+    /// Benchmark ioeventfds on MMIO: any write of any width to `IOEVENTFD_MMIO` (no
+    /// datamatch), and a 32-bit write of [`super::BENCH_DATAMATCH`] to
+    /// `IOEVENTFD_MMIO + 8`. KVM signals an eventfd and resumes the guest without an exit
+    /// to userspace.
+    pub const IOEVENTFD_MMIO: u64 = 0xc000_2000;
     /// Default xAPIC base.
     pub const APIC_BASE: u64 = 0xfee0_0000;
 }
@@ -78,7 +83,17 @@ pub mod port {
     /// The port test device: an 8-byte register file at ports 0x510-0x517.
     pub const TEST_IO: u16 = 0x510;
     pub const TEST_IO_LEN: u16 = 8;
+    /// Benchmark ioeventfds on port I/O: any OUT to `IOEVENTFD` (no datamatch), and a
+    /// 32-bit OUT of [`super::BENCH_DATAMATCH`] to `IOEVENTFD_DATAMATCH`.
+    pub const IOEVENTFD: u16 = 0x520;
+    pub const IOEVENTFD_DATAMATCH: u16 = 0x524;
+    /// The master 8259 PIC's data port (its IMR): with the in-kernel irqchip, KVM answers
+    /// it without an exit to userspace.
+    pub const PIC_MASTER_DATA: u16 = 0x21;
 }
+
+/// The value a datamatch ioeventfd of the benchmarks fires on.
+pub const BENCH_DATAMATCH: u32 = 0x600d_cafe;
 
 /// CPU mode a test case starts in. The harness builds the mode; the guest never switches.
 #[repr(u8)]
@@ -150,13 +165,17 @@ pub mod requires {
     pub const KVM_PV: u64 = 1 << 2;
     /// CPUID.1:ECX.TSC_DEADLINE[24].
     pub const TSC_DEADLINE: u64 = 1 << 3;
+    /// Ioeventfds (KVM_CAP_IOEVENTFD); the harness registers those of
+    /// [`super::port::IOEVENTFD`] and [`super::layout::IOEVENTFD_MMIO`].
+    pub const IOEVENTFD: u64 = 1 << 4;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 4] = [
+    pub const NAMES: [(u64, &str); 5] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
         (TSC_DEADLINE, "CPUID.1:ECX.TSC_DEADLINE"),
+        (IOEVENTFD, "ioeventfds (KVM_CAP_IOEVENTFD)"),
     ];
 }
 
@@ -169,6 +188,10 @@ pub mod flags {
     pub const EXPECT_TIMEOUT: u32 = 1 << 0;
     /// A host hook of the same name edits the VM before boot (see suites/src/hooks.rs).
     pub const HOST_HOOK: u32 = 1 << 1;
+    /// A benchmark, not a conformance test: named `bench::OPERATION::VARIANT`, run by
+    /// `hvprobe bench` and the criterion benches, which drive it through the services
+    /// [`super::proto::service::BENCH_NEXT`] and [`super::proto::service::BENCH_RESULT`].
+    pub const BENCH: u32 = 1 << 2;
 }
 
 /// Maximum length of a test name, in bytes.
@@ -280,7 +303,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 3;
+    pub const ABI_VERSION: u32 = 4;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -388,7 +411,17 @@ pub mod proto {
         /// Returns `leaf | subleaf << 32` of entry `args[0]` of the CPUID table the host set
         /// with KVM_SET_CPUID2; fails past the last entry.
         pub const CPUID_ENTRY: u32 = 7;
+        /// A benchmark asks what to measure next: the result is a batch of iterations
+        /// (bits 0-62), with bit 63 ([`super::BENCH_BASELINE`]) set when the batch is the
+        /// empty loop instead of the operation; 0 means stop. Fails when no benchmark
+        /// driver is listening.
+        pub const BENCH_NEXT: u32 = 8;
+        /// A benchmark reports the batch it just ran: `args[0]` = TSC cycles it took.
+        pub const BENCH_RESULT: u32 = 9;
     }
+
+    /// Bit 63 of a BENCH_NEXT result: measure the empty loop.
+    pub const BENCH_BASELINE: u64 = 1 << 63;
 
     pub const SERVICE_OK: u32 = 0;
     pub const SERVICE_UNKNOWN: u32 = 1;

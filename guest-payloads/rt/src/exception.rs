@@ -175,12 +175,13 @@ macro_rules! catch {
     }};
 }
 
-/// A handler for an interrupt vector (32-255).
+/// A handler for a vector. For an exception (0-31) it runs only when no `catch!` is armed,
+/// and it must change the frame (RIP, say) so that the fault does not repeat.
 pub type Handler = fn(&mut Frame);
 
 static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
 
-/// Routes interrupt `vector` to `handler`.
+/// Routes `vector` to `handler`.
 pub fn set_handler(vector: u8, handler: Handler) {
     HANDLERS[vector as usize].store(handler as usize, SeqCst);
 }
@@ -231,7 +232,7 @@ extern "C" fn hvprobe_trap(frame: &mut Frame) {
         return;
     }
     let handler = HANDLERS[vector as usize].load(SeqCst);
-    if vector >= 32 && handler != 0 {
+    if handler != 0 {
         // SAFETY: only `set_handler` stores non-zero values, and it stores `Handler`s.
         let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(handler) };
         handler(frame);

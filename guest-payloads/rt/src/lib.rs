@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod apic;
+pub mod bench;
 pub mod console;
 pub mod cpu;
 mod entry;

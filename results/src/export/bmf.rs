@@ -93,13 +93,7 @@ mod tests {
     #[test]
     fn benchmarks_and_metrics_become_measures() {
         let mut r = crate::tests::sample();
-        r.benchmarks.push(Benchmark {
-            name: "hlt".into(),
-            unit: "Guest cycles".into(),
-            median: 9.0,
-            spread: -2.0,
-            samples: 5,
-        });
+        r.benchmarks.push(Benchmark::new("hlt", "Guest cycles", 9.0, -2.0, 5));
         let text = render(&r);
         assert_eq!(validate(&text), 2 + r.tests.len());
         let v: Value = serde_json::from_str(&text).unwrap();

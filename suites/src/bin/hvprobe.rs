@@ -13,10 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use hvprobe_harness::{HostFacts, Kvm, TestCase};
 use hvprobe_results::compare::FailOn;
-use hvprobe_results::{CpuidEntry, Host, Outcome, Results, TestResult};
+use hvprobe_results::{Benchmark, CpuidEntry, Host, Outcome, Results, TestResult};
+use hvprobe_suites::bench::{self, BenchConfig};
 use hvprobe_suites::judge::is_failure;
 use hvprobe_suites::profile::Profile;
-use hvprobe_suites::{Context, catalog, hooks, run_case, runner};
+use hvprobe_suites::{Context, Phases, catalog, hooks, run_case_timed, runner};
 
 #[derive(Parser)]
 #[command(name = "hvprobe", version, about = "Hypervisor conformance and performance probes on KVM")]
@@ -38,6 +39,9 @@ enum Command {
         /// Print only the number of cases.
         #[arg(long)]
         count: bool,
+        /// List the benchmarks instead of the test cases.
+        #[arg(long)]
+        bench: bool,
     },
     /// Run the cases on this host, print a report and write a results file.
     Run {
@@ -68,6 +72,40 @@ enum Command {
         /// Print the reason of every case, not only of failures.
         #[arg(long, short)]
         verbose: bool,
+        /// Run the benchmarks too, after the cases, into the same results file.
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Run the benchmarks: each guest operation in guest TSC cycles and host ns, the
+    /// empty loop subtracted; each host operation next to its bare-ioctl floor.
+    Bench {
+        /// Only benchmarks whose names contain one of these substrings.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Filters must match whole names.
+        #[arg(long)]
+        exact: bool,
+        /// The wall time of one batch, in milliseconds; iteration counts follow from it.
+        #[arg(long, default_value_t = 20.0)]
+        budget_ms: f64,
+        /// Samples per benchmark (at least 10).
+        #[arg(long, default_value_t = 15)]
+        samples: usize,
+        /// A fast smoke run: 2 ms batches, 10 samples.
+        #[arg(long)]
+        quick: bool,
+        /// Write the results here instead of results/runs/<time>-<host>-<backend>.json.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Directory for results when --json is not given.
+        #[arg(long, default_value = "results/runs")]
+        results_dir: PathBuf,
+        /// Use this expectation profile instead of the backend's built-in one.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// The KVM device (default: $HVPROBE_KVM, else /dev/kvm).
+        #[arg(long)]
+        kvm: Option<PathBuf>,
     },
     /// Compare two results files: test outcomes, benchmarks beyond their noise, host facts.
     Compare {
@@ -179,8 +217,9 @@ fn real_main() -> Result<ExitCode> {
     let payload = catalog::payload().context("the embedded guest payload is invalid")?;
     hooks::check(payload).map_err(anyhow::Error::msg)?;
     match cli.command {
-        Command::List { filter, exact, count } => {
-            let cases = catalog::select(payload, &filter, exact);
+        Command::List { filter, exact, count, bench } => {
+            let cases =
+                if bench { bench::select(payload, &filter, exact).0 } else { catalog::select(payload, &filter, exact) };
             if count {
                 println!("{}", cases.len());
             } else {
@@ -189,8 +228,54 @@ fn real_main() -> Result<ExitCode> {
                     let req = if req.is_empty() { String::new() } else { format!("  requires: {}", req.join(", ")) };
                     println!("{:<44} {:<4} {:<6}{req}", c.name, c.path.name(), c.mode.name());
                 }
+                if bench {
+                    for h in
+                        bench::select(payload, &filter, exact).1.then_some(bench::HOST_BENCHES).into_iter().flatten()
+                    {
+                        println!("{h:<44} host");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { filter, exact, budget_ms, samples, quick, json, results_dir, profile, kvm } => {
+            let cfg = if quick {
+                BenchConfig::quick()
+            } else {
+                if !(budget_ms.is_finite() && budget_ms > 0.0) {
+                    bail!("--budget-ms must be a positive number");
+                }
+                if samples < BenchConfig::MIN_SAMPLES {
+                    bail!("--samples must be at least {}", BenchConfig::MIN_SAMPLES);
+                }
+                BenchConfig { budget: Duration::from_secs_f64(budget_ms / 1e3), samples, ..BenchConfig::standard() }
+            };
+            let (guest, host) = bench::select(payload, &filter, exact);
+            if guest.is_empty() && !host {
+                bail!("no benchmark matches the filters {filter:?}");
+            }
+            let (ctx, facts) = context(kvm, profile.as_deref(), runner::DEFAULT_TIMEOUT.as_secs_f64(), payload)?;
+            let started = SystemTime::now();
+            let t0 = Instant::now();
+            let mut results = Results::new(host_record(&facts), started);
+            println!(
+                "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {} samples",
+                guest.len(),
+                if host { bench::HOST_BENCHES.len() } else { 0 },
+                facts.hostname,
+                facts.backend.name(),
+                cfg.budget.as_secs_f64() * 1e3,
+                cfg.samples.max(BenchConfig::MIN_SAMPLES)
+            );
+            let failed = benchmarks(&ctx, &guest, host, &cfg, &mut results);
+            results.duration_s = t0.elapsed().as_secs_f64();
+            println!("wall time {:.1} s", results.duration_s);
+            let path = json.unwrap_or_else(|| {
+                results_dir.join(hvprobe_results::run_file_name(started, &facts.hostname, facts.backend.name()))
+            });
+            results.write_atomic(&path)?;
+            println!("results: {}", path.display());
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } => {
             unreachable!("handled before the catalogue is loaded")
@@ -206,25 +291,12 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { filter, exact, jobs, json, results_dir, timeout, profile, kvm, verbose } => {
-            let kvm_dev = kvm.unwrap_or_else(hvprobe_harness::host::kvm_path);
-            let kvm = Kvm::open_path(&kvm_dev).with_context(|| {
-                format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
-            })?;
-            let facts = HostFacts::gather(Ok(&kvm));
-            let profile = match &profile {
-                Some(path) => Profile::load(path, payload)?,
-                None => Profile::builtin(facts.backend, payload)?,
-            };
-            if !(timeout.is_finite() && timeout > 0.0) {
-                bail!("--timeout must be a positive number of seconds");
-            }
+        Command::Run { filter, exact, jobs, json, results_dir, timeout, profile, kvm, verbose, bench } => {
             let cases = catalog::select(payload, &filter, exact);
             if cases.is_empty() {
                 bail!("no test case matches the filters {filter:?}");
             }
-            let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
-            let ctx = Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case };
+            let (ctx, facts) = context(kvm, profile.as_deref(), timeout, payload)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let started = SystemTime::now();
             let t0 = Instant::now();
@@ -237,19 +309,27 @@ fn real_main() -> Result<ExitCode> {
                 ctx.profile.source,
                 ctx.seed
             );
-            let tests = run_all(&ctx, &cases, jobs, verbose);
+            let (tests, phases) = run_all(&ctx, &cases, jobs, verbose);
             let mut results = Results::new(host_record(&facts), started);
-            results.duration_s = t0.elapsed().as_secs_f64();
+            let wall = t0.elapsed();
             results.tests = tests;
             print_failures(&results);
-            print_summary(&results);
+            print_summary(&results, wall, jobs, &phases);
+            results.benchmarks.extend(suite_benchmarks(wall, &phases));
+            let mut bench_failed = 0;
+            if bench {
+                let (guest, host) = bench::select(payload, &[], false);
+                println!("\nbenchmarks: {} guest and {} host, one at a time", guest.len(), bench::HOST_BENCHES.len());
+                bench_failed = benchmarks(&ctx, &guest, host, &BenchConfig::standard(), &mut results);
+            }
+            results.duration_s = t0.elapsed().as_secs_f64();
             let path = json.unwrap_or_else(|| {
                 results_dir.join(hvprobe_results::run_file_name(started, &facts.hostname, facts.backend.name()))
             });
             results.write_atomic(&path)?;
             println!("results: {}", path.display());
             let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if failed + bench_failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -273,7 +353,64 @@ fn compare(before: &std::path::Path, after: &std::path::Path, json: bool, fail_o
     Ok(if c.fails(on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Vec<TestResult> {
+/// Opens KVM and loads the profile: what `run` and `bench` share.
+fn context(
+    kvm: Option<PathBuf>,
+    profile: Option<&std::path::Path>,
+    timeout: f64,
+    payload: &'static hvprobe_harness::Payload,
+) -> Result<(Context, HostFacts)> {
+    let kvm_dev = kvm.unwrap_or_else(hvprobe_harness::host::kvm_path);
+    let kvm = Kvm::open_path(&kvm_dev).with_context(|| {
+        format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
+    })?;
+    let facts = HostFacts::gather(Ok(&kvm));
+    let profile = match profile {
+        Some(path) => Profile::load(path, payload)?,
+        None => Profile::builtin(facts.backend, payload)?,
+    };
+    if !(timeout.is_finite() && timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
+    Ok((Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case }, facts))
+}
+
+/// Runs the benchmarks, printing each as it finishes, and adds their figures to
+/// `results`. Returns how many failed (skips and known deviations do not count).
+fn benchmarks(ctx: &Context, guest: &[&TestCase], host: bool, cfg: &BenchConfig, results: &mut Results) -> usize {
+    let done = bench::run_all(ctx, guest, host, cfg, |r| println!("{}", bench::line(r)));
+    for r in &done {
+        results.benchmarks.extend(r.records());
+    }
+    let ratios: Vec<String> = done
+        .iter()
+        .filter_map(|r| r.floor_ratio().map(|x| format!("{} {x:.2}", r.name.trim_start_matches("host::"))))
+        .collect();
+    if !ratios.is_empty() {
+        println!("hvprobe / bare-ioctl floor: {}", ratios.join(", "));
+    }
+    done.iter().filter(|r| bench::is_failure(r)).count()
+}
+
+/// The suite's own cost as benchmarks: wall time, and each phase of a case.
+fn suite_benchmarks(wall: Duration, phases: &[Phases]) -> Vec<Benchmark> {
+    let mut out = vec![Benchmark::new("suite::wall_time", "s", wall.as_secs_f64(), 0.0, 1)];
+    let phase = |name: &str, f: fn(&Phases) -> Duration| {
+        let ms: Vec<f64> = phases.iter().map(|p| f(p).as_secs_f64() * 1e3).collect();
+        let s = bench::summarize(&ms);
+        Benchmark::new(format!("suite::case_{name}"), "ms", s.median, s.mad, s.n as u64)
+    };
+    if !phases.is_empty() {
+        out.push(phase("boot", |p| p.boot));
+        out.push(phase("run", |p| p.run));
+        out.push(phase("judge", |p| p.judge));
+        out.push(phase("teardown", |p| p.teardown));
+    }
+    out
+}
+
+fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> (Vec<TestResult>, Vec<Phases>) {
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -287,7 +424,7 @@ fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Ve
             s.spawn(|| {
                 while let Some(case) = cases.get(next.fetch_add(1, Ordering::SeqCst)) {
                     bar.set_message(case.name.clone());
-                    let r = run_case(ctx, case);
+                    let (r, phases) = run_case_timed(ctx, case);
                     let mut line = format!("{:<8} {} ({:.0} ms)", r.outcome.name(), r.name, r.duration_ms);
                     let noteworthy = is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail;
                     if let (Some(reason), true) = (&r.reason, verbose || noteworthy) {
@@ -300,15 +437,17 @@ fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> Ve
                         bar.println(line);
                     }
                     bar.inc(1);
-                    done.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).push((r, phases));
                 }
             });
         }
     });
     bar.finish_and_clear();
-    let mut tests = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let phases = done.iter().filter_map(|(_, p)| *p).collect();
+    let mut tests: Vec<TestResult> = done.into_iter().map(|(t, _)| t).collect();
     tests.sort_by(|a, b| a.name.cmp(&b.name));
-    tests
+    (tests, phases)
 }
 
 fn host_record(f: &HostFacts) -> Host {
@@ -367,7 +506,7 @@ fn print_failures(r: &Results) {
     }
 }
 
-fn print_summary(r: &Results) {
+fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
     let mut rows: BTreeMap<(String, String), BTreeMap<Outcome, usize>> = BTreeMap::new();
     for t in &r.tests {
         *rows.entry((t.area.clone(), t.path.clone())).or_default().entry(t.outcome).or_default() += 1;
@@ -393,5 +532,19 @@ fn print_summary(r: &Results) {
     if expected > 0 {
         println!("({expected} timeout(s) expected: the watchdog's own cases)");
     }
-    println!("wall time {:.1} s", r.duration_s);
+    println!("wall time {:.1} s for {} cases on {jobs} jobs", wall.as_secs_f64(), r.tests.len());
+    if !phases.is_empty() {
+        let med = |f: fn(&Phases) -> Duration| {
+            bench::summarize(&phases.iter().map(|p| f(p).as_secs_f64() * 1e3).collect::<Vec<_>>()).median
+        };
+        let total: f64 = phases.iter().map(|p| (p.boot + p.run + p.judge + p.teardown).as_secs_f64()).sum();
+        println!(
+            "per case (median): boot {:.2} ms, run {:.2} ms, judge {:.3} ms, teardown {:.2} ms; {:.1} s of case time in all",
+            med(|p| p.boot),
+            med(|p| p.run),
+            med(|p| p.judge),
+            med(|p| p.teardown),
+            total
+        );
+    }
 }

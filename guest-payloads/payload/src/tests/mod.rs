@@ -1,3 +1,4 @@
+mod bench;
 mod cpu;
 mod cpu_diff;
 mod cpu_exc;
