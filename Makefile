@@ -2,10 +2,12 @@
 # `make test` runs every test. Both install what they need first (`make setup`).
 CARGO ?= cargo
 GUEST_TARGET := x86_64-unknown-none
-# Extra arguments for `hvprobe run`, e.g. make run ARGS="--filter irq::"
+# Extra arguments for `hvprobe run` (or `hvprobe bench`), e.g. make run ARGS="--filter irq::"
 ARGS ?=
+# `make run` measures the benchmarks too; `make run BENCH=` leaves them out.
+BENCH ?= --bench
 
-.PHONY: all setup setup-browser build test run report lint fmt host list clean
+.PHONY: all setup setup-browser build test run bench bench-criterion report lint fmt host list clean
 
 all: build
 
@@ -32,9 +34,19 @@ test: setup setup-browser
 	$(CARGO) test --workspace
 	cd guest-payloads && $(CARGO) test -p hvprobe-abi --target x86_64-unknown-linux-gnu --target-dir ../target/guest-host
 
-# Runs the whole suite on this host, prints the report, writes results/runs/*.json.
+# Runs the whole suite and the benchmarks on this host, prints the report, writes
+# results/runs/*.json: the nightly job.
 run: setup
-	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- run $(ARGS)
+	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- run $(BENCH) $(ARGS)
+
+# The benchmarks alone, e.g. make bench ARGS="--filter ioeventfd --samples 30".
+bench: setup
+	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- bench $(ARGS)
+
+# The benchmarks under criterion, e.g. make bench-criterion ARGS="--save-baseline main",
+# then ARGS="--baseline main" to compare with it.
+bench-criterion: setup
+	$(CARGO) bench -p hvprobe-suites --bench guest -- $(ARGS)
 
 # The dashboard of every run kept in results/runs/, for the nightly job.
 report: setup

@@ -637,6 +637,72 @@ pub fn line(r: &BenchResult) -> String {
     }
 }
 
+/// A guest benchmark kept running in its own VM on its own thread, running batches on
+/// demand: how criterion drives a guest operation (`suites/benches/guest.rs`), where the
+/// caller, not [`Driver`], picks the iteration counts.
+pub struct Session {
+    next: Option<std::sync::mpsc::Sender<u64>>,
+    cycles: std::sync::mpsc::Receiver<u64>,
+    thread: Option<std::thread::JoinHandle<Result<RunReport, Error>>>,
+    hung: std::cell::Cell<bool>,
+    /// How long a batch may take: the case's own limit when it declares one.
+    limit: Duration,
+}
+
+impl Session {
+    /// The longest a batch may take before the session counts the guest as hung, unless
+    /// the case declares its own limit.
+    pub const BATCH_LIMIT: Duration = Duration::from_secs(10);
+
+    /// Boots `case` (a guest benchmark) in a fresh VM on a new thread.
+    pub fn start(case: &'static TestCase) -> Result<Session, Error> {
+        let kvm = hvprobe_harness::Kvm::open()?;
+        let (next_tx, next_rx) = std::sync::mpsc::channel::<u64>();
+        let (cycles_tx, cycles_rx) = std::sync::mpsc::channel::<u64>();
+        let payload = crate::catalog::payload().expect("callers list benchmarks from the parsed payload");
+        let mut vm = Vm::boot(&kvm, payload, case, config_for(case))?;
+        let handler = Box::new(move |id: u32, args: [u64; 4]| match id {
+            // Blocks until the caller asks for a batch; a dropped sender means stop.
+            service::BENCH_NEXT => Some(Ok(next_rx.recv().unwrap_or(0))),
+            service::BENCH_RESULT => Some(cycles_tx.send(args[0]).map(|()| 0).map_err(|_| ())),
+            _ => None,
+        });
+        let options =
+            RunOptions { timeout: Duration::from_secs(24 * 3600), services: Some(handler), ..RunOptions::default() };
+        let thread = std::thread::spawn(move || vm.run(options));
+        let limit = case.timeout.unwrap_or(Self::BATCH_LIMIT);
+        Ok(Session { next: Some(next_tx), cycles: cycles_rx, thread: Some(thread), hung: Default::default(), limit })
+    }
+
+    /// Runs `n` iterations of the operation (or of the empty loop) and returns the TSC
+    /// cycles they took, or why there are none.
+    pub fn batch(&self, n: u64, baseline: bool) -> Result<u64, String> {
+        let n = n.clamp(1, MAX_ITERATIONS);
+        let sent = self.next.as_ref().is_some_and(|tx| tx.send(n | if baseline { BENCH_BASELINE } else { 0 }).is_ok());
+        if !sent {
+            return Err("the guest has stopped".into());
+        }
+        self.cycles.recv_timeout(self.limit).map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => {
+                self.hung.set(true);
+                format!("no result within {:.1} s: the guest hangs", self.limit.as_secs_f64())
+            }
+            std::sync::mpsc::RecvTimeoutError::Disconnected => "the guest has stopped".into(),
+        })
+    }
+
+    /// Tells the guest to stop and waits for its run to end. A session whose guest hangs
+    /// is left to the process's exit instead (its watchdog limit is a day).
+    pub fn finish(mut self) -> Option<Result<RunReport, Error>> {
+        self.next = None;
+        if self.hung.get() {
+            return None;
+        }
+        let thread = self.thread.take()?;
+        thread.join().ok()
+    }
+}
+
 /// Runs a booted exit-loop VM to its first exit.
 fn first_exit(vm: &mut Vm) -> Result<(), Error> {
     let report = vm.run(RunOptions { max_exits: Some(1), timeout: Duration::from_secs(5), ..RunOptions::default() })?;

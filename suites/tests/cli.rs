@@ -37,11 +37,7 @@ fn run_json_validates_against_the_schema() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("area") && stdout.contains("total"), "summary table missing: {stdout}");
-    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(hvprobe_results::JSON_SCHEMA).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    validate_schema(&path);
     let results = hvprobe_results::Results::read(&path).unwrap();
     assert_eq!(results.tests.len(), 3);
     assert_ne!(results.host.backend, "");
@@ -49,13 +45,24 @@ fn run_json_validates_against_the_schema() {
     assert_eq!(spin.outcome, hvprobe_results::Outcome::Timeout);
     assert!(spin.expected_timeout);
 
+    // Where the time went is recorded as suite benchmarks.
+    for phase in ["suite::wall_time", "suite::case_boot", "suite::case_run", "suite::case_teardown"] {
+        assert!(results.benchmarks.iter().any(|b| b.name == phase), "{phase} missing");
+    }
+    assert!(stdout.contains("per case (median): boot"), "{stdout}");
+
     // The fresh run against the committed reference: the cases it left out are reported
-    // as removed; on this host nothing else may differ in outcome.
+    // as removed; on this host no test may differ in outcome (timings may: the machine
+    // is shared).
     let out = hvprobe().arg("compare").arg(reference()).arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("removed"), "{text}");
     if results.host.backend == "kvm_pvm" {
-        assert_eq!(out.status.code(), Some(0), "no regression against the reference: {text}");
+        let out = hvprobe().arg("compare").arg(reference()).arg(&path).arg("--json").output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let regressions: Vec<&serde_json::Value> =
+            json["tests"].as_array().unwrap().iter().filter(|t| t["change"] == "regression").collect();
+        assert!(regressions.is_empty(), "no test regression against the reference: {regressions:#?}");
     }
     let out = hvprobe().arg("compare").arg(reference()).arg(&path).args(["--fail-on", "any"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -178,5 +185,75 @@ fn export_writes_every_format_from_the_reference_run() {
         }
     }
     let out = hvprobe().arg("export").arg(reference()).args(["--format", "xml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn validate_schema(path: &std::path::Path) {
+    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(hvprobe_results::JSON_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn list_bench_shows_guest_and_host_benchmarks() {
+    let payload = hvprobe_suites::catalog::payload().unwrap();
+    let out = hvprobe().args(["list", "--bench", "--count"]).output().unwrap();
+    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(n, payload.benches.len() - 1, "every guest benchmark but the exit loop the host ones drive");
+    assert!(n >= 20, "{n} guest benchmarks");
+    let out = hvprobe().args(["list", "--bench"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bench::cpuid::long64") && text.contains("host::kvm_run_roundtrip"), "{text}");
+    assert!(!text.contains("cpu::boot"), "conformance cases are not benchmarks: {text}");
+}
+
+#[test]
+fn bench_reports_medians_spreads_baselines_and_floor_ratios() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.json");
+    let out = hvprobe().args(["bench", "--quick", "--json"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("hvprobe / bare-ioctl floor:"), "{stdout}");
+    validate_schema(&path);
+    let r = hvprobe_results::Results::read(&path).unwrap();
+    let guest: Vec<&hvprobe_results::Benchmark> =
+        r.benchmarks.iter().filter(|b| b.name.starts_with("bench::") && b.unit == "cycles").collect();
+    assert!(guest.len() >= 20, "{} guest benchmarks measured: {stdout}", guest.len());
+    for b in &guest {
+        assert!(b.samples >= 10 && b.median.is_finite() && b.spread >= 0.0, "{b:?}");
+        assert!(b.baseline.is_some_and(|x| x >= 0.0) && b.iterations.is_some_and(|n| n >= 1), "{b:?}");
+        assert!(r.benchmarks.iter().any(|n| n.name == b.name && n.unit == "ns"), "{} has no ns figure", b.name);
+    }
+    // Every ioeventfd benchmark that ran checked its eventfd fired once per write.
+    assert!(guest.iter().any(|b| b.name.contains("ioeventfd") && b.path.as_deref() == Some("para")));
+    let host: Vec<&hvprobe_results::Benchmark> = r.benchmarks.iter().filter(|b| b.name.starts_with("host::")).collect();
+    assert_eq!(host.len(), hvprobe_suites::bench::HOST_BENCHES.len(), "{stdout}");
+    for b in host {
+        let (floor, ratio) = (b.floor.unwrap(), b.floor_ratio.unwrap());
+        assert!(floor > 0.0 && ((b.median / floor) - ratio).abs() < 1e-9, "{b:?}");
+    }
+    // The figures export to Bencher Metric Format with both measures.
+    let out = hvprobe().arg("export").arg(&path).args(["--format", "bmf"]).output().unwrap();
+    let bmf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cpuid = &bmf["bench::cpuid::user64"];
+    assert!(cpuid["cycles"]["value"].is_number() && cpuid["latency"]["value"].is_number(), "{cpuid}");
+}
+
+#[test]
+fn bench_refuses_bad_arguments() {
+    let out = hvprobe().args(["bench", "--samples", "3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--samples"));
+    let out = hvprobe().args(["bench", "--filter", "no_such_benchmark"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no benchmark matches"));
+    let out = hvprobe().args(["bench", "--budget-ms", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -72,7 +72,8 @@ enum Command {
         /// Print the reason of every case, not only of failures.
         #[arg(long, short)]
         verbose: bool,
-        /// Run the benchmarks too, after the cases, into the same results file.
+        /// Run the benchmarks that pass the filters too, after the cases, into the same
+        /// results file (see `hvprobe bench`).
         #[arg(long)]
         bench: bool,
     },
@@ -317,9 +318,10 @@ fn real_main() -> Result<ExitCode> {
             print_summary(&results, wall, jobs, &phases);
             results.benchmarks.extend(suite_benchmarks(wall, &phases));
             let mut bench_failed = 0;
-            if bench {
-                let (guest, host) = bench::select(payload, &[], false);
-                println!("\nbenchmarks: {} guest and {} host, one at a time", guest.len(), bench::HOST_BENCHES.len());
+            let (guest, host) = bench::select(payload, &filter, exact);
+            if bench && (!guest.is_empty() || host) {
+                let hosts = if host { bench::HOST_BENCHES.len() } else { 0 };
+                println!("\nbenchmarks: {} guest and {hosts} host, one at a time", guest.len());
                 bench_failed = benchmarks(&ctx, &guest, host, &BenchConfig::standard(), &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
