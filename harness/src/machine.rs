@@ -161,6 +161,17 @@ pub fn cpu_state(sregs: &mut kvm_sregs, payload: &Payload, case: &TestCase) -> k
     regs
 }
 
+/// Sets `sregs` and returns the general registers for application processor `index`:
+/// 64-bit CPL0 at the runtime's entry, with RDI = the case's descriptor, RSI = `index`
+/// and its own stack.
+pub fn ap_state(sregs: &mut kvm_sregs, payload: &Payload, case: &TestCase, index: u16) -> kvm_regs {
+    let long = TestCase { mode: Mode::Long64, ..case.clone() };
+    let mut regs = cpu_state(sregs, payload, &long);
+    regs.rsi = index.into();
+    regs.rsp = layout::ap_stack_top(index);
+    regs
+}
+
 fn set_data_segments(sregs: &mut kvm_sregs, seg: kvm_segment) {
     sregs.ds = seg;
     sregs.es = seg;

@@ -57,6 +57,8 @@ pub struct TestCase {
     pub timeout: Option<Duration>,
     pub requires: u64,
     pub flags: u32,
+    /// vCPUs to create (1 or more); the others idle as application processors.
+    pub vcpus: u16,
     pub entry: u64,
     /// Guest address of the descriptor (passed to 64-bit cases in RDI).
     pub desc_addr: u64,
@@ -219,6 +221,13 @@ fn decode_test(
     if matches!(mode, Mode::Real16 | Mode::Prot32) && !inside(raw.entry, 1, LOW) {
         return Err(bad(format!("{name}: a {} entry must lie in the low region", mode.name())));
     }
+    let vcpus = raw.vcpus.max(1);
+    if vcpus > layout::MAX_VCPUS {
+        return Err(bad(format!("{name}: {vcpus} vCPUs, at most {} are supported", layout::MAX_VCPUS)));
+    }
+    if vcpus > 1 && raw.requires & hvprobe_abi::requires::IRQCHIP == 0 {
+        return Err(bad(format!("{name}: application processors idle in HLT, which needs the in-kernel irqchip")));
+    }
     let area = name.split("::").next().unwrap_or_default().to_string();
     Ok(TestCase {
         file: String::from_utf8_lossy(raw.file).into_owned(),
@@ -226,6 +235,7 @@ fn decode_test(
         timeout: (raw.timeout_ms != 0).then(|| Duration::from_millis(raw.timeout_ms.into())),
         requires: raw.requires,
         flags: raw.flags,
+        vcpus,
         entry: raw.entry,
         desc_addr,
         name,

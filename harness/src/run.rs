@@ -5,8 +5,12 @@ use std::time::{Duration, Instant};
 
 use hvprobe_abi::proto::{self, service};
 use hvprobe_abi::{layout, port};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{Scope, ScopedJoinHandle};
+
 use kvm_bindings::{KVM_EXIT_IO_OUT, kvm_run};
-use kvm_ioctls::VcpuExit;
+use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::Devices;
 use crate::protocol::{self, GuestVerdict, Message, Metric};
@@ -210,19 +214,31 @@ impl Vm {
         let watchdog = Watchdog::arm(options.timeout, immediate_exit)?;
         let max_exits = options.max_exits.unwrap_or(u64::MAX);
         let mut exits = 0u64;
-        let end = loop {
-            if watchdog.fired() {
-                break RunEnd::Timeout { limit: options.timeout };
-            }
-            if exits == max_exits {
-                break RunEnd::ExitLimit { exits };
-            }
-            exits += 1;
-            let step = self.step(run_ptr, &mut devices, &mut report, &mut options);
-            if let Step::Stop(end) = step {
-                break end;
-            }
-        };
+        // The application processors run on their own threads for as long as vCPU 0 does.
+        let mut aps: Vec<VcpuFd> = self.vcpus.drain(1..).collect();
+        let ap_notes = Mutex::new(Vec::new());
+        let ap_stop = AtomicBool::new(false);
+        let ap_tids: Vec<AtomicU64> = aps.iter().map(|_| AtomicU64::new(0)).collect();
+        let end = std::thread::scope(|scope| {
+            let aps = ApThreads::start(scope, &mut aps, &ap_notes, &ap_stop, &ap_tids);
+            let end = loop {
+                if watchdog.fired() {
+                    break RunEnd::Timeout { limit: options.timeout };
+                }
+                if exits == max_exits {
+                    break RunEnd::ExitLimit { exits };
+                }
+                exits += 1;
+                let step = self.step(run_ptr, &mut devices, &mut report, &mut options);
+                if let Step::Stop(end) = step {
+                    break end;
+                }
+            };
+            aps.stop();
+            end
+        });
+        self.vcpus.extend(aps);
+        devices.notes.extend(ap_notes.into_inner().unwrap_or_else(|e| e.into_inner()));
         report.duration = start.elapsed();
         drop(watchdog);
         // SAFETY: as above; no KVM_RUN is in progress any more.
@@ -433,6 +449,72 @@ impl Vm {
             ],
             insn_bytes,
         })
+    }
+}
+
+/// The threads of the application processors during one run. An AP runs until vCPU 0's
+/// run ends; with the in-kernel irqchip its HLTs stay in the kernel, so any exit that
+/// reaches userspace ends it, with a note in the report.
+struct ApThreads<'scope> {
+    stop: &'scope AtomicBool,
+    threads: Vec<(ScopedJoinHandle<'scope, ()>, &'scope AtomicU64, ImmediateExit)>,
+}
+
+impl<'scope> ApThreads<'scope> {
+    fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        aps: &'scope mut [VcpuFd],
+        notes: &'scope Mutex<Vec<String>>,
+        stop: &'scope AtomicBool,
+        tids: &'scope [AtomicU64],
+    ) -> ApThreads<'scope> {
+        let mut threads = Vec::new();
+        for ((i, ap), tid) in aps.iter_mut().enumerate().zip(tids) {
+            let index = i + 1;
+            // The byte lives in this vCPU's kvm_run mapping, which lives as long as the
+            // VcpuFd, which outlives the scope.
+            let immediate_exit = ImmediateExit(&raw mut ap.get_kvm_run().immediate_exit);
+            let handle = scope.spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+                while !stop.load(Ordering::SeqCst) {
+                    let note = match ap.run() {
+                        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                        Err(e) => format!("vCPU {index}: KVM_RUN failed: {e}"),
+                        Ok(exit) => format!("vCPU {index} stopped at an exit to userspace: {exit:?}"),
+                    };
+                    notes.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+                    break;
+                }
+            });
+            threads.push((handle, tid, immediate_exit));
+        }
+        ApThreads { stop, threads }
+    }
+
+    /// Stops every AP: the flag, immediate_exit, and the kick signal until each returns.
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (_, _, ie) in &self.threads {
+            // SAFETY: see `start`; a byte store racing with KVM's read of it is what the
+            // KVM API intends (api.rst, immediate_exit).
+            unsafe { ie.0.write_volatile(1) };
+        }
+        for (handle, tid, _) in &self.threads {
+            while !handle.is_finished() {
+                let t = tid.load(Ordering::SeqCst);
+                if t != 0 {
+                    // SAFETY: the thread is alive (not finished) and `t` is its pthread_t.
+                    unsafe { libc::pthread_kill(t as libc::pthread_t, crate::watchdog::kick_signal()) };
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        for (handle, _, ie) in self.threads {
+            let _ = handle.join();
+            // SAFETY: as above; the thread has ended, so no KVM_RUN is using the byte.
+            unsafe { ie.0.write_volatile(0) };
+        }
     }
 }
 

@@ -18,8 +18,9 @@ pub type CpuidEdit = Box<dyn FnOnce(&mut Vec<kvm_cpuid_entry2>) + Send>;
 
 /// How to build the VM.
 pub struct VmConfig {
-    /// vCPUs to create (at least 1). vCPU 0 runs the case; with the in-kernel irqchip
-    /// the others wait for INIT/SIPI as application processors do.
+    /// vCPUs to create (at least 1). vCPU 0 runs the case; the others start in 64-bit
+    /// CPL0 at the runtime's entry, which idles them (`rt::smp`), and `Vm::run` runs each
+    /// on its own thread. They need the in-kernel irqchip.
     pub vcpus: u32,
     /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC) with KVM_CREATE_IRQCHIP.
     pub irqchip: bool,
@@ -104,6 +105,15 @@ impl Vm {
             let fam = CpuId::from_entries(&table).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
             vcpu.set_cpuid2(&fam).map_err(Error::kvm("KVM_SET_CPUID2"))?;
             vcpus.push(vcpu);
+        }
+        for (index, ap) in vcpus.iter().enumerate().skip(1) {
+            let mut sregs = ap.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+            let regs = machine::ap_state(&mut sregs, payload, case, index as u16);
+            ap.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+            ap.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+            // With the in-kernel irqchip an AP waits for INIT/SIPI; this one starts now.
+            ap.set_mp_state(kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE })
+                .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
         }
         let boot = &vcpus[0];
         let mut sregs = boot.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;

@@ -301,7 +301,7 @@ fn ioevent_of(name: &str) -> Option<&'static str> {
 
 fn config_for(case: &TestCase) -> VmConfig {
     VmConfig {
-        vcpus: 1,
+        vcpus: case.vcpus.into(),
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: None,
         ioeventfds: case.requires & requires::IOEVENTFD != 0,

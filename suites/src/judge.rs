@@ -166,6 +166,7 @@ mod tests {
             timeout: Some(Duration::from_secs(1)),
             requires: 0,
             flags,
+            vcpus: 1,
             entry: 0x100000,
             desc_addr: 0x10a000,
         }

@@ -122,7 +122,7 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
         return (harness_error(r, why), None);
     }
     let config = VmConfig {
-        vcpus: 1,
+        vcpus: case.vcpus.into(),
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
         ioeventfds: case.requires & requires::IOEVENTFD != 0,

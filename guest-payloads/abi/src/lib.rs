@@ -59,6 +59,16 @@ pub mod layout {
     pub const IOEVENTFD_MMIO: u64 = 0xc000_2000;
     /// Default xAPIC base.
     pub const APIC_BASE: u64 = 0xfee0_0000;
+    /// Stacks of the application processors (vCPUs 1 to [`MAX_VCPUS`] - 1), 16 KiB each,
+    /// above the RSP0 stack.
+    pub const AP_STACKS: u64 = 0x90000;
+    pub const AP_STACK_SIZE: u64 = 0x4000;
+    pub const MAX_VCPUS: u16 = 5;
+
+    /// The stack top of vCPU `index` (1 or more).
+    pub const fn ap_stack_top(index: u16) -> u64 {
+        AP_STACKS + AP_STACK_SIZE * index as u64
+    }
 }
 
 /// Segment selectors of the harness-built GDT.
@@ -210,7 +220,10 @@ pub struct TestDesc {
     pub magic: u32,
     pub mode: u8,
     pub path: u8,
-    pub _reserved: u16,
+    /// vCPUs the case runs with; 0 means 1. vCPU 0 runs the case; the others start at
+    /// `BootHeader::entry64` in 64-bit CPL0 with RSI = their index and their own stack
+    /// ([`layout::ap_stack_top`]), where the runtime idles them.
+    pub vcpus: u16,
     /// NUL-padded `area::case::variant`.
     pub name: [u8; NAME_LEN],
     /// NUL-padded source file of the test.
@@ -229,6 +242,7 @@ pub struct TestDesc {
 pub struct RawTestDesc<'a> {
     pub mode: u8,
     pub path: u8,
+    pub vcpus: u16,
     pub name: &'a [u8],
     pub file: &'a [u8],
     pub line: u32,
@@ -254,6 +268,7 @@ impl TestDesc {
         Some(RawTestDesc {
             mode: bytes[offset_of!(TestDesc, mode)],
             path: bytes[offset_of!(TestDesc, path)],
+            vcpus: u16::from_le_bytes([bytes[offset_of!(TestDesc, vcpus)], bytes[offset_of!(TestDesc, vcpus) + 1]]),
             name: trim_nul(name),
             file: trim_nul(file),
             line: read_u32(bytes, offset_of!(TestDesc, line))?,
@@ -303,7 +318,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 4;
+    pub const ABI_VERSION: u32 = 5;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {

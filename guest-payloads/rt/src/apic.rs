@@ -6,6 +6,9 @@ pub mod reg {
     pub const VERSION: u32 = 0x30;
     pub const TPR: u32 = 0x80;
     pub const EOI: u32 = 0xb0;
+    /// Logical destination and destination format (xAPIC only; SDM Vol. 3A, 11.6.2.2).
+    pub const LDR: u32 = 0xd0;
+    pub const DFR: u32 = 0xe0;
     pub const SVR: u32 = 0xf0;
     pub const LVT_TIMER: u32 = 0x320;
     pub const TIMER_INITIAL: u32 = 0x380;

@@ -84,9 +84,13 @@ static BOOT_HEADER: BootHeader = BootHeader {
 };
 
 /// Runs the 64-bit test case whose descriptor the harness passed in RDI, then reports a
-/// pass: a failing check reports and halts before it gets here.
+/// pass: a failing check reports and halts before it gets here. An application processor
+/// (RSI = its vCPU index, not 0) idles instead.
 #[unsafe(no_mangle)]
-extern "C" fn hvprobe_run_case(desc: &'static TestDesc) -> ! {
+extern "C" fn hvprobe_run_case(desc: &'static TestDesc, vcpu: u64) -> ! {
+    if vcpu != 0 {
+        crate::smp::ap_main(vcpu);
+    }
     // SAFETY: the harness put the address of a descriptor from the test table in RDI, and
     // that descriptor's entry is a `test_case!` body with no preconditions.
     unsafe { (desc.entry)() };

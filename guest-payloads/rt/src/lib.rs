@@ -15,6 +15,7 @@ mod entry;
 pub mod exception;
 pub mod paging;
 pub mod proto;
+pub mod smp;
 #[doc(hidden)]
 pub mod testcase;
 pub mod user;

@@ -69,28 +69,28 @@ impl<T> NoValue for &Probe<'_, T> {
 /// ```
 ///
 /// Options after `path`: `requires = abi::requires::X | ...`, `timeout_ms = N`,
-/// `flags = abi::flags::X`.
+/// `flags = abi::flags::X`, `vcpus = N` (the other vCPUs idle in `rt::smp`).
 #[macro_export]
 macro_rules! test_case {
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
-        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? ;
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)? ;
         fn $fn:ident() $body:block
     ) => {
         $(#[$meta])*
         extern "C" fn $fn() $body
-        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], $fn);
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?], $fn);
     };
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
-        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? ;
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)? ;
         entry = $entry:ident
     ) => {
-        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], $entry);
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?], $entry);
     };
-    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], $entry:expr) => {
+    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?], $entry:expr) => {
         const _: () = {
             #[used]
             #[unsafe(link_section = ".hvprobe.tests")]
@@ -98,7 +98,7 @@ macro_rules! test_case {
                 magic: $crate::abi::TestDesc::MAGIC,
                 mode: $crate::abi::Mode::$mode as u8,
                 path: $crate::abi::Path::$path as u8,
-                _reserved: 0,
+                vcpus: 0 $(+ $n)?,
                 name: $crate::abi::fixed_str($name),
                 file: $crate::abi::fixed_str(file!()),
                 line: line!(),

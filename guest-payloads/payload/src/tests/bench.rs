@@ -6,6 +6,7 @@
 //! `BENCH`, so the conformance runners never list them.
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use hvprobe_rt::abi::{self, flags::BENCH, layout, port, requires};
 use hvprobe_rt::apic::{Apic, reg};
@@ -17,6 +18,7 @@ use x86::msr;
 const HYPERCALL_LIMIT_MS: u32 = 2000;
 
 const APIC_ICR_LOW: u32 = 0x300;
+const APIC_ICR_HIGH: u32 = 0x310;
 /// ICR destination shorthand "self" (SDM Vol. 3A, 11.6.1).
 const ICR_SELF: u32 = 1 << 18;
 const IPI_VECTOR: u8 = 0x41;
@@ -286,6 +288,14 @@ hv_bench_eoi_xapic:
     mov dword ptr [rax], 0
     pop rax
     iretq
+    .global hv_bench_ipi_ack
+hv_bench_ipi_ack:
+    lock inc qword ptr [rip + {ack}]
+    push rax
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
     .global hv_bench_eoi_x2apic
 hv_bench_eoi_x2apic:
     push rax
@@ -299,8 +309,12 @@ hv_bench_eoi_x2apic:
     pop rcx
     pop rax
     iretq
-"#
+"#,
+    ack = sym IPI_ACKS,
 );
+
+/// Incremented by `hv_bench_ipi_ack` on whichever vCPU takes the IPI.
+static IPI_ACKS: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" {
     /// #UD: steps over the two-byte UD2 and returns.
@@ -309,6 +323,8 @@ unsafe extern "C" {
     fn hv_bench_eoi_xapic();
     /// An interrupt: writes the x2APIC EOI MSR and returns.
     fn hv_bench_eoi_x2apic();
+    /// An interrupt: counts itself in `IPI_ACKS`, writes the xAPIC EOI register, returns.
+    fn hv_bench_ipi_ack();
 }
 
 /// Points IDT gate `vector` at `handler`, keeping its selector, IST and attributes
@@ -323,6 +339,28 @@ fn set_gate(vector: u8, handler: unsafe extern "C" fn()) {
         core::ptr::write_volatile(gate.cast::<u16>(), a as u16);
         core::ptr::write_volatile(gate.add(6).cast::<u16>(), (a >> 16) as u16);
         core::ptr::write_volatile(gate.add(8).cast::<u32>(), (a >> 32) as u32);
+    }
+}
+
+test_case! {
+    /// An IPI to another vCPU and its answer: vCPU 0 writes the xAPIC ICR (fixed, physical
+    /// destination APIC ID 1), vCPU 1 takes the interrupt in its idle HLT, counts it and
+    /// EOIs, and vCPU 0 spins until it sees the count move: kvm-unit-tests' `ipi`.
+    name = "bench::ipi::xapic", mode = Long64, path = Full, requires = requires::IRQCHIP, flags = BENCH, vcpus = 2;
+    fn bench_ipi_xapic() {
+        set_gate(IPI_VECTOR, hv_bench_ipi_ack);
+        let apic = Apic::XApic.enable();
+        if !hvprobe_rt::smp::wait_online(1, 1_000_000) {
+            hvprobe_rt::skip!("vCPU 1 did not come online");
+        }
+        serve(|| {
+            let before = IPI_ACKS.load(SeqCst);
+            apic.write(APIC_ICR_HIGH, 1 << 24);
+            apic.write(APIC_ICR_LOW, IPI_VECTOR as u32);
+            while IPI_ACKS.load(SeqCst) == before {
+                core::hint::spin_loop();
+            }
+        })
     }
 }
 

@@ -70,3 +70,100 @@ test_case! {
         check!((version >> 16) & 0xff >= 4, "max LVT entry {}", (version >> 16) & 0xff);
     }
 }
+
+/// IPIs between vCPUs (SDM Vol. 3A, 11.6: issuing interprocessor interrupts). The
+/// application processors idle in `rt::smp` with their xAPIC enabled; this handler runs on
+/// whichever takes the IPI and records its APIC ID.
+const IPI_VECTOR: u8 = 0x43;
+static IPI_TAKEN: AtomicU64 = AtomicU64::new(0);
+/// Bit n set: the vCPU with APIC ID n took the IPI.
+static IPI_TAKERS: AtomicU64 = AtomicU64::new(0);
+const ICR_LOW: u32 = 0x300;
+const ICR_HIGH: u32 = 0x310;
+/// Polls of a shared counter before an IPI counts as lost (each poll is an emulated
+/// instruction or two at CPL0 on PVM: seconds in all, far beyond any delivery).
+const IPI_SPINS: u64 = 2_000_000;
+
+fn ipi_taker(_: &mut Frame) {
+    let id = Apic::XApic.read(reg::ID) >> 24;
+    IPI_TAKERS.fetch_or(1 << id, SeqCst);
+    IPI_TAKEN.fetch_add(1, SeqCst);
+    Apic::XApic.eoi();
+}
+
+/// Sends an IPI with `icr_low` to `dest` and waits until `expect` vCPUs took it.
+fn send_ipi_and_wait(aps: u64, dest: u32, icr_low: u32, expect: u64) {
+    set_handler(IPI_VECTOR, ipi_taker);
+    let apic = Apic::XApic.enable();
+    check!(hvprobe_rt::smp::wait_online(aps, IPI_SPINS), "{aps} application processors did not come online");
+    apic.write(ICR_HIGH, dest << 24);
+    let start = cpu::rdtsc();
+    apic.write(ICR_LOW, icr_low);
+    let mut spins = 0;
+    while IPI_TAKEN.load(SeqCst) < expect && spins < IPI_SPINS {
+        spins += 1;
+        core::hint::spin_loop();
+    }
+    metric("ipi_to_taken", "cycles", cpu::rdtsc() - start);
+    check_eq!(IPI_TAKEN.load(SeqCst), expect, "vCPUs that took the IPI");
+    check_eq!(apic.read(ICR_LOW) & (1 << 12), 0, "ICR delivery status is idle after delivery");
+}
+
+test_case! {
+    /// A fixed IPI with physical destination APIC ID 1 reaches vCPU 1, once, and no other
+    /// vCPU (SDM Vol. 3A, 11.6.1 and 11.6.2.1).
+    name = "irq::ipi_fixed_physical::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 3;
+    fn ipi_fixed_physical() {
+        send_ipi_and_wait(2, 1, IPI_VECTOR as u32, 1);
+        check_eq!(IPI_TAKERS.load(SeqCst), 1 << 1, "APIC IDs that took the IPI (bit n = ID n)");
+    }
+}
+
+test_case! {
+    /// "All excluding self" (ICR destination shorthand 11b) reaches every other vCPU once
+    /// and not the sender (SDM Vol. 3A, 11.6.1, destination shorthand).
+    name = "irq::ipi_all_but_self::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 3;
+    fn ipi_all_but_self() {
+        send_ipi_and_wait(2, 0, (0b11 << 18) | IPI_VECTOR as u32, 2);
+        check_eq!(IPI_TAKERS.load(SeqCst), 0b110, "APIC IDs that took the IPI (bit n = ID n)");
+    }
+}
+
+test_case! {
+    /// A fixed IPI in logical flat mode: with LDRs 0x01 (vCPU 0), 0x02 (vCPU 1) and 0x04
+    /// (vCPU 2) and DFR flat, destination 0x06 reaches vCPUs 1 and 2 (SDM Vol. 3A,
+    /// 11.6.2.2). Each AP sets its own LDR from the IPI handler's first run, so the case
+    /// first wakes each AP with a physical IPI.
+    name = "irq::ipi_logical_flat::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 3;
+    fn ipi_logical_flat() {
+        set_handler(IPI_VECTOR, ipi_set_ldr);
+        let apic = Apic::XApic.enable();
+        apic.write(reg::LDR, 1 << 24);
+        apic.write(reg::DFR, 0xffff_ffff);
+        check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
+        for id in 1..=2u32 {
+            apic.write(ICR_HIGH, id << 24);
+            apic.write(ICR_LOW, IPI_VECTOR as u32);
+            let mut spins = 0;
+            while IPI_TAKEN.load(SeqCst) < id as u64 && spins < IPI_SPINS {
+                spins += 1;
+                core::hint::spin_loop();
+            }
+        }
+        check_eq!(IPI_TAKEN.load(SeqCst), 2, "physical IPIs that set the APs' LDRs");
+        IPI_TAKERS.store(0, SeqCst);
+        set_handler(IPI_VECTOR, ipi_taker);
+        send_ipi_and_wait(2, 0x06, (1 << 11) | IPI_VECTOR as u32, 4);
+        check_eq!(IPI_TAKERS.load(SeqCst), 0b110, "APIC IDs that took the logical IPI (bit n = ID n)");
+    }
+}
+
+/// First IPI on an AP: program its LDR as bit (APIC ID) in flat mode, then count.
+fn ipi_set_ldr(_: &mut Frame) {
+    let apic = Apic::XApic;
+    let id = apic.read(reg::ID) >> 24;
+    apic.write(reg::DFR, 0xffff_ffff);
+    apic.write(reg::LDR, 1 << (24 + id));
+    IPI_TAKEN.fetch_add(1, SeqCst);
+    apic.eoi();
+}
