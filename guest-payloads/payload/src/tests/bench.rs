@@ -195,6 +195,15 @@ test_case! {
 }
 
 test_case! {
+    /// OUT to the master PIC's IMR (all lines masked, as it already is): port I/O answered
+    /// inside KVM by the in-kernel PIC.
+    name = "bench::pio_out_kernel::long64", mode = Long64, path = Full, requires = requires::IRQCHIP, flags = BENCH;
+    fn bench_pio_out_kernel() {
+        serve(|| outb(port::PIC_MASTER_DATA, 0xff))
+    }
+}
+
+test_case! {
     /// OUT to the port test device: an exit to userspace and back.
     name = "bench::pio_out_user::long64", mode = Long64, path = Full, flags = BENCH;
     fn bench_pio_out_user() {
