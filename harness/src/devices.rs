@@ -14,8 +14,8 @@ pub struct Devices {
     /// Every byte written to the console, kept or not.
     pub console_total: u64,
     pub console_truncated: bool,
-    port_regs: [u8; port::TEST_IO_LEN as usize],
-    mmio_regs: [u8; 256],
+    pub port_regs: [u8; port::TEST_IO_LEN as usize],
+    pub mmio_regs: [u8; 256],
     pub notes: Vec<String>,
     pub notes_dropped: u64,
 }
@@ -35,6 +35,18 @@ impl Default for Devices {
 }
 
 impl Devices {
+    /// The per-run captures (console, notes), leaving the device registers, which belong
+    /// to the VM for as long as it lives and travel in its snapshots.
+    pub fn take_captures(&mut self) -> Devices {
+        let mut captures = Devices { port_regs: self.port_regs, mmio_regs: self.mmio_regs, ..Devices::default() };
+        std::mem::swap(&mut captures.console, &mut self.console);
+        std::mem::swap(&mut captures.notes, &mut self.notes);
+        captures.console_total = std::mem::take(&mut self.console_total);
+        captures.console_truncated = std::mem::take(&mut self.console_truncated);
+        captures.notes_dropped = std::mem::take(&mut self.notes_dropped);
+        captures
+    }
+
     fn note(&mut self, text: String) {
         if self.notes.len() < NOTE_LIMIT {
             self.notes.push(text);

@@ -22,6 +22,8 @@ pub enum Error {
     EventFd(String),
     #[error("{0}")]
     Floor(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     #[error("cannot start the watchdog: {0}")]
     Watchdog(String),
 }

@@ -7,14 +7,17 @@
 //! /dev/kvm.
 
 mod devices;
+mod dirty;
 mod error;
 pub mod floor;
 pub mod host;
 mod machine;
 mod memory;
+pub mod migrate;
 pub mod payload;
 mod protocol;
 mod run;
+pub mod snapshot;
 mod state;
 mod stats;
 mod vm;
@@ -26,6 +29,7 @@ pub use memory::GuestMemory;
 pub use payload::{Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
 pub use run::{CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, ServiceHandler, hex as run_hex};
+pub use snapshot::Snapshot;
 pub use state::VcpuState;
 pub use stats::StatDelta;
 pub use vm::{CpuidEdit, IOEVENTS, Vm, VmConfig};

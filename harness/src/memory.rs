@@ -46,6 +46,12 @@ impl GuestMemory {
         self.ptr.as_ptr() as u64
     }
 
+    /// A non-owning view for a thread that reads this memory while another thread holds
+    /// the VM mutably (the pre-copy of a live migration).
+    pub(crate) fn raw_view(&self) -> RawView {
+        RawView { ptr: self.ptr.as_ptr(), size: self.size }
+    }
+
     /// Maps this memory at guest-physical 0 as memory slot 0 of `vm`.
     ///
     /// # Safety
@@ -123,5 +129,38 @@ mod tests {
         assert!(matches!(m.write_u64(0x1ffc, 1), Err(Error::OutOfBounds { .. })));
         assert!(m.read_vec(u64::MAX - 1, 4).is_err());
         assert!(m.read_vec(0, 0x2001).is_err());
+    }
+}
+
+/// See [`GuestMemory::raw_view`].
+#[derive(Clone, Copy)]
+pub(crate) struct RawView {
+    ptr: *const u8,
+    size: u64,
+}
+
+// SAFETY: a view only copies out of the mapping, like `GuestMemory`'s own `&self` reads.
+unsafe impl Send for RawView {}
+// SAFETY: as above.
+unsafe impl Sync for RawView {}
+
+impl RawView {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Copies `buf.len()` bytes from guest-physical `addr`.
+    ///
+    /// # Safety
+    /// The `GuestMemory` the view came from must still be mapped.
+    pub unsafe fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        match addr.checked_add(buf.len() as u64) {
+            // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
+            Some(end) if end <= self.size => unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.add(addr as usize), buf.as_mut_ptr(), buf.len());
+                Ok(())
+            },
+            _ => Err(Error::OutOfBounds { addr, len: buf.len() as u64 }),
+        }
     }
 }

@@ -33,11 +33,25 @@ pub struct RunOptions {
     /// Stop after this many exits to userspace (`RunEnd::ExitLimit`): how a benchmark
     /// times the run loop on a guest that never stops by itself.
     pub max_exits: Option<u64>,
+    /// Stop the guest wherever it is after this long (`RunEnd::Paused`): a save at a
+    /// point the guest did not choose.
+    pub pause_after: Option<Duration>,
+    /// Stop the guest wherever it is when this flag is raised and the vCPU thread kicked
+    /// (see `Vm::live_migrate`).
+    pub stop: Option<std::sync::Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { timeout: Duration::from_secs(10), services: None, seed: 0, only_case: None, max_exits: None }
+        RunOptions {
+            timeout: Duration::from_secs(10),
+            services: None,
+            seed: 0,
+            only_case: None,
+            max_exits: None,
+            pause_after: None,
+            stop: None,
+        }
     }
 }
 
@@ -76,6 +90,15 @@ pub enum RunEnd {
     KvmRunFailed(String),
     /// `RunOptions::max_exits` exits happened.
     ExitLimit { exits: u64 },
+    /// The guest asked to be saved (service CHECKPOINT with this tag); it continues at
+    /// the next `run`, of this VM or of one restored from its snapshot.
+    Checkpoint { tag: u64 },
+    /// `RunOptions::pause_after` passed, or `RunOptions::stop` was raised; the guest
+    /// continues at the next `run`.
+    Paused,
+    /// A check the host made around the guest failed (a migration that did not copy
+    /// memory exactly, a restore in another process that did not finish, ...).
+    HostCheck(String),
 }
 
 impl RunEnd {
@@ -93,6 +116,9 @@ impl RunEnd {
             RunEnd::UnexpectedExit(_) => "unexpected_exit",
             RunEnd::KvmRunFailed(_) => "kvm_run_failed",
             RunEnd::ExitLimit { .. } => "exit_limit",
+            RunEnd::Checkpoint { .. } => "checkpoint",
+            RunEnd::Paused => "paused",
+            RunEnd::HostCheck(_) => "host_check",
         }
     }
 
@@ -117,6 +143,9 @@ impl RunEnd {
             RunEnd::UnexpectedExit(m) => format!("unexpected exit: {m}"),
             RunEnd::KvmRunFailed(m) => format!("KVM_RUN failed: {m}"),
             RunEnd::ExitLimit { exits } => format!("stopped after {exits} exits, as asked"),
+            RunEnd::Checkpoint { tag } => format!("the guest asked to be saved (checkpoint {tag})"),
+            RunEnd::Paused => "paused by the host, as asked".into(),
+            RunEnd::HostCheck(m) => format!("host check failed: {m}"),
             RunEnd::Verdict => "the guest reported a verdict".into(),
             RunEnd::Hlt => "KVM_EXIT_HLT: the guest halted".into(),
             RunEnd::Shutdown => "KVM_EXIT_SHUTDOWN: triple fault or unrecoverable event".into(),
@@ -205,13 +234,14 @@ impl Vm {
     /// Runs vCPU 0 until the case ends. Errors are harness problems only.
     pub fn run(&mut self, mut options: RunOptions) -> Result<RunReport, Error> {
         let mut report = RunReport::default();
-        let mut devices = Devices::default();
+        let mut devices = std::mem::take(&mut self.devices);
         let before = self.stats.as_ref().map(|s| s.read()).transpose()?;
         let run_ptr: *mut kvm_run = self.vcpus[0].get_kvm_run();
         // SAFETY: run_ptr points into vCPU 0's kvm_run mapping, live for as long as `self`.
         let immediate_exit = ImmediateExit(unsafe { &raw mut (*run_ptr).immediate_exit });
         let start = Instant::now();
         let watchdog = Watchdog::arm(options.timeout, immediate_exit)?;
+        let pause = options.pause_after.map(|after| Watchdog::arm(after, immediate_exit)).transpose()?;
         let max_exits = options.max_exits.unwrap_or(u64::MAX);
         let mut exits = 0u64;
         // The application processors run on their own threads for as long as vCPU 0 does.
@@ -224,6 +254,11 @@ impl Vm {
             let end = loop {
                 if watchdog.fired() {
                     break RunEnd::Timeout { limit: options.timeout };
+                }
+                if pause.as_ref().is_some_and(Watchdog::fired)
+                    || options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+                {
+                    break RunEnd::Paused;
                 }
                 if exits == max_exits {
                     break RunEnd::ExitLimit { exits };
@@ -239,12 +274,18 @@ impl Vm {
         });
         self.vcpus.extend(aps);
         devices.notes.extend(ap_notes.into_inner().unwrap_or_else(|e| e.into_inner()));
+        let devices = {
+            let captures = devices.take_captures();
+            self.devices = devices;
+            captures
+        };
         report.duration = start.elapsed();
         drop(watchdog);
+        drop(pause);
         // SAFETY: as above; no KVM_RUN is in progress any more.
         unsafe { (*run_ptr).immediate_exit = 0 };
 
-        if end != RunEnd::Verdict {
+        if !matches!(end, RunEnd::Verdict | RunEnd::Checkpoint { .. } | RunEnd::Paused) {
             report.snapshot = self.snapshot().ok();
         }
         if let (Some(stats), Some(before)) = (&self.stats, before) {
@@ -373,6 +414,12 @@ impl Vm {
                 Step::Continue
             }
             Ok(Message::Service { id, args, addr }) => {
+                if id == service::CHECKPOINT {
+                    return match protocol::complete_service(&self.memory, addr, proto::SERVICE_OK, 0) {
+                        Ok(()) => Step::Stop(RunEnd::Checkpoint { tag: args[0] }),
+                        Err(e) => Step::Stop(RunEnd::ProtocolError(e)),
+                    };
+                }
                 let answer = match options.services.as_mut().and_then(|h| h(id, args)) {
                     Some(a) => Some(a),
                     None => match id {
@@ -394,7 +441,7 @@ impl Vm {
         }
     }
 
-    fn builtin_service(&self, id: u32, args: [u64; 4], devices: &Devices) -> Option<Result<u64, ()>> {
+    fn builtin_service(&mut self, id: u32, args: [u64; 4], devices: &Devices) -> Option<Result<u64, ()>> {
         match id {
             service::ECHO_XOR => Some(Ok(args[0] ^ args[1])),
             service::CPUID_AS_SET => {
@@ -416,6 +463,7 @@ impl Vm {
                     .ok_or(()),
             ),
             service::CONSOLE_BYTES => Some(Ok(devices.console_total)),
+            service::DIRTY_LOG => Some(self.dirty_service(args)),
             _ => None,
         }
     }

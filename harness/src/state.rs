@@ -10,9 +10,11 @@ use kvm_ioctls::{Cap, VcpuFd};
 use crate::{Error, Kvm, Vm};
 
 /// One vCPU's state: everything KVM_GET_* returns for it.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct VcpuState {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
+    #[serde(with = "fpu_bytes")]
     pub fpu: kvm_fpu,
     /// KVM_GET_XSAVE, when KVM_CAP_XSAVE is offered.
     pub xsave: Option<kvm_xsave>,
@@ -98,15 +100,7 @@ impl Vm {
         if let Some(xcrs) = &state.xcrs {
             vcpu.set_xcrs(xcrs).map_err(Error::kvm("KVM_SET_XCRS"))?;
         }
-        let msrs = Msrs::from_entries(&state.msrs).map_err(|e| Error::Floor(format!("MSR list: {e:?}")))?;
-        let n = vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
-        if n != state.msrs.len() {
-            let bad = state.msrs[n].index;
-            return Err(Error::Floor(format!(
-                "KVM_SET_MSRS wrote {n} of {} MSRs; MSR {bad:#x} refused",
-                state.msrs.len()
-            )));
-        }
+        set_msrs(vcpu, &state.msrs)?;
         if let Some(lapic) = &state.lapic {
             vcpu.set_lapic(lapic).map_err(Error::kvm("KVM_SET_LAPIC"))?;
         }
@@ -115,6 +109,35 @@ impl Vm {
         vcpu.set_debug_regs(&state.debugregs).map_err(Error::kvm("KVM_SET_DEBUGREGS"))?;
         Ok(())
     }
+}
+
+/// KVM_SET_MSRS of `entries`. KVM stops at the first MSR it refuses. Some MSRs read fine
+/// but refuse even their own value in some configurations (upstream KVM refuses
+/// MSR_KVM_ASYNC_PF_INT = 0 without an in-kernel LAPIC: kvm_pv_enable_async_pf_int); such
+/// an MSR is skipped when the vCPU already holds the saved value, so the restored state is
+/// still exact. Any other refusal is an error naming the MSR.
+fn set_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), Error> {
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let msrs = Msrs::from_entries(rest).map_err(|e| Error::Snapshot(format!("MSR list: {e:?}")))?;
+        let n = vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+        if n == rest.len() {
+            break;
+        }
+        let refused = rest[n];
+        let mut probe = Msrs::from_entries(&[kvm_msr_entry { index: refused.index, ..Default::default() }])
+            .map_err(|e| Error::Snapshot(format!("MSR list: {e:?}")))?;
+        let read = vcpu.get_msrs(&mut probe).map_err(Error::kvm("KVM_GET_MSRS"))?;
+        let current = probe.as_slice().first().map(|e| e.data);
+        if read != 1 || current != Some(refused.data) {
+            return Err(Error::Snapshot(format!(
+                "KVM_SET_MSRS refused MSR {:#x} = {:#x} (the vCPU holds {current:#x?})",
+                refused.index, refused.data
+            )));
+        }
+        rest = &rest[n + 1..];
+    }
+    Ok(())
 }
 
 /// Which optional state KVM offers.
@@ -133,4 +156,29 @@ impl StateCaps {
 /// The host's MSR index list (KVM_GET_MSR_INDEX_LIST).
 pub(crate) fn msr_index_list(kvm: &kvm_ioctls::Kvm) -> Result<Vec<u32>, Error> {
     Ok(kvm.get_msr_index_list().map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec())
+}
+
+/// kvm_fpu has no serde support in kvm-bindings: it is written as its bytes.
+mod fpu_bytes {
+    use kvm_bindings::kvm_fpu;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(fpu: &kvm_fpu, s: S) -> Result<S::Ok, S::Error> {
+        // SAFETY: kvm_fpu is a repr(C) struct of integer arrays with no padding; viewing it
+        // as bytes reads initialised memory only.
+        let bytes = unsafe { std::slice::from_raw_parts((fpu as *const kvm_fpu).cast::<u8>(), size_of::<kvm_fpu>()) };
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<kvm_fpu, D::Error> {
+        let bytes = Vec::<u8>::deserialize(d)?;
+        if bytes.len() != size_of::<kvm_fpu>() {
+            return Err(serde::de::Error::invalid_length(bytes.len(), &"the size of kvm_fpu"));
+        }
+        let mut fpu = kvm_fpu::default();
+        // SAFETY: every byte pattern is a valid kvm_fpu (integers only), and the lengths
+        // were just checked to match.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut fpu as *mut kvm_fpu).cast::<u8>(), bytes.len()) };
+        Ok(fpu)
+    }
 }

@@ -57,7 +57,7 @@ pub struct Vm {
     pub(crate) ioevents: Vec<EventFd>,
     /// The VM lives until its last fd closes; this field is declared before `memory` so
     /// that it closes first.
-    _vm: VmFd,
+    pub(crate) vm_fd: VmFd,
     pub(crate) memory: GuestMemory,
     pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
@@ -65,6 +65,9 @@ pub struct Vm {
     pub(crate) caps: StateCaps,
     pub(crate) msr_index_list: Vec<u32>,
     pub(crate) state_msrs: OnceLock<Vec<u32>>,
+    pub(crate) dirty: crate::dirty::DirtyRecord,
+    /// The userspace devices' registers, which live as long as the VM.
+    pub(crate) devices: crate::devices::Devices,
 }
 
 impl Vm {
@@ -130,7 +133,7 @@ impl Vm {
             stats,
             stats_error,
             ioevents,
-            _vm: vm,
+            vm_fd: vm,
             memory,
             cpuid,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
@@ -138,6 +141,8 @@ impl Vm {
             caps: kvm.state_caps,
             msr_index_list: kvm.msr_index_list.clone(),
             state_msrs: OnceLock::new(),
+            dirty: Default::default(),
+            devices: Default::default(),
         })
     }
 

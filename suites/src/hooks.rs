@@ -10,6 +10,27 @@ pub struct Hook {
     pub name: &'static str,
     /// Edits the CPUID table before KVM_SET_CPUID2.
     pub cpuid_edit: Option<fn(&mut Vec<kvm_cpuid_entry2>)>,
+    /// What the host does to the running guest (see `crate::migrate`).
+    pub migrate: Option<Migrate>,
+}
+
+/// How the host moves a guest while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrate {
+    /// At each checkpoint: save the VM, restore it into a fresh VM in this process, go on.
+    Restore,
+    /// At the first checkpoint: write the snapshot to a file and restore it in a new
+    /// process, which runs the case to its end.
+    CrossProcess,
+    /// Pause the guest this many times at random (seeded) moments; save and restore each
+    /// time.
+    RandomPauses(u32),
+    /// Live migration with dirty logging while the guest runs.
+    Live,
+}
+
+const fn migrate(name: &'static str, how: Migrate) -> Hook {
+    Hook { name, cpuid_edit: None, migrate: Some(how) }
 }
 
 /// CPUID.1:ECX.MOVBE[22] and RDRAND[30] removed: the guest checks they stay absent.
@@ -20,8 +41,37 @@ fn remove_movbe_rdrand(table: &mut Vec<kvm_cpuid_entry2>) {
     }
 }
 
-pub const HOOKS: &[Hook] =
-    &[Hook { name: "cpu::cpuid_removed_feature::long64", cpuid_edit: Some(remove_movbe_rdrand) }];
+pub const HOOKS: &[Hook] = &[
+    Hook { name: "cpu::cpuid_removed_feature::long64", cpuid_edit: Some(remove_movbe_rdrand), migrate: None },
+    migrate("state::restore_memory::long64", Migrate::Restore),
+    migrate("state::restore_memory::user64", Migrate::Restore),
+    migrate("state::restore_gprs::long64", Migrate::Restore),
+    migrate("state::restore_gprs::user64", Migrate::Restore),
+    migrate("state::restore_sse::long64", Migrate::Restore),
+    migrate("state::restore_sse::cpl3", Migrate::Restore),
+    migrate("state::restore_x87::long64", Migrate::Restore),
+    migrate("state::restore_x87::user64", Migrate::Restore),
+    migrate("state::restore_msrs::long64", Migrate::Restore),
+    migrate("state::restore_control_regs::long64", Migrate::Restore),
+    migrate("state::restore_debug_regs::long64", Migrate::Restore),
+    migrate("state::restore_segments::long64", Migrate::Restore),
+    migrate("state::restore_tsc::long64", Migrate::Restore),
+    migrate("state::restore_lapic_regs::xapic", Migrate::Restore),
+    migrate("state::restore_lapic_timer::xapic", Migrate::Restore),
+    migrate("state::restore_pending_irq::xapic", Migrate::Restore),
+    migrate("state::restore_twice::long64", Migrate::Restore),
+    migrate("state::restore_smp::xapic", Migrate::Restore),
+    migrate("state::restore_ioapic::long64", Migrate::Restore),
+    migrate("state::restore_pic::long64", Migrate::Restore),
+    migrate("state::restore_devices::long64", Migrate::Restore),
+    migrate("state::restore_kvmclock::long64", Migrate::Restore),
+    migrate("state::cross_process::long64", Migrate::CrossProcess),
+    migrate("state::cross_process::user64", Migrate::CrossProcess),
+    migrate("state::random_pauses::long64", Migrate::RandomPauses(3)),
+    migrate("state::random_pauses::user64", Migrate::RandomPauses(3)),
+    migrate("state::live_migration::long64", Migrate::Live),
+    migrate("state::live_migration::user64", Migrate::Live),
+];
 
 pub fn hook_for(name: &str) -> Option<&'static Hook> {
     HOOKS.iter().find(|h| h.name == name)

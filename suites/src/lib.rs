@@ -6,6 +6,7 @@ pub mod bench;
 pub mod catalog;
 pub mod hooks;
 pub mod judge;
+pub mod migrate;
 pub mod profile;
 pub mod runner;
 

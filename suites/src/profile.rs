@@ -20,7 +20,7 @@ pub enum ProfileError {
 }
 
 /// The run endings a signature may name (RunEnd::kind).
-pub const END_KINDS: [&str; 10] = [
+pub const END_KINDS: [&str; 11] = [
     "verdict",
     "hlt",
     "shutdown",
@@ -31,6 +31,7 @@ pub const END_KINDS: [&str; 10] = [
     "protocol_error",
     "unexpected_exit",
     "kvm_run_failed",
+    "host_check",
 ];
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

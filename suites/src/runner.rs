@@ -91,6 +91,17 @@ pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
     case.timeout.unwrap_or(default)
 }
 
+/// The VM a case boots in: its vCPUs, the irqchip and ioeventfds it requires, and its
+/// host hook's CPUID edit.
+pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
+    VmConfig {
+        vcpus: case.vcpus.into(),
+        irqchip: case.requires & requires::IRQCHIP != 0,
+        cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
+        ioeventfds: case.requires & requires::IOEVENTFD != 0,
+    }
+}
+
 /// Where one case's time went: creating the VM and loading the guest, running it,
 /// judging the report, and tearing the VM down.
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,29 +132,26 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
         let why = format!("{}: guest and suites/src/hooks.rs disagree about its host hook", case.name);
         return (harness_error(r, why), None);
     }
-    let config = VmConfig {
-        vcpus: case.vcpus.into(),
-        irqchip: case.requires & requires::IRQCHIP != 0,
-        cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
-        ioeventfds: case.requires & requires::IOEVENTFD != 0,
-    };
     let mut phases = Phases::default();
-    let vm = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config);
+    let vm = Vm::boot(&ctx.kvm, hvprobe_payload(), case, vm_config(case, hook));
     phases.boot = start.elapsed();
-    let report = vm.and_then(|mut vm| {
+    let report = vm.and_then(|vm| {
         let t = Instant::now();
-        let report = vm.run(RunOptions {
+        let config = || vm_config(case, hook);
+        let target = crate::migrate::Target { kvm: &ctx.kvm, payload: hvprobe_payload(), case, config: &config };
+        let options = RunOptions {
             timeout: timeout_of(case, ctx.default_timeout),
-            services: None,
             seed: ctx.seed,
             only_case: ctx.only_case,
-            max_exits: None,
-        });
+            ..RunOptions::default()
+        };
+        let driven = crate::migrate::drive(&target, vm, hook.and_then(|h| h.migrate), options);
         phases.run = t.elapsed();
+        let (report, vm) = driven?;
         let t = Instant::now();
         drop(vm);
         phases.teardown = t.elapsed();
-        report
+        Ok(report)
     });
     let judging = Instant::now();
     let report = match report {

@@ -20,6 +20,8 @@ use hvprobe_suites::profile::Profile;
 use hvprobe_suites::{Context, catalog, hooks, run_case, runner};
 
 fn main() -> ExitCode {
+    // A state case restores its snapshot in a second process: this executable, again.
+    hvprobe_suites::migrate::serve_if_asked();
     let args = Arguments::from_args();
     let payload = catalog::payload().unwrap_or_else(|e| panic!("the embedded guest payload is invalid: {e}"));
     hooks::check(payload).unwrap_or_else(|e| panic!("{e}"));

@@ -103,3 +103,78 @@ fn console_text_reaches_the_report() {
     assert_eq!(report.end(), &RunEnd::Verdict);
     assert_eq!(report.console, "long mode, EFER 0x500\n");
 }
+
+/// The pattern `state::isolation_pattern::long64` writes for `seed`, and its checksum, as
+/// the guest computes it.
+fn pattern_checksum(seed: u64) -> u64 {
+    let (mut x, mut sum) = (seed | 1, 0u64);
+    for _ in 0..32 * 1024 / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sum = sum.wrapping_add(x).rotate_left(1);
+    }
+    sum
+}
+
+#[test]
+fn twice_as_many_vms_as_cores_at_once_each_see_only_their_own_memory() {
+    let Some(kvm) = kvm() else { return };
+    let n = 2 * std::thread::available_parallelism().map_or(1, |n| n.get()).max(2);
+    let reports: Vec<(u64, hvprobe_harness::RunReport)> = std::thread::scope(|s| {
+        let kvm = &kvm;
+        let handles: Vec<_> = (0..n as u64)
+            .map(|i| {
+                let seed = 0x1000 + i * 0x9e37;
+                s.spawn(move || {
+                    let options = RunOptions { seed, ..RunOptions::default() };
+                    (seed, run(kvm, "state::isolation_pattern::long64", options))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (seed, report) in reports {
+        assert_eq!(report.end(), &RunEnd::Verdict, "seed {seed:#x}: {}", report.end().describe());
+        let v = report.verdict.as_ref().unwrap();
+        assert_eq!(v.status, hvprobe_harness::VerdictStatus::Pass, "seed {seed:#x}: {}", v.message);
+        let sum = report.metrics.iter().find(|m| m.name == "pattern_checksum").map(|m| m.value);
+        assert_eq!(sum, Some(pattern_checksum(seed)), "seed {seed:#x}: the VM saw another pattern");
+    }
+}
+
+#[test]
+fn a_snapshot_file_round_trips_and_bad_files_are_clear_errors() {
+    let Some(kvm) = kvm() else { return };
+    let case = payload().unwrap().test("state::restore_memory::long64").unwrap();
+    let mut vm = Vm::boot(&kvm, payload().unwrap(), case, VmConfig::default()).unwrap();
+    let report = vm.run(RunOptions::default()).unwrap();
+    assert_eq!(report.end(), &RunEnd::Checkpoint { tag: 1 });
+    let (snap, _) = vm.save(&case.name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.snapshot");
+    snap.write(&path).unwrap();
+    let back = hvprobe_harness::Snapshot::read(&path).unwrap();
+    assert_eq!(back.case, case.name);
+    assert_eq!(back.memory, snap.memory);
+    assert_eq!(back.vcpus.len(), 1);
+    assert_eq!(back.vcpus[0].regs.rip, snap.vcpus[0].regs.rip);
+    assert_eq!(back.vcpus[0].msrs.len(), snap.vcpus[0].msrs.len());
+    // The restored VM finishes the case.
+    let (mut restored, _) = Vm::restore(&kvm, payload().unwrap(), case, VmConfig::default(), &back).unwrap();
+    let report = restored.run(RunOptions::default()).unwrap();
+    assert_eq!(report.verdict.map(|v| v.status), Some(hvprobe_harness::VerdictStatus::Pass));
+
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.snapshot");
+    std::fs::write(&cut, &bytes[..bytes.len() - 4096]).unwrap();
+    let e = hvprobe_harness::Snapshot::read(&cut).err().unwrap().to_string();
+    assert!(e.contains("cut.snapshot") && e.contains("truncated"), "{e}");
+    let junk = dir.path().join("junk.snapshot");
+    std::fs::write(&junk, b"{\"format\":\"something/9\"}\n").unwrap();
+    let e = hvprobe_harness::Snapshot::read(&junk).err().unwrap().to_string();
+    assert!(e.contains("something/9"), "{e}");
+    // A snapshot of one case does not restore as another.
+    let other = payload().unwrap().test("state::fresh_vm::long64").unwrap();
+    assert!(Vm::restore(&kvm, payload().unwrap(), other, VmConfig::default(), &back).is_err());
+}

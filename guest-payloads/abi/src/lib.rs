@@ -59,6 +59,10 @@ pub mod layout {
     pub const IOEVENTFD_MMIO: u64 = 0xc000_2000;
     /// Default xAPIC base.
     pub const APIC_BASE: u64 = 0xfee0_0000;
+    /// RAM the `state` cases own: memory patterns, dirty-logging pages, kvmclock pages.
+    /// Nothing else uses it, so its dirty pages are exactly the ones those cases write.
+    pub const STATE_REGION: u64 = 0x300000;
+    pub const STATE_REGION_SIZE: u64 = 0x100000;
     /// Stacks of the application processors (vCPUs 1 to [`MAX_VCPUS`] - 1), 16 KiB each,
     /// above the RSP0 stack.
     pub const AP_STACKS: u64 = 0x90000;
@@ -433,7 +437,28 @@ pub mod proto {
         pub const BENCH_NEXT: u32 = 8;
         /// A benchmark reports the batch it just ran: `args[0]` = TSC cycles it took.
         pub const BENCH_RESULT: u32 = 9;
+        /// The guest asks to be saved here (`args[0]` is a tag the host reports): the run
+        /// ends with `RunEnd::Checkpoint` once the answer (0) is in the message, and the
+        /// guest goes on wherever the host resumes it, in the same VM or a restored one.
+        pub const CHECKPOINT: u32 = 10;
+        /// Dirty logging of guest RAM (KVM_MEM_LOG_DIRTY_PAGES), op in `args[0]`:
+        /// [`super::DIRTY_START`], [`super::DIRTY_COUNT`], [`super::DIRTY_TEST`],
+        /// [`super::DIRTY_CLEAR`].
+        pub const DIRTY_LOG: u32 = 11;
     }
+
+    /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
+    /// `args[1]` = 1, in KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 mode; fails if the host lacks it).
+    pub const DIRTY_START: u64 = 0;
+    /// Fetches KVM_GET_DIRTY_LOG into the host's record and returns how many pages in
+    /// [`args[1]`, `args[2]`) the record holds as dirty.
+    pub const DIRTY_COUNT: u64 = 1;
+    /// Returns 1 if page `args[1]` (a guest-physical address) is dirty in the host's
+    /// record, 0 if not.
+    pub const DIRTY_TEST: u64 = 2;
+    /// KVM_CLEAR_DIRTY_LOG of the pages in [`args[1]`, `args[2]`) (manual mode), also in
+    /// the host's record.
+    pub const DIRTY_CLEAR: u64 = 3;
 
     /// Bit 63 of a BENCH_NEXT result: measure the empty loop.
     pub const BENCH_BASELINE: u64 = 1 << 63;

@@ -16,6 +16,7 @@ pub mod exception;
 pub mod paging;
 pub mod proto;
 pub mod smp;
+pub mod state;
 #[doc(hidden)]
 pub mod testcase;
 pub mod user;

@@ -161,6 +161,8 @@ enum FailOnArg {
 }
 
 fn main() -> ExitCode {
+    // A state case restores its snapshot in a second process: this executable, again.
+    hvprobe_suites::migrate::serve_if_asked();
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`hvprobe list | head`) instead of panicking on EPIPE.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.

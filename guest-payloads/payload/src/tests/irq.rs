@@ -167,3 +167,29 @@ fn ipi_set_ldr(_: &mut Frame) {
     IPI_TAKEN.fetch_add(1, SeqCst);
     apic.eoi();
 }
+
+const WINDOW_VECTOR: u8 = 0x4a;
+static WINDOW_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+fn window_taken(_: &mut Frame) {
+    WINDOW_TAKEN.fetch_add(1, SeqCst);
+    Apic::XApic.eoi();
+}
+
+test_case! {
+    /// A maskable interrupt that became pending while IF = 0 is delivered once STI opens
+    /// the window, after the instruction that follows STI, with no exit needed (SDM Vol.
+    /// 2B STI; Vol. 3A 7.8, interrupt shadow). Eight windows leave room for a late host.
+    name = "irq::sti_window_pending::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP;
+    fn sti_window_pending() {
+        set_handler(WINDOW_VECTOR, window_taken);
+        let apic = Apic::XApic.enable();
+        apic.write(ICR_LOW, 1 << 18 | WINDOW_VECTOR as u32);
+        check_eq!(WINDOW_TAKEN.load(SeqCst), 0, "delivered with IF = 0");
+        for _ in 0..8 {
+            // SAFETY: the handler is installed.
+            unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
+        }
+        check_eq!(WINDOW_TAKEN.load(SeqCst), 1, "deliveries after STI windows");
+    }
+}

@@ -1,0 +1,145 @@
+//! Dirty logging of guest RAM: KVM_MEM_LOG_DIRTY_PAGES on memory slot 0,
+//! KVM_GET_DIRTY_LOG, and KVM_CLEAR_DIRTY_LOG in KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 mode
+//! (api.rst 4.8, 4.117 and 7.18).
+
+use hvprobe_abi::proto::{DIRTY_CLEAR, DIRTY_COUNT, DIRTY_START, DIRTY_TEST};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iowr_nr;
+
+use crate::{Error, Vm};
+
+pub const PAGE: u64 = 4096;
+/// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's "enable" bit (api.rst 7.18).
+const MANUAL_PROTECT_ENABLE: u64 = 1;
+
+ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, kvm_bindings::KVMIO, 0xc0, kvm_clear_dirty_log);
+
+/// The host's record of dirty pages: what KVM_GET_DIRTY_LOG reported since logging
+/// started, less what was cleared.
+#[derive(Clone, Debug, Default)]
+pub struct DirtyRecord {
+    pub logging: bool,
+    pub manual: bool,
+    pub bitmap: Vec<u64>,
+}
+
+impl Vm {
+    fn set_slot0_flags(&self, flags: u32) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags,
+            guest_phys_addr: 0,
+            memory_size: self.memory.size(),
+            userspace_addr: self.memory.host_addr(),
+        };
+        // SAFETY: the same mapping slot 0 already has, which outlives the VM.
+        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Turns dirty logging of guest RAM on (and forgets what is dirty) or off.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), Error> {
+        self.set_slot0_flags(if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 })?;
+        self.dirty.logging = on;
+        self.dirty.bitmap = vec![0; self.pages().div_ceil(64) as usize];
+        Ok(())
+    }
+
+    /// Switches to KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: KVM_GET_DIRTY_LOG no longer clears
+    /// the log, KVM_CLEAR_DIRTY_LOG does. Logging is off while the mode changes.
+    pub fn enable_manual_dirty_protect(&mut self) -> Result<(), Error> {
+        if self.dirty.logging {
+            self.set_dirty_logging(false)?;
+        }
+        let mut cap = kvm_enable_cap { cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, ..Default::default() };
+        cap.args[0] = MANUAL_PROTECT_ENABLE;
+        self.vm_fd.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))?;
+        self.dirty.manual = true;
+        Ok(())
+    }
+
+    fn pages(&self) -> u64 {
+        self.memory.size() / PAGE
+    }
+
+    /// KVM_GET_DIRTY_LOG of slot 0, added to the record. Returns the pages it reported.
+    pub fn fetch_dirty_log(&mut self) -> Result<Vec<u64>, Error> {
+        let bitmap =
+            self.vm_fd.get_dirty_log(0, self.memory.size() as usize).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+        let mut pages = Vec::new();
+        for (i, word) in bitmap.iter().enumerate() {
+            if let Some(r) = self.dirty.bitmap.get_mut(i) {
+                *r |= word;
+            }
+            for bit in 0..64 {
+                if word & (1 << bit) != 0 {
+                    pages.push((i * 64 + bit) as u64);
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG of pages [first, first + count) of slot 0, and the same in the
+    /// record. KVM wants `first` a multiple of 64 and `count` too, unless the range ends at
+    /// the end of the slot.
+    pub fn clear_dirty_log(&mut self, first: u64, count: u64) -> Result<(), Error> {
+        let words = count.div_ceil(64) as usize;
+        let mut mask = vec![u64::MAX; words.max(1)];
+        if !count.is_multiple_of(64) {
+            mask[words - 1] = (1u64 << (count % 64)) - 1;
+        }
+        let clear = kvm_clear_dirty_log {
+            slot: 0,
+            num_pages: count as u32,
+            first_page: first,
+            __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+                dirty_bitmap: mask.as_mut_ptr().cast(),
+            },
+        };
+        // SAFETY: `clear` points at `mask`, which holds `count` bits and lives past the
+        // call; KVM only reads it.
+        let ret = unsafe { ioctl_with_ref(&self.vm_fd, KVM_CLEAR_DIRTY_LOG(), &clear) };
+        if ret < 0 {
+            return Err(Error::kvm("KVM_CLEAR_DIRTY_LOG")(kvm_ioctls::Error::last()));
+        }
+        for page in first..first + count {
+            if let Some(w) = self.dirty.bitmap.get_mut((page / 64) as usize) {
+                *w &= !(1 << (page % 64));
+            }
+        }
+        Ok(())
+    }
+
+    fn dirty_in_record(&self, page: u64) -> bool {
+        self.dirty.bitmap.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The DIRTY_LOG service (see `hvprobe_abi::proto::service::DIRTY_LOG`).
+    pub(crate) fn dirty_service(&mut self, args: [u64; 4]) -> Result<u64, ()> {
+        let in_ram = |a: u64| a <= self.memory.size();
+        match args[0] {
+            DIRTY_START => {
+                if args[1] == 1 && !self.dirty.manual {
+                    self.enable_manual_dirty_protect().map_err(|_| ())?;
+                }
+                self.set_dirty_logging(true).map_err(|_| ())?;
+                Ok(0)
+            }
+            DIRTY_COUNT if self.dirty.logging && in_ram(args[1]) && in_ram(args[2]) => {
+                self.fetch_dirty_log().map_err(|_| ())?;
+                Ok((args[1] / PAGE..args[2].div_ceil(PAGE)).filter(|p| self.dirty_in_record(*p)).count() as u64)
+            }
+            DIRTY_TEST if self.dirty.logging && args[1] < self.memory.size() => {
+                self.fetch_dirty_log().map_err(|_| ())?;
+                Ok(self.dirty_in_record(args[1] / PAGE) as u64)
+            }
+            DIRTY_CLEAR if self.dirty.manual && in_ram(args[1]) && in_ram(args[2]) && args[1] <= args[2] => {
+                let (first, end) = (args[1] / PAGE, args[2].div_ceil(PAGE));
+                self.clear_dirty_log(first, end - first).map_err(|_| ())?;
+                Ok(0)
+            }
+            _ => Err(()),
+        }
+    }
+}
