@@ -4,8 +4,11 @@
 
 use hvprobe_abi::proto::{DIRTY_CLEAR, DIRTY_COUNT, DIRTY_START, DIRTY_TEST};
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_iowr_nr;
+use vmm_sys_util::{ioctl_io_nr, ioctl_iowr_nr};
 
 use crate::{Error, Vm};
 
@@ -62,8 +65,14 @@ impl Vm {
         self.memory.size() / PAGE
     }
 
-    /// KVM_GET_DIRTY_LOG of slot 0, added to the record. Returns the pages it reported.
+    /// The pages dirtied since the last fetch, added to the record: from the dirty rings
+    /// when the VM has them, else KVM_GET_DIRTY_LOG of slot 0.
     pub fn fetch_dirty_log(&mut self) -> Result<Vec<u64>, Error> {
+        if !self.rings.is_empty() {
+            let pages = harvest(&mut self.rings, &self.vm_fd)?;
+            self.record_dirty(&pages);
+            return Ok(pages);
+        }
         let bitmap =
             self.vm_fd.get_dirty_log(0, self.memory.size() as usize).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
         let mut pages = Vec::new();
@@ -111,6 +120,15 @@ impl Vm {
         Ok(())
     }
 
+    /// Adds pages (from a dirty ring) to the record.
+    pub(crate) fn record_dirty(&mut self, pages: &[u64]) {
+        for p in pages {
+            if let Some(w) = self.dirty.bitmap.get_mut((p / 64) as usize) {
+                *w |= 1 << (p % 64);
+            }
+        }
+    }
+
     fn dirty_in_record(&self, page: u64) -> bool {
         self.dirty.bitmap.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
@@ -142,4 +160,95 @@ impl Vm {
             _ => Err(()),
         }
     }
+}
+
+/// One vCPU's dirty ring (api.rst 8.29, KVM_CAP_DIRTY_LOG_RING): `kvm_dirty_gfn` entries
+/// shared with KVM at page offset KVM_DIRTY_LOG_PAGE_OFFSET of the vCPU fd. KVM sets an
+/// entry's DIRTY flag when it logs a page; userspace collects it, sets RESET, and calls
+/// KVM_RESET_DIRTY_RINGS to re-protect the pages.
+pub struct DirtyRing {
+    entries: *mut kvm_bindings::kvm_dirty_gfn,
+    count: u32,
+    /// The next entry to collect (free-running, taken modulo `count`).
+    next: u32,
+}
+
+// SAFETY: the mapping belongs to this value; only one thread collects from a ring at a
+// time (the owner of the `&mut`), and the flags are accessed atomically.
+unsafe impl Send for DirtyRing {}
+
+/// kvm_dirty_gfn flags (include/uapi/linux/kvm.h).
+const DIRTY_GFN_F_DIRTY: u32 = 1;
+const DIRTY_GFN_F_RESET: u32 = 2;
+
+ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, kvm_bindings::KVMIO, 0xc7);
+
+impl DirtyRing {
+    /// Maps vCPU `fd`'s ring of `count` entries.
+    pub(crate) fn map(fd: &impl AsRawFd, count: u32) -> Result<DirtyRing, Error> {
+        let bytes = count as usize * size_of::<kvm_bindings::kvm_dirty_gfn>();
+        let offset = kvm_bindings::KVM_DIRTY_LOG_PAGE_OFFSET as libc::off_t * PAGE as libc::off_t;
+        // SAFETY: a shared mapping of the vCPU fd at the offset KVM documents, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Snapshot(format!("cannot map the dirty ring: {}", std::io::Error::last_os_error())));
+        }
+        Ok(DirtyRing { entries: p.cast(), count, next: 0 })
+    }
+
+    /// Collects the entries KVM has published: (slot, page offset in the slot).
+    pub(crate) fn collect(&mut self, out: &mut Vec<u64>) {
+        loop {
+            // SAFETY: the index is reduced modulo the ring's entry count, so it is within
+            // the mapping.
+            let e = unsafe { self.entries.add((self.next % self.count) as usize) };
+            // SAFETY: `flags` is an aligned u32 in the shared mapping, which KVM and we both
+            // access atomically (acquire/release, as api.rst 8.29 asks).
+            let flags = unsafe { &*(&raw mut (*e).flags).cast::<AtomicU32>() };
+            if flags.load(Ordering::Acquire) & DIRTY_GFN_F_DIRTY == 0 {
+                return;
+            }
+            // SAFETY: KVM filled the entry before it set DIRTY (released above).
+            let (slot, offset) = unsafe { ((*e).slot, (*e).offset) };
+            if slot == 0 {
+                out.push(offset);
+            }
+            flags.store(DIRTY_GFN_F_RESET, Ordering::Release);
+            self.next = self.next.wrapping_add(1);
+        }
+    }
+}
+
+impl Drop for DirtyRing {
+    fn drop(&mut self) {
+        let bytes = self.count as usize * size_of::<kvm_bindings::kvm_dirty_gfn>();
+        // SAFETY: unmaps exactly the mapping `map` made.
+        unsafe { libc::munmap(self.entries.cast(), bytes) };
+    }
+}
+
+/// Collects every ring's entries, then has KVM re-protect the collected pages
+/// (KVM_RESET_DIRTY_RINGS on the VM fd `vm`). Returns the dirty pages, deduplicated.
+pub(crate) fn harvest(rings: &mut [DirtyRing], vm: &impl AsRawFd) -> Result<Vec<u64>, Error> {
+    let mut pages = Vec::new();
+    for r in rings.iter_mut() {
+        r.collect(&mut pages);
+    }
+    // SAFETY: KVM_RESET_DIRTY_RINGS takes no argument.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl(vm, KVM_RESET_DIRTY_RINGS()) };
+    if ret < 0 {
+        return Err(Error::kvm("KVM_RESET_DIRTY_RINGS")(kvm_ioctls::Error::last()));
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    Ok(pages)
 }

@@ -69,11 +69,17 @@ impl Kvm {
             requires::X2APIC => leaf1.ecx & (1 << 21) != 0,
             requires::TSC_DEADLINE => leaf1.ecx & (1 << 24) != 0,
             requires::IOEVENTFD => self.kvm.check_extension(kvm_ioctls::Cap::Ioeventfd),
+            requires::DIRTY_RING => self.dirty_ring_max() > 0,
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
             }),
             _ => false,
         }
+    }
+
+    /// The largest dirty ring KVM offers, in bytes (0: none).
+    pub fn dirty_ring_max(&self) -> u32 {
+        self.kvm.check_extension_int(kvm_ioctls::Cap::DirtyLogRing).max(0) as u32
     }
 
     /// The names of the requirements in `mask` this host lacks.

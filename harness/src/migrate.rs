@@ -96,10 +96,15 @@ impl Vm {
         // is past the scope.
         let source = self.memory.raw_view();
         let dest_mem = &dest.memory;
+        // With dirty rings, the pre-copy thread collects them (and nothing else does until
+        // it is done); without, it reads the bitmap.
+        let mut rings = std::mem::take(&mut self.rings);
+        let ring_mode = !rings.is_empty();
+        let rings_ref = &mut rings;
         let (run_over_ref, stop_ref, tid_ref, log_vm_ref) = (&run_over, &stop, &tid, &log_vm);
         let (report, rounds) = std::thread::scope(|s| {
             let precopy = s.spawn(move || -> Result<Vec<u64>, Error> {
-                let (run_over, stop, tid, log_vm) = (run_over_ref, stop_ref, tid_ref, log_vm_ref);
+                let (run_over, stop, tid, log_vm, rings) = (run_over_ref, stop_ref, tid_ref, log_vm_ref, rings_ref);
                 // Moved in whole (it is Send); a use of its field alone would capture the
                 // raw pointer, which is not.
                 let immediate_exit = immediate_exit;
@@ -110,9 +115,13 @@ impl Vm {
                     if run_over.load(Ordering::SeqCst) {
                         break;
                     }
-                    let bitmap = log_vm.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+                    let pages: Vec<u64> = if ring_mode {
+                        crate::dirty::harvest(rings, log_vm)?
+                    } else {
+                        dirty_pages(&log_vm.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?).collect()
+                    };
                     // SAFETY: see above.
-                    let n = unsafe { copy_pages(source, dest_mem, dirty_pages(&bitmap))? };
+                    let n = unsafe { copy_pages(source, dest_mem, pages.into_iter())? };
                     rounds.push(n);
                     if n <= plan.converged_pages {
                         break;
@@ -137,6 +146,7 @@ impl Vm {
             (report, rounds)
         });
         self.vcpus[0].set_kvm_immediate_exit(0);
+        self.rings = rings;
         let report = report?;
         let mut rounds = rounds?;
         if *report.end() != RunEnd::Paused {
@@ -145,9 +155,13 @@ impl Vm {
         }
         let down = Instant::now();
         self.complete_pending_io()?;
-        let bitmap = self.vm_fd.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+        let pages: Vec<u64> = if ring_mode {
+            crate::dirty::harvest(&mut self.rings, &self.vm_fd)?
+        } else {
+            dirty_pages(&self.vm_fd.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?).collect()
+        };
         // SAFETY: `self.memory` is mapped; nothing runs the source any more.
-        rounds.push(unsafe { copy_pages(self.memory.raw_view(), &dest.memory, dirty_pages(&bitmap))? });
+        rounds.push(unsafe { copy_pages(self.memory.raw_view(), &dest.memory, pages.into_iter())? });
         let (state, _) = self.save_state(&case.name)?;
         dest.apply(&state)?;
         let downtime = down.elapsed();

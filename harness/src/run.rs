@@ -348,6 +348,16 @@ impl Vm {
                     &internal.data,
                 )));
             }
+            VcpuExit::Unsupported(kvm_bindings::KVM_EXIT_DIRTY_RING_FULL) => {
+                // The rings are collected by whoever holds them: a live migration's pre-copy
+                // thread (give it a moment), or this VM, into its dirty record.
+                if self.rings.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                } else if let Ok(pages) = crate::dirty::harvest(&mut self.rings, &self.vm_fd) {
+                    self.record_dirty(&pages);
+                }
+                return Step::Continue;
+            }
             VcpuExit::Unknown => {
                 // SAFETY: KVM_EXIT_UNKNOWN fills the `hw` member.
                 let reason = unsafe { (*run_ptr).__bindgen_anon_1.hw.hardware_exit_reason };

@@ -27,11 +27,14 @@ pub struct VmConfig {
     pub cpuid_edit: Option<CpuidEdit>,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]).
     pub ioeventfds: bool,
+    /// Track dirty pages with per-vCPU dirty rings of this many entries
+    /// (KVM_CAP_DIRTY_LOG_RING) instead of the bitmap; live migration then uses them.
+    pub dirty_ring: Option<u32>,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false }
+        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false, dirty_ring: None }
     }
 }
 
@@ -50,6 +53,8 @@ pub(crate) const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
 /// A booted VM. Field order is drop order: vCPUs and the VM fd go before the memory.
 pub struct Vm {
+    /// Dirty rings, one per vCPU, when `VmConfig::dirty_ring` asked for them.
+    pub(crate) rings: Vec<crate::dirty::DirtyRing>,
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) stats: Option<Stats>,
     pub(crate) stats_error: Option<String>,
@@ -101,12 +106,24 @@ impl Vm {
         if let Some(edit) = config.cpuid_edit {
             edit(&mut cpuid);
         }
+        if let Some(entries) = config.dirty_ring {
+            // Before any vCPU exists (api.rst 8.29); the size is in bytes.
+            let bytes = entries * size_of::<kvm_bindings::kvm_dirty_gfn>() as u32;
+            let mut cap =
+                kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_DIRTY_LOG_RING, ..Default::default() };
+            cap.args[0] = bytes.into();
+            vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
+        }
         let mut vcpus = Vec::new();
+        let mut rings = Vec::new();
         for id in 0..config.vcpus.max(1) {
             let vcpu = vm.create_vcpu(id.into()).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
             let table = cpuid_for_vcpu(&cpuid, id);
             let fam = CpuId::from_entries(&table).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
             vcpu.set_cpuid2(&fam).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            if let Some(entries) = config.dirty_ring {
+                rings.push(crate::dirty::DirtyRing::map(&vcpu, entries)?);
+            }
             vcpus.push(vcpu);
         }
         for (index, ap) in vcpus.iter().enumerate().skip(1) {
@@ -129,6 +146,7 @@ impl Vm {
         };
         let cpuid = cpuid_for_vcpu(&cpuid, 0);
         Ok(Vm {
+            rings,
             vcpus,
             stats,
             stats_error,

@@ -99,8 +99,13 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
+        dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
     }
 }
+
+/// Entries of each vCPU's dirty ring for cases that require one: more than the guest's
+/// 1,024 pages, so a ring never fills between two collections.
+pub const DIRTY_RING_ENTRIES: u32 = 4096;
 
 /// Where one case's time went: creating the VM and loading the guest, running it,
 /// judging the report, and tearing the VM down.

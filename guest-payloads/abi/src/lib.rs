@@ -182,14 +182,17 @@ pub mod requires {
     /// Ioeventfds (KVM_CAP_IOEVENTFD); the harness registers those of
     /// [`super::port::IOEVENTFD`] and [`super::layout::IOEVENTFD_MMIO`].
     pub const IOEVENTFD: u64 = 1 << 4;
+    /// The per-vCPU dirty ring (KVM_CAP_DIRTY_LOG_RING).
+    pub const DIRTY_RING: u64 = 1 << 5;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 5] = [
+    pub const NAMES: [(u64, &str); 6] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
         (TSC_DEADLINE, "CPUID.1:ECX.TSC_DEADLINE"),
         (IOEVENTFD, "ioeventfds (KVM_CAP_IOEVENTFD)"),
+        (DIRTY_RING, "the dirty ring (KVM_CAP_DIRTY_LOG_RING)"),
     ];
 }
 

@@ -45,7 +45,7 @@ use core::arch::{asm, global_asm};
 use hvprobe_rt::abi::flags::HOST_HOOK;
 use hvprobe_rt::abi::layout::{STATE_REGION, STATE_REGION_SIZE};
 use hvprobe_rt::abi::proto::{self, service};
-use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV};
+use hvprobe_rt::abi::requires::{DIRTY_RING, IRQCHIP, KVM_PV};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::state::{checkpoint, dirty_clear, dirty_count, dirty_start, dirty_test};
@@ -839,6 +839,20 @@ test_case! {
 }
 
 test_case! {
+    /// Live migration with the per-vCPU dirty ring instead of the bitmap (api.rst 8.29,
+    /// KVM_CAP_DIRTY_LOG_RING): the pre-copy thread collects the ring and resets it with
+    /// KVM_RESET_DIRTY_RINGS while the guest writes.
+    name = "state::live_migration_ring::long64", mode = Long64, path = Hw, requires = DIRTY_RING, flags = HOST_HOOK;
+    entry = live_migration
+}
+
+test_case! {
+    /// The same at CPL3.
+    name = "state::live_migration_ring::user64", mode = User64, path = Hw, requires = DIRTY_RING, flags = HOST_HOOK;
+    entry = live_migration
+}
+
+test_case! {
     /// Saves at points the guest does not choose: the host pauses it at random times
     /// (seeded), restores each save into a fresh VM and lets it go on; the guest checks its
     /// working set and the TSC throughout.
@@ -893,6 +907,13 @@ test_case! {
 test_case! {
     /// The same with the writes made at CPL3.
     name = "state::dirty_log_exact::user64", mode = User64, path = Hw;
+    entry = dirty_log_exact
+}
+
+test_case! {
+    /// The dirty ring reports exactly the pages written, like the bitmap: the harness
+    /// collects the rings for the dirty-log service when the VM has them.
+    name = "state::dirty_ring_exact::long64", mode = Long64, path = Hw, requires = DIRTY_RING;
     entry = dirty_log_exact
 }
 
