@@ -6,7 +6,9 @@ use hvprobe_abi::{BootHeader, TestDesc};
 
 // Each stub is 16 bytes apart (BootHeader::VECTOR_STRIDE). For vectors where the CPU pushes
 // no error code the stub pushes a zero, so every frame has the same shape. The mask holds
-// the exception vectors that push one: 8, 10-14, 17, 21, 29, 30 (SDM Vol. 3A, 6.13).
+// the exception vectors that push one: 8, 10-14, 17, 21, 29, 30 (SDM Vol. 3A, 6.13). It is
+// consulted only below 32: the assembler's shift count wraps at 64, so vector 0x4c would
+// otherwise read the mask's bit 12 (irq::every_vector guards this).
 global_asm!(
     r#"
     .section .text.entry, "ax"
@@ -16,7 +18,9 @@ hvprobe_vector_stubs:
     .set hv_vec, 0
     .rept 256
     .balign 16
-    .if ((0x60227d00 >> hv_vec) & 1) == 0
+    .if hv_vec >= 32
+    push 0
+    .elseif ((0x60227d00 >> hv_vec) & 1) == 0
     push 0
     .endif
     push hv_vec
