@@ -70,6 +70,8 @@ impl Kvm {
             requires::TSC_DEADLINE => leaf1.ecx & (1 << 24) != 0,
             requires::IOEVENTFD => self.kvm.check_extension(kvm_ioctls::Cap::Ioeventfd),
             requires::DIRTY_RING => self.dirty_ring_max() > 0,
+            requires::PIT => self.kvm.check_extension(kvm_ioctls::Cap::Pit2),
+            requires::NO_IRQCHIP => true,
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
             }),

@@ -11,6 +11,8 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use kvm_bindings::{KVM_EXIT_IO_OUT, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::ioctl_iow_nr;
 
 use crate::devices::Devices;
 use crate::protocol::{self, GuestVerdict, Message, Metric};
@@ -309,6 +311,17 @@ impl Vm {
         report: &mut RunReport,
         options: &mut RunOptions,
     ) -> Step {
+        if let Some(vector) = self.pending_interrupt {
+            // KVM_INTERRUPT only when KVM says the vCPU can take one; otherwise ask for an
+            // exit as soon as it can (api.rst, KVM_INTERRUPT and request_interrupt_window).
+            // SAFETY: run_ptr is vCPU 0's kvm_run, and no KVM_RUN is in progress.
+            let ready = unsafe { (*run_ptr).ready_for_interrupt_injection != 0 && (*run_ptr).if_flag != 0 };
+            if ready && self.inject_interrupt(vector).is_ok() {
+                self.pending_interrupt = None;
+            }
+            // SAFETY: as above.
+            unsafe { (*run_ptr).request_interrupt_window = self.pending_interrupt.is_some() as u8 };
+        }
         let vcpu = &mut self.vcpus[0];
         let exit = match vcpu.run() {
             Ok(exit) => exit,
@@ -334,11 +347,14 @@ impl Vm {
                 devices.mmio_write(addr, data);
                 return Step::Continue;
             }
+            // Without the irqchip, a HLT waiting for an interrupt the host has queued goes on:
+            // the next entry injects it.
+            VcpuExit::Hlt if self.pending_interrupt.is_some() => return Step::Continue,
             VcpuExit::Hlt => return Step::Stop(RunEnd::Hlt),
             VcpuExit::Shutdown => return Step::Stop(RunEnd::Shutdown),
             VcpuExit::FailEntry(hardware_reason, cpu) => return Step::Stop(RunEnd::FailEntry { hardware_reason, cpu }),
             VcpuExit::SystemEvent(kind, data) => return Step::Stop(RunEnd::SystemEvent { kind, data: data.to_vec() }),
-            VcpuExit::Intr => return Step::Continue,
+            VcpuExit::Intr | VcpuExit::IrqWindowOpen => return Step::Continue,
             VcpuExit::InternalError => {
                 // SAFETY: the exit reason says the `internal` member of the union is valid.
                 let internal = unsafe { (*run_ptr).__bindgen_anon_1.internal };
@@ -474,6 +490,26 @@ impl Vm {
             ),
             service::CONSOLE_BYTES => Some(Ok(devices.console_total)),
             service::DIRTY_LOG => Some(self.dirty_service(args)),
+            service::IRQ_LINE => Some(
+                u32::try_from(args[0])
+                    .map_err(|_| ())
+                    .and_then(|gsi| self.vm_fd.set_irq_line(gsi, args[1] != 0).map(|()| 0).map_err(|_| ())),
+            ),
+            service::SIGNAL_MSI => {
+                let msi = kvm_bindings::kvm_msi {
+                    address_lo: args[0] as u32,
+                    address_hi: (args[0] >> 32) as u32,
+                    data: args[1] as u32,
+                    ..Default::default()
+                };
+                Some(self.vm_fd.signal_msi(msi).map(|n| n as u64).map_err(|_| ()))
+            }
+            service::NMI => Some(self.vcpus[0].nmi().map(|()| 0).map_err(|_| ())),
+            service::IRQFD => Some(self.signal_irqfd(args[0])),
+            service::INTERRUPT if !self.irqchip => {
+                self.pending_interrupt = Some(args[0] as u32);
+                Some(Ok(0))
+            }
             _ => None,
         }
     }
@@ -507,6 +543,33 @@ impl Vm {
             ],
             insn_bytes,
         })
+    }
+}
+
+ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+
+impl Vm {
+    /// KVM_INTERRUPT (kvm-ioctls has no wrapper).
+    fn inject_interrupt(&self, vector: u32) -> Result<(), Error> {
+        let irq = kvm_bindings::kvm_interrupt { irq: vector };
+        // SAFETY: KVM_INTERRUPT reads one kvm_interrupt, which `irq` is.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vcpus[0], KVM_INTERRUPT(), &irq) };
+        if ret < 0 {
+            return Err(Error::kvm("KVM_INTERRUPT")(kvm_ioctls::Error::last()));
+        }
+        Ok(())
+    }
+
+    /// Signals the irqfd of `gsi`, registering one first if the guest has not used it.
+    fn signal_irqfd(&mut self, gsi: u64) -> Result<u64, ()> {
+        let gsi = u32::try_from(gsi).map_err(|_| ())?;
+        if !self.irqfds.iter().any(|(g, _)| *g == gsi) {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
+            self.vm_fd.register_irqfd(&fd, gsi).map_err(|_| ())?;
+            self.irqfds.push((gsi, fd));
+        }
+        let (_, fd) = self.irqfds.iter().find(|(g, _)| *g == gsi).ok_or(())?;
+        fd.write(1).map(|()| 0).map_err(|_| ())
     }
 }
 

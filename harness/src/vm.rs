@@ -27,6 +27,8 @@ pub struct VmConfig {
     pub cpuid_edit: Option<CpuidEdit>,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]).
     pub ioeventfds: bool,
+    /// Create the in-kernel 8254 PIT (KVM_CREATE_PIT2); needs `irqchip`.
+    pub pit: bool,
     /// Track dirty pages with per-vCPU dirty rings of this many entries
     /// (KVM_CAP_DIRTY_LOG_RING) instead of the bitmap; live migration then uses them.
     pub dirty_ring: Option<u32>,
@@ -34,7 +36,7 @@ pub struct VmConfig {
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false, dirty_ring: None }
+        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false, pit: false, dirty_ring: None }
     }
 }
 
@@ -73,6 +75,10 @@ pub struct Vm {
     pub(crate) dirty: crate::dirty::DirtyRecord,
     /// The userspace devices' registers, which live as long as the VM.
     pub(crate) devices: crate::devices::Devices,
+    /// irqfds the guest has used, by GSI.
+    pub(crate) irqfds: Vec<(u32, EventFd)>,
+    /// A vector to inject with KVM_INTERRUPT when vCPU 0 can take it (no irqchip).
+    pub(crate) pending_interrupt: Option<u32>,
 }
 
 impl Vm {
@@ -84,6 +90,9 @@ impl Vm {
         }
         if config.irqchip {
             vm.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        }
+        if config.pit {
+            vm.create_pit2(kvm_bindings::kvm_pit_config::default()).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
         }
         let memory = GuestMemory::new(layout::RAM_SIZE)?;
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
@@ -161,6 +170,8 @@ impl Vm {
             state_msrs: OnceLock::new(),
             dirty: Default::default(),
             devices: Default::default(),
+            irqfds: Vec::new(),
+            pending_interrupt: None,
         })
     }
 

@@ -305,6 +305,7 @@ fn config_for(case: &TestCase) -> VmConfig {
         irqchip: case.requires & requires::IRQCHIP != 0,
         cpuid_edit: None,
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
+        pit: false,
         dirty_ring: None,
     }
 }

@@ -71,8 +71,6 @@ pub const HOOKS: &[Hook] = &[
     migrate("state::random_pauses::user64", Migrate::RandomPauses(3)),
     migrate("state::live_migration::long64", Migrate::Live),
     migrate("state::live_migration::user64", Migrate::Live),
-    migrate("state::live_migration_ring::long64", Migrate::Live),
-    migrate("state::live_migration_ring::user64", Migrate::Live),
 ];
 
 pub fn hook_for(name: &str) -> Option<&'static Hook> {

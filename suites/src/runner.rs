@@ -96,9 +96,10 @@ pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
 pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
     VmConfig {
         vcpus: case.vcpus.into(),
-        irqchip: case.requires & requires::IRQCHIP != 0,
+        irqchip: case.requires & (requires::IRQCHIP | requires::PIT) != 0,
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
+        pit: case.requires & requires::PIT != 0,
         dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
     }
 }

@@ -184,15 +184,21 @@ pub mod requires {
     pub const IOEVENTFD: u64 = 1 << 4;
     /// The per-vCPU dirty ring (KVM_CAP_DIRTY_LOG_RING).
     pub const DIRTY_RING: u64 = 1 << 5;
+    /// The in-kernel 8254 PIT (KVM_CAP_PIT2); the harness creates it with the irqchip.
+    pub const PIT: u64 = 1 << 6;
+    /// No in-kernel irqchip: the host injects interrupts with KVM_INTERRUPT.
+    pub const NO_IRQCHIP: u64 = 1 << 7;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 6] = [
+    pub const NAMES: [(u64, &str); 8] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
         (TSC_DEADLINE, "CPUID.1:ECX.TSC_DEADLINE"),
         (IOEVENTFD, "ioeventfds (KVM_CAP_IOEVENTFD)"),
         (DIRTY_RING, "the dirty ring (KVM_CAP_DIRTY_LOG_RING)"),
+        (PIT, "the in-kernel PIT (KVM_CAP_PIT2)"),
+        (NO_IRQCHIP, "a VM without the in-kernel irqchip (always possible)"),
     ];
 }
 
@@ -448,6 +454,17 @@ pub mod proto {
         /// [`super::DIRTY_START`], [`super::DIRTY_COUNT`], [`super::DIRTY_TEST`],
         /// [`super::DIRTY_CLEAR`].
         pub const DIRTY_LOG: u32 = 11;
+        /// KVM_IRQ_LINE: GSI `args[0]` to level `args[1]` (in-kernel irqchip).
+        pub const IRQ_LINE: u32 = 12;
+        /// KVM_SIGNAL_MSI: address `args[0]`, data `args[1]`.
+        pub const SIGNAL_MSI: u32 = 13;
+        /// KVM_NMI on vCPU 0.
+        pub const NMI: u32 = 14;
+        /// Signals an irqfd bound to GSI `args[0]` (registered at first use).
+        pub const IRQFD: u32 = 15;
+        /// KVM_INTERRUPT of vector `args[0]` (no in-kernel irqchip): the host injects it
+        /// when the vCPU can take it, asking KVM for an interrupt window until then.
+        pub const INTERRUPT: u32 = 16;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

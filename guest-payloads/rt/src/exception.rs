@@ -181,6 +181,23 @@ pub type Handler = fn(&mut Frame);
 
 static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
 
+/// Points IDT gate `vector` straight at `handler`, bypassing the runtime's dispatch: for
+/// handlers written in assembly that preserve every register and IRET themselves. Only
+/// the gate's offset changes (SDM Vol. 3A, 6.14.1: bits 15:0 at byte 0, 31:16 at byte 6,
+/// 63:32 at byte 8); the IDT page is user-accessible like all of RAM, so CPL3 cases can
+/// call it too.
+pub fn set_gate(vector: u8, handler: unsafe extern "C" fn()) {
+    let gate = (hvprobe_abi::layout::IDT + 16 * vector as u64) as *mut u8;
+    let a = handler as usize as u64;
+    // SAFETY: the harness-built IDT in identity-mapped RAM; only this gate's offset
+    // fields change, and the caller's handler is a complete interrupt handler.
+    unsafe {
+        core::ptr::write_volatile(gate.cast::<u16>(), a as u16);
+        core::ptr::write_volatile(gate.add(6).cast::<u16>(), (a >> 16) as u16);
+        core::ptr::write_volatile(gate.add(8).cast::<u32>(), (a >> 32) as u32);
+    }
+}
+
 /// Routes `vector` to `handler`.
 pub fn set_handler(vector: u8, handler: Handler) {
     HANDLERS[vector as usize].store(handler as usize, SeqCst);

@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use hvprobe_rt::abi::{self, flags::BENCH, layout, port, requires};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::bench::serve;
+use hvprobe_rt::exception::set_gate;
 use hvprobe_rt::{cpu, test_case};
 use x86::msr;
 
@@ -334,21 +335,6 @@ unsafe extern "C" {
     fn hv_bench_eoi_x2apic();
     /// An interrupt: counts itself in `IPI_ACKS`, writes the xAPIC EOI register, returns.
     fn hv_bench_ipi_ack();
-}
-
-/// Points IDT gate `vector` at `handler`, keeping its selector, IST and attributes
-/// (SDM Vol. 3A, 6.14.1: offset bits 15:0 at byte 0, 31:16 at byte 6, 63:32 at byte 8).
-/// The IDT page is mapped user-accessible like all of RAM, so CPL3 cases can do it too.
-fn set_gate(vector: u8, handler: unsafe extern "C" fn()) {
-    let gate = (layout::IDT + 16 * vector as u64) as *mut u8;
-    let a = handler as usize as u64;
-    // SAFETY: the IDT is identity-mapped guest RAM the harness built; only the offset
-    // fields of one gate change, to a handler that preserves every register.
-    unsafe {
-        core::ptr::write_volatile(gate.cast::<u16>(), a as u16);
-        core::ptr::write_volatile(gate.add(6).cast::<u16>(), (a >> 16) as u16);
-        core::ptr::write_volatile(gate.add(8).cast::<u32>(), (a >> 32) as u32);
-    }
 }
 
 test_case! {

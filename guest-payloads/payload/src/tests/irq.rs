@@ -141,21 +141,27 @@ test_case! {
         apic.write(reg::LDR, 1 << 24);
         apic.write(reg::DFR, 0xffff_ffff);
         check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
-        for id in 1..=2u32 {
-            apic.write(ICR_HIGH, id << 24);
-            apic.write(ICR_LOW, IPI_VECTOR as u32);
-            let mut spins = 0;
-            while IPI_TAKEN.load(SeqCst) < id as u64 && spins < IPI_SPINS {
-                spins += 1;
-                core::hint::spin_loop();
-            }
-        }
-        check_eq!(IPI_TAKEN.load(SeqCst), 2, "physical IPIs that set the APs' LDRs");
-        IPI_TAKERS.store(0, SeqCst);
-        set_handler(IPI_VECTOR, ipi_taker);
+        program_aps(apic);
         send_ipi_and_wait(2, 0x06, (1 << 11) | IPI_VECTOR as u32, 4);
         check_eq!(IPI_TAKERS.load(SeqCst), 0b110, "APIC IDs that took the logical IPI (bit n = ID n)");
     }
+}
+
+/// Sends a physical IPI to vCPUs 1 and 2 in turn, whose handler programs their LDR, then
+/// routes the vector to `ipi_taker` for the logical IPI that follows.
+fn program_aps(apic: Apic) {
+    for id in 1..=2u32 {
+        apic.write(ICR_HIGH, id << 24);
+        apic.write(ICR_LOW, IPI_VECTOR as u32);
+        let mut spins = 0;
+        while IPI_TAKEN.load(SeqCst) < id as u64 && spins < IPI_SPINS {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+    }
+    check_eq!(IPI_TAKEN.load(SeqCst), 2, "physical IPIs that set the APs' LDRs");
+    IPI_TAKERS.store(0, SeqCst);
+    set_handler(IPI_VECTOR, ipi_taker);
 }
 
 /// First IPI on an AP: program its LDR as bit (APIC ID) in flat mode, then count.
@@ -191,5 +197,143 @@ test_case! {
             unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
         }
         check_eq!(WINDOW_TAKEN.load(SeqCst), 1, "deliveries after STI windows");
+    }
+}
+
+test_case! {
+    /// A fixed physical IPI sent through the x2APIC ICR MSR (one 64-bit write, destination
+    /// in bits 63:32) reaches APIC ID 1 only (SDM Vol. 3A, 11.12.9).
+    name = "irq::ipi_fixed_physical::x2apic", mode = Long64, path = Hw, requires = abi::requires::IRQCHIP | abi::requires::X2APIC, vcpus = 3;
+    fn ipi_fixed_physical_x2apic() {
+        set_handler(IPI_VECTOR, ipi_taker);
+        Apic::X2Apic.enable();
+        check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
+        // SAFETY: the x2APIC ICR MSR.
+        unsafe { cpu::wrmsr(0x830, 1 << 32 | IPI_VECTOR as u64) };
+        let mut spins = 0;
+        while IPI_TAKEN.load(SeqCst) < 1 && spins < IPI_SPINS {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        check_eq!(IPI_TAKERS.load(SeqCst), 1 << 1, "APIC IDs that took the IPI (bit n = ID n)");
+    }
+}
+
+test_case! {
+    /// "All including self" reaches every vCPU, the sender too (SDM Vol. 3A, 11.6.1).
+    name = "irq::ipi_all_including_self::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 3;
+    fn ipi_all_including_self() {
+        set_handler(IPI_VECTOR, ipi_taker);
+        let apic = Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
+        apic.write(ICR_LOW, (0b10 << 18) | IPI_VECTOR as u32);
+        // The sender's own copy waits in its IRR until IF = 1: HLT takes it, with the
+        // one-shot timer as a backstop should it be lost. Then wait for the others.
+        set_handler(TIMER_VECTOR, timer_handler);
+        apic.write(reg::TIMER_DIVIDE, 0b1011);
+        apic.write(reg::LVT_TIMER, TIMER_VECTOR as u32);
+        apic.write(reg::TIMER_INITIAL, 20_000_000);
+        cpu::sti_hlt();
+        apic.write(reg::TIMER_INITIAL, 0);
+        let mut spins = 0;
+        while IPI_TAKEN.load(SeqCst) < 3 && spins < IPI_SPINS {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        check_eq!(IPI_TAKERS.load(SeqCst), 0b111, "APIC IDs that took the IPI (bit n = ID n)");
+    }
+}
+
+static PONG: AtomicU64 = AtomicU64::new(0);
+const PING_VECTOR: u8 = 0x4b;
+const PONG_VECTOR: u8 = 0x4f;
+
+/// On vCPU 1: answer vCPU 0 with an IPI.
+fn ping(_: &mut Frame) {
+    let apic = Apic::XApic;
+    apic.write(ICR_HIGH, 0);
+    apic.write(ICR_LOW, PONG_VECTOR as u32);
+    apic.eoi();
+}
+
+fn pong(_: &mut Frame) {
+    PONG.fetch_add(1, SeqCst);
+    Apic::XApic.eoi();
+}
+
+test_case! {
+    /// IPI ping-pong between two vCPUs: vCPU 0 sends, vCPU 1's handler answers with an IPI
+    /// of its own, 20 times; every answer arrives (SDM Vol. 3A, 11.6).
+    name = "irq::ipi_ping_pong::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 2;
+    fn ipi_ping_pong() {
+        set_handler(PING_VECTOR, ping);
+        set_handler(PONG_VECTOR, pong);
+        let apic = Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, IPI_SPINS), "vCPU 1 did not come online");
+        let start = cpu::rdtsc();
+        for round in 1..=20u64 {
+            apic.write(ICR_HIGH, 1 << 24);
+            apic.write(ICR_LOW, PING_VECTOR as u32);
+            for _ in 0..1000 {
+                if PONG.load(SeqCst) >= round {
+                    break;
+                }
+                cpu::sti_hlt();
+            }
+            check_eq!(PONG.load(SeqCst), round, "answers after round {}", round);
+        }
+        metric("round_trip", "cycles", (cpu::rdtsc() - start) / 20);
+    }
+}
+
+test_case! {
+    /// Logical cluster mode (DFR model 0000b): LDR = cluster << 28 | member bits; a
+    /// destination of cluster 0, members 1 and 2, reaches vCPUs 1 and 2 (SDM Vol. 3A,
+    /// 11.6.2.2).
+    name = "irq::ipi_logical_cluster::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 3;
+    fn ipi_logical_cluster() {
+        set_handler(IPI_VECTOR, ipi_set_cluster_ldr);
+        let apic = Apic::XApic.enable();
+        apic.write(reg::DFR, 0x0fff_ffff);
+        apic.write(reg::LDR, 0x0800_0000);
+        check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
+        program_aps(apic);
+        send_ipi_and_wait(2, 0x03, (1 << 11) | IPI_VECTOR as u32, 4);
+        check_eq!(IPI_TAKERS.load(SeqCst), 0b110, "APIC IDs that took the logical IPI (bit n = ID n)");
+    }
+}
+
+/// First IPI on an AP: program its LDR for cluster mode, cluster 0, member bit ID - 1.
+fn ipi_set_cluster_ldr(_: &mut Frame) {
+    let apic = Apic::XApic;
+    let id = apic.read(reg::ID) >> 24;
+    apic.write(reg::DFR, 0x0fff_ffff);
+    apic.write(reg::LDR, 1 << (24 + id - 1));
+    IPI_TAKEN.fetch_add(1, SeqCst);
+    apic.eoi();
+}
+
+static AP_NMI: AtomicU64 = AtomicU64::new(0);
+
+fn ap_nmi(_: &mut Frame) {
+    AP_NMI.fetch_or(1 << (Apic::XApic.read(reg::ID) >> 24), SeqCst);
+}
+
+test_case! {
+    /// An NMI IPI to vCPU 1 reaches vCPU 1's vector 2 (SDM Vol. 3A, 11.6.1, delivery mode
+    /// NMI).
+    name = "irq::nmi_ipi_vcpu1::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP, vcpus = 2;
+    fn nmi_ipi_vcpu1() {
+        set_handler(2, ap_nmi);
+        let apic = Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, IPI_SPINS), "vCPU 1 did not come online");
+        apic.write(ICR_HIGH, 1 << 24);
+        apic.write(ICR_LOW, 0b100 << 8);
+        let mut spins = 0;
+        while AP_NMI.load(SeqCst) == 0 && spins < IPI_SPINS {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        check_eq!(AP_NMI.load(SeqCst), 0b10, "APIC IDs that took the NMI (bit n = ID n)");
     }
 }

@@ -5,6 +5,8 @@ mod cpu_exc;
 mod cpu_sys;
 mod io;
 mod irq;
+mod irq_ext;
+mod irq_lapic;
 mod low;
 mod pv;
 mod state;

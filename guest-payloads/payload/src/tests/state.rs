@@ -839,20 +839,6 @@ test_case! {
 }
 
 test_case! {
-    /// Live migration with the per-vCPU dirty ring instead of the bitmap (api.rst 8.29,
-    /// KVM_CAP_DIRTY_LOG_RING): the pre-copy thread collects the ring and resets it with
-    /// KVM_RESET_DIRTY_RINGS while the guest writes.
-    name = "state::live_migration_ring::long64", mode = Long64, path = Hw, requires = DIRTY_RING, flags = HOST_HOOK;
-    entry = live_migration
-}
-
-test_case! {
-    /// The same at CPL3.
-    name = "state::live_migration_ring::user64", mode = User64, path = Hw, requires = DIRTY_RING, flags = HOST_HOOK;
-    entry = live_migration
-}
-
-test_case! {
     /// Saves at points the guest does not choose: the host pauses it at random times
     /// (seeded), restores each save into a fresh VM and lets it go on; the guest checks its
     /// working set and the TSC throughout.
