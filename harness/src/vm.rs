@@ -135,7 +135,8 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
-        for (index, ap) in vcpus.iter().enumerate().skip(1) {
+        let aps_run_runtime = case.flags & hvprobe_abi::flags::AP_WAIT_SIPI == 0;
+        for (index, ap) in vcpus.iter().enumerate().skip(1).filter(|_| aps_run_runtime) {
             let mut sregs = ap.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
             let regs = machine::ap_state(&mut sregs, payload, case, index as u16);
             ap.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;

@@ -215,6 +215,9 @@ pub mod flags {
     /// `hvprobe bench` and the criterion benches, which drive it through the services
     /// [`super::proto::service::BENCH_NEXT`] and [`super::proto::service::BENCH_RESULT`].
     pub const BENCH: u32 = 1 << 2;
+    /// The application processors start as after power-on: waiting for INIT and SIPI
+    /// from vCPU 0 (KVM's default with the in-kernel irqchip), not in the runtime.
+    pub const AP_WAIT_SIPI: u32 = 1 << 3;
 }
 
 /// Maximum length of a test name, in bytes.

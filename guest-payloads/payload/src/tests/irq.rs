@@ -337,3 +337,44 @@ test_case! {
         check_eq!(AP_NMI.load(SeqCst), 0b10, "APIC IDs that took the NMI (bit n = ID n)");
     }
 }
+
+/// The page the INIT/SIPI case's real-mode trampoline runs in (SIPI vector 6: CS = 0x600,
+/// IP = 0), and the word it increments (0x6800).
+const TRAMPOLINE: u64 = 0x6000;
+const TRAMPOLINE_COUNT: u64 = 0x6800;
+/// `lock inc word ptr cs:[0x800]; cli; hlt; jmp -3`, 16-bit code.
+const TRAMPOLINE_CODE: [u8; 10] = [0xf0, 0x2e, 0xff, 0x06, 0x00, 0x08, 0xfa, 0xf4, 0xeb, 0xfd];
+
+test_case! {
+    /// Application processors started the way firmware starts them: INIT, then SIPI twice
+    /// with vector 6, all excluding self. Each AP starts in real mode at CS = 0x600,
+    /// IP = 0 and runs the trampoline there once (SDM Vol. 3A, 9.4.4.1 and 11.6.1).
+    name = "irq::init_sipi::xapic", mode = Long64, path = Full, requires = abi::requires::IRQCHIP,
+        flags = abi::flags::AP_WAIT_SIPI, vcpus = 3;
+    fn init_sipi() {
+        // SAFETY: the page is RAM below 1 MiB that nothing else uses in this case.
+        unsafe {
+            core::ptr::copy_nonoverlapping(TRAMPOLINE_CODE.as_ptr(), TRAMPOLINE as *mut u8, TRAMPOLINE_CODE.len());
+            (TRAMPOLINE_COUNT as *mut u16).write_volatile(0);
+        }
+        let apic = Apic::XApic.enable();
+        let all_but_self = 0b11 << 18;
+        apic.write(ICR_HIGH, 0);
+        apic.write(ICR_LOW, all_but_self | 1 << 14 | 0b101 << 8);
+        let start = cpu::rdtsc();
+        while cpu::rdtsc() - start < 1_000_000 {}
+        let count = || {
+            // SAFETY: the trampoline's counter, written by the APs.
+            unsafe { (TRAMPOLINE_COUNT as *const u16).read_volatile() }
+        };
+        check_eq!(count(), 0, "APs running before any SIPI");
+        for _ in 0..2 {
+            apic.write(ICR_LOW, all_but_self | 1 << 14 | 0b110 << 8 | (TRAMPOLINE >> 12) as u32);
+            let start = cpu::rdtsc();
+            while count() < 2 && cpu::rdtsc() - start < 200_000_000 {
+                core::hint::spin_loop();
+            }
+        }
+        check_eq!(count(), 2, "APs that ran the trampoline (a second SIPI must not restart them)");
+    }
+}
