@@ -421,6 +421,11 @@ fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> (V
             .expect("valid template")
             .progress_chars("=> "),
     );
+    // Cases that may wait out a watchdog limit (the watchdog's own cases, hypercalls that
+    // may hang) start first, so that no long one starts last while the other jobs idle.
+    let mut cases = cases.to_vec();
+    cases.sort_by_key(|c| std::cmp::Reverse((c.expects_timeout(), c.timeout.is_some())));
+    let cases = &cases[..];
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::with_capacity(cases.len()));
     std::thread::scope(|s| {

@@ -378,3 +378,59 @@ test_case! {
         check_eq!(count(), 2, "APs that ran the trampoline (a second SIPI must not restart them)");
     }
 }
+
+test_case! {
+    /// MOV SS opens a one-instruction shadow: with TF just set by POPF, the single-step
+    /// #DB owed after MOV SS is held until the instruction after it completes, like a
+    /// maskable interrupt would be (SDM Vol. 3A, 7.8.3 "Masking Exceptions and Interrupts
+    /// When Switching Stacks", and Vol. 2B MOV: "inhibits interrupts ... until the end of
+    /// the next instruction").
+    name = "irq::mov_ss_shadow::long64", mode = Long64, path = Hw;
+    fn mov_ss_shadow() {
+        let e = hvprobe_rt::catch!(
+            "mov eax, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, eax", "nop", "nop",
+            out("eax") _
+        );
+        let e = hvprobe_rt::check_exception!(e, hvprobe_rt::exception::DB, None);
+        // mov eax, ss (2) + pushfq (1) + or (8) + popfq (1) + mov ss (2) + nop (1) = 15:
+        // the trap follows the NOP after MOV SS, not MOV SS itself (14).
+        check_eq!(e.rip - hvprobe_rt::exception::armed_rip(), 15, "bytes from the sequence's start to the #DB's RIP");
+    }
+}
+
+const KVM_HC_SEND_IPI: u64 = 10;
+/// CPUID 0x40000001 EAX bit 11 (Documentation/virt/kvm/x86/cpuid.rst).
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+
+test_case! {
+    /// KVM_HC_SEND_IPI (hypercalls.rst, item 8): a bitmap of APIC IDs from a base, and
+    /// the ICR's low half. Sending vector IPI_VECTOR to APIC ID 1 returns 1 (one vCPU
+    /// reached) and vCPU 1 takes it. Skipped where KVM_FEATURE_PV_SEND_IPI is not
+    /// advertised. The `para` path of an IPI.
+    name = "irq::pv_send_ipi::xapic", mode = Long64, path = Para,
+        requires = abi::requires::IRQCHIP | abi::requires::KVM_PV, timeout_ms = 1000, vcpus = 2;
+    fn pv_send_ipi() {
+        if cpu::cpuid(0x4000_0001, 0).eax & KVM_FEATURE_PV_SEND_IPI == 0 {
+            hvprobe_rt::skip!("the host does not advertise KVM_FEATURE_PV_SEND_IPI");
+        }
+        set_handler(IPI_VECTOR, ipi_taker);
+        Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, IPI_SPINS), "vCPU 1 did not come online");
+        let start = cpu::rdtsc();
+        let reached = cpu::kvm_hypercall(KVM_HC_SEND_IPI, [0b10, 0, 0, IPI_VECTOR as u64]);
+        check_eq!(reached, 1, "vCPUs the hypercall reached");
+        let mut spins = 0;
+        while IPI_TAKEN.load(SeqCst) == 0 && spins < IPI_SPINS {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+        metric("pv_ipi_to_taken", "cycles", cpu::rdtsc() - start);
+        check_eq!(IPI_TAKERS.load(SeqCst), 1 << 1, "APIC IDs that took the IPI (bit n = ID n)");
+    }
+}
+
+test_case! {
+    /// The same at CPL3, where the instructions run natively.
+    name = "irq::mov_ss_shadow::user64", mode = User64, path = Hw;
+    entry = mov_ss_shadow
+}
