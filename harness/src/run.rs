@@ -506,6 +506,15 @@ impl Vm {
             }
             service::NMI => Some(self.vcpus[0].nmi().map(|()| 0).map_err(|_| ())),
             service::IRQFD => Some(self.signal_irqfd(args[0])),
+            service::MSI_ROUTE => Some(self.route_msi(args).map(|()| 0)),
+            service::IRQFD_RESAMPLE => Some(self.signal_resample_irqfd(args[0])),
+            service::RESAMPLE_COUNT => Some(
+                self.resample_irqfds
+                    .iter()
+                    .find(|(g, ..)| u64::from(*g) == args[0])
+                    .map(|(_, _, resample)| resample.read().unwrap_or(0))
+                    .ok_or(()),
+            ),
             service::INTERRUPT if !self.irqchip => {
                 self.pending_interrupt = Some(args[0] as u32);
                 Some(Ok(0))
@@ -558,6 +567,61 @@ impl Vm {
             return Err(Error::kvm("KVM_INTERRUPT")(kvm_ioctls::Error::last()));
         }
         Ok(())
+    }
+
+    /// KVM_SET_GSI_ROUTING with KVM's default irqchip routes and one MSI route.
+    fn route_msi(&self, args: [u64; 4]) -> Result<(), ()> {
+        use kvm_bindings::{
+            KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry,
+            kvm_irq_routing_entry__bindgen_ty_1 as Route, kvm_irq_routing_irqchip, kvm_irq_routing_msi,
+        };
+        let gsi = u32::try_from(args[0]).map_err(|_| ())?;
+        if gsi < 24 {
+            return Err(());
+        }
+        let chip = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            u: Route { irqchip: kvm_irq_routing_irqchip { irqchip, pin } },
+            ..Default::default()
+        };
+        // KVM's defaults (irq_comm.c, kvm_setup_default_irq_routing): PIC master for
+        // GSIs 0-7, slave for 8-15, and the IOAPIC for 0-23.
+        let mut entries = Vec::new();
+        for g in 0..24u32 {
+            if g < 16 {
+                entries.push(chip(g, if g < 8 { 0 } else { 1 }, g % 8));
+            }
+            entries.push(chip(g, 2, g));
+        }
+        entries.push(kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            u: Route {
+                msi: kvm_irq_routing_msi {
+                    address_lo: args[1] as u32,
+                    address_hi: (args[1] >> 32) as u32,
+                    data: args[2] as u32,
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        });
+        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| ())?;
+        self.vm_fd.set_gsi_routing(&routing).map_err(|_| ())
+    }
+
+    /// Registers (once) and signals a resampling irqfd for `gsi`.
+    fn signal_resample_irqfd(&mut self, gsi: u64) -> Result<u64, ()> {
+        let gsi = u32::try_from(gsi).map_err(|_| ())?;
+        if !self.resample_irqfds.iter().any(|(g, ..)| *g == gsi) {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
+            let resample = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
+            self.vm_fd.register_irqfd_with_resample(&fd, &resample, gsi).map_err(|_| ())?;
+            self.resample_irqfds.push((gsi, fd, resample));
+        }
+        let (_, fd, _) = self.resample_irqfds.iter().find(|(g, ..)| *g == gsi).ok_or(())?;
+        fd.write(1).map(|()| 0).map_err(|_| ())
     }
 
     /// Signals the irqfd of `gsi`, registering one first if the guest has not used it.

@@ -77,6 +77,8 @@ pub struct Vm {
     pub(crate) devices: crate::devices::Devices,
     /// irqfds the guest has used, by GSI.
     pub(crate) irqfds: Vec<(u32, EventFd)>,
+    /// Level-triggered irqfds with their resample eventfds, by GSI.
+    pub(crate) resample_irqfds: Vec<(u32, EventFd, EventFd)>,
     /// A vector to inject with KVM_INTERRUPT when vCPU 0 can take it (no irqchip).
     pub(crate) pending_interrupt: Option<u32>,
 }
@@ -172,6 +174,7 @@ impl Vm {
             dirty: Default::default(),
             devices: Default::default(),
             irqfds: Vec::new(),
+            resample_irqfds: Vec::new(),
             pending_interrupt: None,
         })
     }

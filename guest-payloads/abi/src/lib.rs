@@ -468,6 +468,17 @@ pub mod proto {
         /// KVM_INTERRUPT of vector `args[0]` (no in-kernel irqchip): the host injects it
         /// when the vCPU can take it, asking KVM for an interrupt window until then.
         pub const INTERRUPT: u32 = 16;
+        /// KVM_SET_GSI_ROUTING: the default irqchip routes (GSIs 0-15 to the PICs and the
+        /// IOAPIC, 16-23 to the IOAPIC) plus GSI `args[0]` as an MSI with address
+        /// `args[1]` and data `args[2]`.
+        pub const MSI_ROUTE: u32 = 17;
+        /// Registers an irqfd with a resample eventfd for GSI `args[0]` (level-triggered,
+        /// api.rst 4.75 KVM_IRQFD_FLAG_RESAMPLE) and signals it: the line stays asserted
+        /// until the guest's EOI, which signals the resample eventfd.
+        pub const IRQFD_RESAMPLE: u32 = 18;
+        /// Returns how many times the resample eventfd of `args[0]` fired since the last
+        /// call.
+        pub const RESAMPLE_COUNT: u32 = 19;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

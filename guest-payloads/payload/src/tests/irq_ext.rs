@@ -578,3 +578,46 @@ test_case! {
         check_eq!(NMI_COUNT.load(SeqCst), 1, "NMIs delivered");
     }
 }
+
+test_case! {
+    /// A GSI routed as an MSI with KVM_SET_GSI_ROUTING and raised through an irqfd
+    /// delivers the route's vector to the route's APIC (api.rst 4.52 and 4.75).
+    name = "irq::msi_gsi_route::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn msi_gsi_route() {
+        check_eq!(request(service::MSI_ROUTE, [40, 0xfee0_0000, 0x73, 0]), Ok(0), "KVM_SET_GSI_ROUTING");
+        let cycles = raise_and_wait(0x73, || {
+            check_eq!(request(service::IRQFD, [40, 0, 0, 0]), Ok(0), "irqfd signal");
+        });
+        metric("routed_msi_to_handler", "cycles", cycles);
+        check_eq!(count(0x73), 1, "deliveries");
+    }
+}
+
+static RESAMPLED_IN_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn resample_handler(frame: &mut Frame) {
+    COUNT[frame.vector as usize & 0xff].fetch_add(1, SeqCst);
+    RESAMPLED_IN_HANDLER.store(request(service::RESAMPLE_COUNT, [14, 0, 0, 0]).unwrap_or(99), SeqCst);
+    Apic::XApic.eoi();
+}
+
+test_case! {
+    /// A level-triggered pin raised by an irqfd with a resample eventfd: the interrupt is
+    /// delivered once, and the guest's EOI deasserts the line and signals the resample
+    /// eventfd, once (api.rst 4.75, KVM_IRQFD_FLAG_RESAMPLE).
+    name = "irq::ioapic_irqfd_resample::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn ioapic_irqfd_resample() {
+        redirect(14, 0x74, true, false, 0);
+        set_handler(0x74, resample_handler);
+        Apic::XApic.enable();
+        check_eq!(request(service::IRQFD_RESAMPLE, [14, 0, 0, 0]), Ok(0), "resampling irqfd signal");
+        if count(0x74) == 0 {
+            window();
+        }
+        // SAFETY: a console write: an exit, so that KVM has processed the EOI.
+        unsafe { x86::io::outb(0xe9, b'.') };
+        check_eq!(count(0x74), 1, "deliveries");
+        check_eq!(RESAMPLED_IN_HANDLER.load(SeqCst), 0, "resamples before the EOI");
+        check_eq!(request(service::RESAMPLE_COUNT, [14, 0, 0, 0]), Ok(1), "resamples after the EOI");
+    }
+}
