@@ -75,3 +75,74 @@ test_case! {
     name = "pv::host_service::user64", mode = User64, path = Para;
     entry = host_service
 }
+
+use super::state::{kvmclock_enable, kvmclock_ns};
+
+test_case! {
+    /// kvmclock (MSR_KVM_SYSTEM_TIME_NEW, msr.rst) never goes backwards over 1,000 reads
+    /// with the version protocol, and it advances.
+    name = "pv::kvmclock_monotonic::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
+    fn kvmclock_monotonic() {
+        kvmclock_enable();
+        let first = kvmclock_ns();
+        let mut last = first;
+        for i in 0..1000 {
+            let now = kvmclock_ns();
+            hvprobe_rt::check!(now >= last, "kvmclock went backwards at read {}: {} then {}", i, last, now);
+            last = now;
+        }
+        hvprobe_rt::check!(last > first, "kvmclock did not advance over 1,000 reads ({} ns)", first);
+    }
+}
+
+test_case! {
+    /// kvmclock and the TSC agree on elapsed time within 1% over a stretch of ~20 M TSC
+    /// cycles, given the TSC frequency KVM reports (KVM_GET_TSC_KHZ).
+    name = "pv::kvmclock_vs_tsc::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
+    fn kvmclock_vs_tsc() {
+        kvmclock_enable();
+        let khz = hvprobe_rt::proto::service(service::TSC_KHZ, [0; 4]).unwrap_or(0);
+        hvprobe_rt::check!(khz > 0, "no TSC frequency from the host");
+        let (t0, k0) = (cpu::rdtsc(), kvmclock_ns());
+        while cpu::rdtsc() - t0 < 20_000_000 {}
+        let (t1, k1) = (cpu::rdtsc(), kvmclock_ns());
+        let tsc_ns = (t1 - t0) * 1_000_000 / khz;
+        let clock_ns = k1 - k0;
+        metric("kvmclock_ns", "ns", clock_ns);
+        metric("tsc_ns", "ns", tsc_ns);
+        let diff = tsc_ns.abs_diff(clock_ns);
+        hvprobe_rt::check!(diff * 100 <= tsc_ns, "kvmclock {} ns vs TSC {} ns over the same stretch", clock_ns, tsc_ns);
+    }
+}
+
+const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+
+#[repr(C)]
+struct WallClock {
+    version: u32,
+    sec: u32,
+    nsec: u32,
+}
+
+static WALL: [u32; 4] = [0; 4];
+
+test_case! {
+    /// MSR_KVM_WALL_CLOCK_NEW (msr.rst): KVM writes the boot time of the VM as seconds and
+    /// nanoseconds with an even version; seconds after 2020, nanoseconds below 10^9.
+    name = "pv::kvmclock_wall_clock::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
+    fn kvmclock_wall_clock() {
+        if cpu::cpuid(0x4000_0001, 0).eax & (1 << 3) == 0 {
+            hvprobe_rt::skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
+        }
+        let p = WALL.as_ptr() as *const WallClock;
+        // SAFETY: the structure is static guest RAM; the MSR write makes KVM fill it.
+        let w = unsafe {
+            cpu::wrmsr(MSR_KVM_WALL_CLOCK_NEW, p as u64);
+            ((&raw const (*p).version).read_volatile(), (&raw const (*p).sec).read_volatile(), (&raw const (*p).nsec).read_volatile())
+        };
+        check_eq!(w.0 & 1, 0, "version is even once written");
+        hvprobe_rt::check!(w.0 != 0, "KVM did not write the wall clock");
+        hvprobe_rt::check!(w.1 > 1_577_836_800, "wall clock seconds {} are before 2020", w.1);
+        hvprobe_rt::check!(w.2 < 1_000_000_000, "nanoseconds {} out of range", w.2);
+    }
+}

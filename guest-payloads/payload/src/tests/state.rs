@@ -701,7 +701,7 @@ const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
 /// The page kvmclock writes, in the state region.
 const KVMCLOCK_PAGE: u64 = STATE_REGION + STATE_REGION_SIZE - 2 * PAGE;
 
-fn kvmclock_enable() {
+pub(crate) fn kvmclock_enable() {
     if cpu::cpuid(0x4000_0001, 0).eax & KVM_FEATURE_CLOCKSOURCE2 == 0 {
         skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
     }
@@ -711,7 +711,7 @@ fn kvmclock_enable() {
 
 /// Nanoseconds by kvmclock, read with the version protocol (msr.rst: retry while the
 /// version is odd or changed).
-fn kvmclock_ns() -> u64 {
+pub(crate) fn kvmclock_ns() -> u64 {
     let p = KVMCLOCK_PAGE as *const PvclockTime;
     loop {
         // SAFETY: KVM keeps the structure in the page; fields are read volatile because
