@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub ioeventfds: bool,
     /// Create the in-kernel 8254 PIT (KVM_CREATE_PIT2); needs `irqchip`.
     pub pit: bool,
+    /// Map the read-only slot at `layout::READONLY_BASE` (KVM_MEM_READONLY).
+    pub readonly_slot: bool,
     /// Track dirty pages with per-vCPU dirty rings of this many entries
     /// (KVM_CAP_DIRTY_LOG_RING) instead of the bitmap; live migration then uses them.
     pub dirty_ring: Option<u32>,
@@ -36,7 +38,15 @@ pub struct VmConfig {
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { vcpus: 1, irqchip: false, cpuid_edit: None, ioeventfds: false, pit: false, dirty_ring: None }
+        VmConfig {
+            vcpus: 1,
+            irqchip: false,
+            cpuid_edit: None,
+            ioeventfds: false,
+            pit: false,
+            readonly_slot: false,
+            dirty_ring: None,
+        }
     }
 }
 
@@ -66,6 +76,8 @@ pub struct Vm {
     /// that it closes first.
     pub(crate) vm_fd: VmFd,
     pub(crate) memory: GuestMemory,
+    /// The read-only slot's backing memory, when mapped (dropped after the VM fd too).
+    _readonly: Option<GuestMemory>,
     pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
     pub(crate) irqchip: bool,
@@ -100,6 +112,24 @@ impl Vm {
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
         unsafe { memory.map_as_slot0(&vm) }?;
         machine::build(&memory, payload)?;
+        let readonly = if config.readonly_slot {
+            let ro = GuestMemory::new(layout::READONLY_SIZE)?;
+            for i in 0..layout::READONLY_SIZE / 8 {
+                ro.write_u64(i * 8, hvprobe_abi::readonly_word(i))?;
+            }
+            let region = kvm_bindings::kvm_userspace_memory_region {
+                slot: 1,
+                flags: kvm_bindings::KVM_MEM_READONLY,
+                guest_phys_addr: layout::READONLY_BASE,
+                memory_size: ro.size(),
+                userspace_addr: ro.host_addr(),
+            };
+            // SAFETY: `ro` is our own mapping and outlives the VM (field order in `Vm`).
+            unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION(readonly)"))?;
+            Some(ro)
+        } else {
+            None
+        };
         let mut ioevents = Vec::new();
         if config.ioeventfds {
             for (_, addr, datamatch) in &IOEVENTS {
@@ -165,6 +195,7 @@ impl Vm {
             ioevents,
             vm_fd: vm,
             memory,
+            _readonly: readonly,
             cpuid,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
             irqchip: config.irqchip,

@@ -306,6 +306,7 @@ fn config_for(case: &TestCase) -> VmConfig {
         cpuid_edit: None,
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
         pit: false,
+        readonly_slot: false,
         dirty_ring: None,
     }
 }

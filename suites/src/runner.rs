@@ -100,6 +100,7 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
         pit: case.requires & requires::PIT != 0,
+        readonly_slot: case.requires & requires::READONLY_MEM != 0,
         dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
     }
 }

@@ -59,6 +59,11 @@ pub mod layout {
     pub const IOEVENTFD_MMIO: u64 = 0xc000_2000;
     /// Default xAPIC base.
     pub const APIC_BASE: u64 = 0xfee0_0000;
+    /// A read-only memory slot (KVM_MEM_READONLY) for cases that require READONLY_MEM:
+    /// one page, the u64 at offset 8i holding [`super::readonly_word`](i). Reads are
+    /// memory; writes exit to the VMM as MMIO and change nothing.
+    pub const READONLY_BASE: u64 = 0xd000_0000;
+    pub const READONLY_SIZE: u64 = 0x1000;
     /// RAM the `state` cases own: memory patterns, dirty-logging pages, kvmclock pages.
     /// Nothing else uses it, so its dirty pages are exactly the ones those cases write.
     pub const STATE_REGION: u64 = 0x300000;
@@ -104,6 +109,11 @@ pub mod port {
     /// The master 8259 PIC's data port (its IMR): with the in-kernel irqchip, KVM answers
     /// it without an exit to userspace.
     pub const PIC_MASTER_DATA: u16 = 0x21;
+}
+
+/// The u64 at offset 8 * `i` of the read-only slot.
+pub const fn readonly_word(i: u64) -> u64 {
+    0x5244_4f4e_4c59_0000 | i
 }
 
 /// The value a datamatch ioeventfd of the benchmarks fires on.
@@ -188,9 +198,12 @@ pub mod requires {
     pub const PIT: u64 = 1 << 6;
     /// No in-kernel irqchip: the host injects interrupts with KVM_INTERRUPT.
     pub const NO_IRQCHIP: u64 = 1 << 7;
+    /// Read-only memory slots (KVM_CAP_READONLY_MEM); the harness maps
+    /// [`super::layout::READONLY_BASE`].
+    pub const READONLY_MEM: u64 = 1 << 8;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 8] = [
+    pub const NAMES: [(u64, &str); 9] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -199,6 +212,7 @@ pub mod requires {
         (DIRTY_RING, "the dirty ring (KVM_CAP_DIRTY_LOG_RING)"),
         (PIT, "the in-kernel PIT (KVM_CAP_PIT2)"),
         (NO_IRQCHIP, "a VM without the in-kernel irqchip (always possible)"),
+        (READONLY_MEM, "read-only memory slots (KVM_CAP_READONLY_MEM)"),
     ];
 }
 

@@ -268,3 +268,34 @@ test_case! {
         }
     }
 }
+
+fn readonly_slot() {
+    let base = abi::layout::READONLY_BASE;
+    for i in [0u64, 1, 255, 511] {
+        // SAFETY: the harness's read-only slot, identity-mapped.
+        let v = unsafe { ((base + 8 * i) as *const u64).read_volatile() };
+        check_eq!(v, abi::readonly_word(i), "word {} of the read-only slot", i);
+    }
+    // SAFETY: a write KVM must turn into an MMIO exit; the VMM drops it.
+    unsafe { ((base + 8) as *mut u64).write_volatile(0x0bad) };
+    // SAFETY: as above.
+    let v = unsafe { ((base + 8) as *const u64).read_volatile() };
+    check_eq!(v, abi::readonly_word(1), "the word after a write to it");
+}
+
+test_case! {
+    /// A KVM_MEM_READONLY slot reads as memory, and a write to it exits to the VMM as
+    /// MMIO and leaves the memory unchanged (api.rst 4.35, KVM_MEM_READONLY).
+    name = "io::readonly_slot::long64", mode = Long64, path = Full, requires = abi::requires::READONLY_MEM;
+    fn readonly_slot_long64() {
+        readonly_slot();
+    }
+}
+
+test_case! {
+    /// The same from CPL3.
+    name = "io::readonly_slot::user64", mode = User64, path = Full, requires = abi::requires::READONLY_MEM;
+    fn readonly_slot_user64() {
+        readonly_slot();
+    }
+}
