@@ -2,11 +2,12 @@
 //! KVM_GET_DIRTY_LOG, and KVM_CLEAR_DIRTY_LOG in KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 mode
 //! (api.rst 4.8, 4.117 and 7.18).
 
-use hvprobe_abi::proto::{DIRTY_CLEAR, DIRTY_COUNT, DIRTY_START, DIRTY_TEST};
-use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use hvprobe_abi::proto::{DIRTY_CLEAR, DIRTY_COUNT, DIRTY_START, DIRTY_TEST};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_clear_dirty_log, kvm_enable_cap};
+use kvm_ioctls::VmFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::{ioctl_io_nr, ioctl_iowr_nr};
 
@@ -27,22 +28,45 @@ pub struct DirtyRecord {
     pub bitmap: Vec<u64>,
 }
 
-impl Vm {
-    fn set_slot0_flags(&self, flags: u32) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags,
-            guest_phys_addr: 0,
-            memory_size: self.memory.size(),
-            userspace_addr: self.memory.host_addr(),
-        };
-        // SAFETY: the same mapping slot 0 already has, which outlives the VM.
-        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+impl DirtyRecord {
+    fn set(&mut self, page: u64, dirty: bool) {
+        if let Some(w) = self.bitmap.get_mut((page / 64) as usize) {
+            if dirty {
+                *w |= 1 << (page % 64);
+            } else {
+                *w &= !(1 << (page % 64));
+            }
+        }
     }
 
+    fn test(&self, page: u64) -> bool {
+        self.bitmap.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+}
+
+/// The pages a KVM_GET_DIRTY_LOG bitmap marks.
+fn bitmap_pages(bitmap: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    bitmap
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| (i * 64 + b) as u64))
+}
+
+/// The pages of slot 0 (`size` bytes) dirtied since the last collection: from the dirty
+/// rings when there are any, else from KVM_GET_DIRTY_LOG on `vm`.
+pub(crate) fn collect(rings: &mut [DirtyRing], vm: &VmFd, size: usize) -> Result<Vec<u64>, Error> {
+    if !rings.is_empty() {
+        return harvest(rings, vm);
+    }
+    let bitmap = vm.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
+    Ok(bitmap_pages(&bitmap).collect())
+}
+
+impl Vm {
     /// Turns dirty logging of guest RAM on (and forgets what is dirty) or off.
     pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), Error> {
-        self.set_slot0_flags(if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 })?;
+        // SAFETY: the same mapping slot 0 already has, which outlives the VM.
+        unsafe { self.memory.map_as_slot(&self.vm_fd, 0, 0, if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 }) }?;
         self.dirty.logging = on;
         self.dirty.bitmap = vec![0; self.pages().div_ceil(64) as usize];
         Ok(())
@@ -65,27 +89,10 @@ impl Vm {
         self.memory.size() / PAGE
     }
 
-    /// The pages dirtied since the last fetch, added to the record: from the dirty rings
-    /// when the VM has them, else KVM_GET_DIRTY_LOG of slot 0.
+    /// The pages dirtied since the last fetch (see [`collect`]), added to the record.
     pub fn fetch_dirty_log(&mut self) -> Result<Vec<u64>, Error> {
-        if !self.rings.is_empty() {
-            let pages = harvest(&mut self.rings, &self.vm_fd)?;
-            self.record_dirty(&pages);
-            return Ok(pages);
-        }
-        let bitmap =
-            self.vm_fd.get_dirty_log(0, self.memory.size() as usize).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?;
-        let mut pages = Vec::new();
-        for (i, word) in bitmap.iter().enumerate() {
-            if let Some(r) = self.dirty.bitmap.get_mut(i) {
-                *r |= word;
-            }
-            for bit in 0..64 {
-                if word & (1 << bit) != 0 {
-                    pages.push((i * 64 + bit) as u64);
-                }
-            }
-        }
+        let pages = collect(&mut self.rings, &self.vm_fd, self.memory.size() as usize)?;
+        self.record_dirty(&pages);
         Ok(pages)
     }
 
@@ -113,24 +120,16 @@ impl Vm {
             return Err(Error::kvm("KVM_CLEAR_DIRTY_LOG")(kvm_ioctls::Error::last()));
         }
         for page in first..first + count {
-            if let Some(w) = self.dirty.bitmap.get_mut((page / 64) as usize) {
-                *w &= !(1 << (page % 64));
-            }
+            self.dirty.set(page, false);
         }
         Ok(())
     }
 
-    /// Adds pages (from a dirty ring) to the record.
+    /// Adds pages to the record.
     pub(crate) fn record_dirty(&mut self, pages: &[u64]) {
         for p in pages {
-            if let Some(w) = self.dirty.bitmap.get_mut((p / 64) as usize) {
-                *w |= 1 << (p % 64);
-            }
+            self.dirty.set(*p, true);
         }
-    }
-
-    fn dirty_in_record(&self, page: u64) -> bool {
-        self.dirty.bitmap.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     /// The DIRTY_LOG service (see `hvprobe_abi::proto::service::DIRTY_LOG`).
@@ -146,11 +145,11 @@ impl Vm {
             }
             DIRTY_COUNT if self.dirty.logging && in_ram(args[1]) && in_ram(args[2]) => {
                 self.fetch_dirty_log().map_err(|_| ())?;
-                Ok((args[1] / PAGE..args[2].div_ceil(PAGE)).filter(|p| self.dirty_in_record(*p)).count() as u64)
+                Ok((args[1] / PAGE..args[2].div_ceil(PAGE)).filter(|p| self.dirty.test(*p)).count() as u64)
             }
             DIRTY_TEST if self.dirty.logging && args[1] < self.memory.size() => {
                 self.fetch_dirty_log().map_err(|_| ())?;
-                Ok(self.dirty_in_record(args[1] / PAGE) as u64)
+                Ok(self.dirty.test(args[1] / PAGE) as u64)
             }
             DIRTY_CLEAR if self.dirty.manual && in_ram(args[1]) && in_ram(args[2]) && args[1] <= args[2] => {
                 let (first, end) = (args[1] / PAGE, args[2].div_ceil(PAGE));

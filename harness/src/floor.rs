@@ -36,7 +36,7 @@ impl BareVm {
         let memory = GuestMemory::new(layout::RAM_SIZE)?;
         memory.write(BARE_CODE, &BARE_LOOP)?;
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
-        unsafe { memory.map_as_slot0(&vm) }?;
+        unsafe { memory.map_as_slot(&vm, 0, 0, 0) }?;
         let mut vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
         let cpuid = CpuId::from_entries(&kvm.supported_cpuid).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
         vcpu.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;

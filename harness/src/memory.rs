@@ -42,7 +42,7 @@ impl GuestMemory {
     }
 
     /// The host address of guest-physical 0, for KVM_SET_USER_MEMORY_REGION.
-    pub(crate) fn host_addr(&self) -> u64 {
+    fn host_addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
     }
 
@@ -52,16 +52,23 @@ impl GuestMemory {
         RawView { ptr: self.ptr.as_ptr(), size: self.size }
     }
 
-    /// Maps this memory at guest-physical 0 as memory slot 0 of `vm`.
+    /// Maps (or remaps, to change `flags`) this memory at `guest_phys_addr` as memory
+    /// slot `slot` of `vm` (KVM_SET_USER_MEMORY_REGION).
     ///
     /// # Safety
     /// The memory must outlive the VM (declare it after the VM fd in the owning struct,
     /// so that it drops later).
-    pub(crate) unsafe fn map_as_slot0(&self, vm: &kvm_ioctls::VmFd) -> Result<(), Error> {
+    pub(crate) unsafe fn map_as_slot(
+        &self,
+        vm: &kvm_ioctls::VmFd,
+        slot: u32,
+        guest_phys_addr: u64,
+        flags: u32,
+    ) -> Result<(), Error> {
         let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
+            slot,
+            flags,
+            guest_phys_addr,
             memory_size: self.size,
             userspace_addr: self.host_addr(),
         };

@@ -10,12 +10,12 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::dirty::PAGE;
 use crate::memory::RawView;
-use crate::watchdog::{ImmediateExit, kick_signal};
+use crate::watchdog::ImmediateExit;
 use crate::{Error, GuestMemory, Kvm, Payload, RunEnd, RunOptions, RunReport, TestCase, Vm, VmConfig};
 
 /// How to migrate.
@@ -87,8 +87,7 @@ impl Vm {
         options.stop = Some(Arc::clone(&stop));
         let run_over = AtomicBool::new(false);
         // SAFETY: pthread_self has no preconditions; this thread runs vCPU 0 below.
-        let vcpu_thread = unsafe { libc::pthread_self() } as u64;
-        let tid = AtomicU64::new(vcpu_thread);
+        let vcpu_thread = unsafe { libc::pthread_self() };
         let immediate_exit = ImmediateExit(&raw mut self.vcpus[0].get_kvm_run().immediate_exit);
         let size = self.memory.size() as usize;
         // The pre-copy thread reads the source memory through a view while this thread
@@ -99,12 +98,11 @@ impl Vm {
         // With dirty rings, the pre-copy thread collects them (and nothing else does until
         // it is done); without, it reads the bitmap.
         let mut rings = std::mem::take(&mut self.rings);
-        let ring_mode = !rings.is_empty();
         let rings_ref = &mut rings;
-        let (run_over_ref, stop_ref, tid_ref, log_vm_ref) = (&run_over, &stop, &tid, &log_vm);
+        let (run_over_ref, stop_ref, log_vm_ref) = (&run_over, &stop, &log_vm);
         let (report, rounds) = std::thread::scope(|s| {
             let precopy = s.spawn(move || -> Result<Vec<u64>, Error> {
-                let (run_over, stop, tid, log_vm, rings) = (run_over_ref, stop_ref, tid_ref, log_vm_ref, rings_ref);
+                let (run_over, stop, log_vm, rings) = (run_over_ref, stop_ref, log_vm_ref, rings_ref);
                 // Moved in whole (it is Send); a use of its field alone would capture the
                 // raw pointer, which is not.
                 let immediate_exit = immediate_exit;
@@ -115,11 +113,7 @@ impl Vm {
                     if run_over.load(Ordering::SeqCst) {
                         break;
                     }
-                    let pages: Vec<u64> = if ring_mode {
-                        crate::dirty::harvest(rings, log_vm)?
-                    } else {
-                        dirty_pages(&log_vm.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?).collect()
-                    };
+                    let pages = crate::dirty::collect(rings, log_vm, size)?;
                     // SAFETY: see above.
                     let n = unsafe { copy_pages(source, dest_mem, pages.into_iter())? };
                     rounds.push(n);
@@ -128,16 +122,9 @@ impl Vm {
                     }
                 }
                 // Stop the source: the flag, then immediate_exit and a kick until the run
-                // loop has seen it.
+                // loop has seen it (the vCPU thread owns this scope, so it is alive).
                 stop.store(true, Ordering::SeqCst);
-                while !run_over.load(Ordering::SeqCst) {
-                    // SAFETY: the byte is in vCPU 0's kvm_run, alive for the whole scope;
-                    // the run loop resets it when it returns.
-                    unsafe { immediate_exit.0.write_volatile(1) };
-                    // SAFETY: the vCPU thread is this scope's owner, alive until the join.
-                    unsafe { libc::pthread_kill(tid.load(Ordering::SeqCst) as libc::pthread_t, kick_signal()) };
-                    std::thread::sleep(Duration::from_micros(200));
-                }
+                immediate_exit.kick_until(|| vcpu_thread, || run_over.load(Ordering::SeqCst));
                 Ok(rounds)
             });
             let report = self.run(options);
@@ -155,11 +142,7 @@ impl Vm {
         }
         let down = Instant::now();
         self.complete_pending_io()?;
-        let pages: Vec<u64> = if ring_mode {
-            crate::dirty::harvest(&mut self.rings, &self.vm_fd)?
-        } else {
-            dirty_pages(&self.vm_fd.get_dirty_log(0, size).map_err(Error::kvm("KVM_GET_DIRTY_LOG"))?).collect()
-        };
+        let pages = crate::dirty::collect(&mut self.rings, &self.vm_fd, size)?;
         // SAFETY: `self.memory` is mapped; nothing runs the source any more.
         rounds.push(unsafe { copy_pages(self.memory.raw_view(), &dest.memory, pages.into_iter())? });
         let (state, _) = self.save_state(&case.name)?;
@@ -176,11 +159,4 @@ impl Vm {
         let m = Migration { pages_per_round: rounds, downtime, total: start.elapsed(), mismatched_pages };
         Ok((report, Some((dest, m))))
     }
-}
-
-fn dirty_pages(bitmap: &[u64]) -> impl Iterator<Item = u64> + '_ {
-    bitmap
-        .iter()
-        .enumerate()
-        .flat_map(|(i, w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| (i * 64 + b) as u64))
 }

@@ -8,7 +8,7 @@ use hvprobe_abi::{read_u32, read_u64};
 
 use crate::GuestMemory;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VerdictStatus {
     Pass,
     Fail,
@@ -16,7 +16,7 @@ pub enum VerdictStatus {
 }
 
 /// What the guest concluded about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestVerdict {
     pub status: VerdictStatus,
     pub message: String,
@@ -29,7 +29,7 @@ pub struct GuestVerdict {
 }
 
 /// A named measurement the guest took.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Metric {
     pub name: String,
     pub unit: String,

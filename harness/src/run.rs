@@ -1,14 +1,13 @@
 //! The run loop: KVM_RUN until the guest gives a verdict, the vCPU stops in a way the
 //! guest cannot recover from, or the watchdog fires. Every ending is classified precisely.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use hvprobe_abi::proto::{self, service};
 use hvprobe_abi::{layout, port};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{Scope, ScopedJoinHandle};
-
 use kvm_bindings::{KVM_EXIT_IO_OUT, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -505,14 +504,15 @@ impl Vm {
                 Some(self.vm_fd.signal_msi(msi).map(|n| n as u64).map_err(|_| ()))
             }
             service::NMI => Some(self.vcpus[0].nmi().map(|()| 0).map_err(|_| ())),
-            service::IRQFD => Some(self.signal_irqfd(args[0])),
+            service::IRQFD => Some(self.signal_irqfd(args[0], false)),
             service::MSI_ROUTE => Some(self.route_msi(args).map(|()| 0)),
-            service::IRQFD_RESAMPLE => Some(self.signal_resample_irqfd(args[0])),
+            service::IRQFD_RESAMPLE => Some(self.signal_irqfd(args[0], true)),
             service::RESAMPLE_COUNT => Some(
-                self.resample_irqfds
+                self.irqfds
                     .iter()
                     .find(|(g, ..)| u64::from(*g) == args[0])
-                    .map(|(_, _, resample)| resample.read().unwrap_or(0))
+                    .and_then(|(_, _, resample)| resample.as_ref())
+                    .map(|resample| resample.read().unwrap_or(0))
                     .ok_or(()),
             ),
             service::INTERRUPT if !self.irqchip => {
@@ -611,28 +611,24 @@ impl Vm {
         self.vm_fd.set_gsi_routing(&routing).map_err(|_| ())
     }
 
-    /// Registers (once) and signals a resampling irqfd for `gsi`.
-    fn signal_resample_irqfd(&mut self, gsi: u64) -> Result<u64, ()> {
+    /// Signals the irqfd of `gsi`, registering one first if the guest has not used it:
+    /// with a resample eventfd when `resample` (a level-triggered line, api.rst 4.75).
+    /// A GSI keeps the kind it was first registered with.
+    fn signal_irqfd(&mut self, gsi: u64, resample: bool) -> Result<u64, ()> {
         let gsi = u32::try_from(gsi).map_err(|_| ())?;
-        if !self.resample_irqfds.iter().any(|(g, ..)| *g == gsi) {
+        if !self.irqfds.iter().any(|(g, ..)| *g == gsi) {
             let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
-            let resample = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
-            self.vm_fd.register_irqfd_with_resample(&fd, &resample, gsi).map_err(|_| ())?;
-            self.resample_irqfds.push((gsi, fd, resample));
+            let resample_fd = if resample {
+                let r = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
+                self.vm_fd.register_irqfd_with_resample(&fd, &r, gsi).map_err(|_| ())?;
+                Some(r)
+            } else {
+                self.vm_fd.register_irqfd(&fd, gsi).map_err(|_| ())?;
+                None
+            };
+            self.irqfds.push((gsi, fd, resample_fd));
         }
-        let (_, fd, _) = self.resample_irqfds.iter().find(|(g, ..)| *g == gsi).ok_or(())?;
-        fd.write(1).map(|()| 0).map_err(|_| ())
-    }
-
-    /// Signals the irqfd of `gsi`, registering one first if the guest has not used it.
-    fn signal_irqfd(&mut self, gsi: u64) -> Result<u64, ()> {
-        let gsi = u32::try_from(gsi).map_err(|_| ())?;
-        if !self.irqfds.iter().any(|(g, _)| *g == gsi) {
-            let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
-            self.vm_fd.register_irqfd(&fd, gsi).map_err(|_| ())?;
-            self.irqfds.push((gsi, fd));
-        }
-        let (_, fd) = self.irqfds.iter().find(|(g, _)| *g == gsi).ok_or(())?;
+        let (_, fd, _) = self.irqfds.iter().find(|(g, ..)| *g == gsi).ok_or(())?;
         fd.write(1).map(|()| 0).map_err(|_| ())
     }
 }
@@ -677,28 +673,17 @@ impl<'scope> ApThreads<'scope> {
         ApThreads { stop, threads }
     }
 
-    /// Stops every AP: the flag, immediate_exit, and the kick signal until each returns.
+    /// Stops every AP: the flag, then immediate_exit and the kick signal until each
+    /// thread has returned (it is alive while not finished, so the kick is safe).
     fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        for (_, _, ie) in &self.threads {
-            // SAFETY: see `start`; a byte store racing with KVM's read of it is what the
-            // KVM API intends (api.rst, immediate_exit).
-            unsafe { ie.0.write_volatile(1) };
-        }
-        for (handle, tid, _) in &self.threads {
-            while !handle.is_finished() {
-                let t = tid.load(Ordering::SeqCst);
-                if t != 0 {
-                    // SAFETY: the thread is alive (not finished) and `t` is its pthread_t.
-                    unsafe { libc::pthread_kill(t as libc::pthread_t, crate::watchdog::kick_signal()) };
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
+        for (handle, tid, ie) in &self.threads {
+            ie.kick_until(|| tid.load(Ordering::SeqCst) as libc::pthread_t, || handle.is_finished());
         }
         for (handle, _, ie) in self.threads {
             let _ = handle.join();
-            // SAFETY: as above; the thread has ended, so no KVM_RUN is using the byte.
-            unsafe { ie.0.write_volatile(0) };
+            // The thread has ended, so no KVM_RUN is using the byte.
+            ie.set(0);
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_clock_data, kvm_irqchip};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, GuestMemory, Kvm, Payload, TestCase, VcpuState, Vm, VmConfig};
+use crate::{Error, Kvm, Payload, TestCase, VcpuState, Vm, VmConfig};
 
 /// The format name in the first line of a snapshot file.
 pub const FORMAT: &str = "hvprobe.snapshot/1";
@@ -213,12 +213,5 @@ impl Snapshot {
             )));
         }
         Ok(snap)
-    }
-}
-
-/// A view of guest memory, for tests that compare two VMs.
-impl Vm {
-    pub fn memory(&self) -> &GuestMemory {
-        &self.memory
     }
 }

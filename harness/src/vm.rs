@@ -1,11 +1,11 @@
 //! A VM booted for one test case: memory, the machine the case expects, vCPUs.
 
+use std::sync::OnceLock;
+
 use hvprobe_abi::{BENCH_DATAMATCH, layout, port};
 use kvm_bindings::{CpuId, kvm_cpuid_entry2};
 use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-
-use std::sync::OnceLock;
 
 use crate::host::find_cpuid;
 use crate::state::StateCaps;
@@ -87,10 +87,9 @@ pub struct Vm {
     pub(crate) dirty: crate::dirty::DirtyRecord,
     /// The userspace devices' registers, which live as long as the VM.
     pub(crate) devices: crate::devices::Devices,
-    /// irqfds the guest has used, by GSI.
-    pub(crate) irqfds: Vec<(u32, EventFd)>,
-    /// Level-triggered irqfds with their resample eventfds, by GSI.
-    pub(crate) resample_irqfds: Vec<(u32, EventFd, EventFd)>,
+    /// irqfds the guest has used: GSI, eventfd, and the resample eventfd of a
+    /// level-triggered one.
+    pub(crate) irqfds: Vec<(u32, EventFd, Option<EventFd>)>,
     /// A vector to inject with KVM_INTERRUPT when vCPU 0 can take it (no irqchip).
     pub(crate) pending_interrupt: Option<u32>,
 }
@@ -110,22 +109,15 @@ impl Vm {
         }
         let memory = GuestMemory::new(layout::RAM_SIZE)?;
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
-        unsafe { memory.map_as_slot0(&vm) }?;
+        unsafe { memory.map_as_slot(&vm, 0, 0, 0) }?;
         machine::build(&memory, payload)?;
         let readonly = if config.readonly_slot {
             let ro = GuestMemory::new(layout::READONLY_SIZE)?;
             for i in 0..layout::READONLY_SIZE / 8 {
                 ro.write_u64(i * 8, hvprobe_abi::readonly_word(i))?;
             }
-            let region = kvm_bindings::kvm_userspace_memory_region {
-                slot: 1,
-                flags: kvm_bindings::KVM_MEM_READONLY,
-                guest_phys_addr: layout::READONLY_BASE,
-                memory_size: ro.size(),
-                userspace_addr: ro.host_addr(),
-            };
-            // SAFETY: `ro` is our own mapping and outlives the VM (field order in `Vm`).
-            unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION(readonly)"))?;
+            // SAFETY: `ro` outlives the VM (field order in `Vm`).
+            unsafe { ro.map_as_slot(&vm, 1, layout::READONLY_BASE, kvm_bindings::KVM_MEM_READONLY) }?;
             Some(ro)
         } else {
             None
@@ -205,9 +197,13 @@ impl Vm {
             dirty: Default::default(),
             devices: Default::default(),
             irqfds: Vec::new(),
-            resample_irqfds: Vec::new(),
             pending_interrupt: None,
         })
+    }
+
+    /// Guest memory, for checks that compare two VMs or set a flag between runs.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
     }
 
     /// How many times each registered ioeventfd of [`IOEVENTS`] fired since the last call

@@ -52,6 +52,36 @@ pub struct ImmediateExit(pub *mut u8);
 // run loop drops the watchdog before it returns), and is only accessed atomically.
 unsafe impl Send for ImmediateExit {}
 
+impl ImmediateExit {
+    /// Stores `value` into the byte (KVM reads it on entry to KVM_RUN).
+    pub fn set(self, value: u8) {
+        // SAFETY: see the Send impl: the mapping outlives every holder of this value, and
+        // the byte is only accessed atomically.
+        unsafe { AtomicU8::from_ptr(self.0) }.store(value, Ordering::SeqCst);
+    }
+
+    /// Makes `thread`, which runs this vCPU, leave KVM_RUN: immediate_exit, then the kick
+    /// signal (KVM API 4.10). The caller keeps `thread` alive.
+    pub fn kick(self, thread: libc::pthread_t) {
+        self.set(1);
+        // SAFETY: the caller guarantees `thread` is a live thread of this process; the
+        // kick signal's handler does nothing.
+        unsafe { libc::pthread_kill(thread, kick_signal()) };
+    }
+
+    /// Kicks `thread` every 200 µs until `done()`; a `thread` of 0 (not yet known) is
+    /// skipped, since the flag alone stops its next KVM_RUN.
+    pub fn kick_until(self, thread: impl Fn() -> libc::pthread_t, done: impl Fn() -> bool) {
+        while !done() {
+            match thread() {
+                0 => self.set(1),
+                t => self.kick(t),
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 impl Watchdog {
     /// Starts watching the calling thread's next KVM_RUN calls.
     pub fn arm(limit: Duration, immediate_exit: ImmediateExit) -> Result<Watchdog, Error> {
@@ -70,12 +100,9 @@ impl Watchdog {
                     let wait = if now < deadline { deadline - now } else { Duration::from_millis(20) };
                     if now >= deadline {
                         s.fired.store(true, Ordering::SeqCst);
-                        let exit = immediate_exit;
-                        // SAFETY: see ImmediateExit; KVM reads the byte on entry to KVM_RUN.
-                        unsafe { AtomicU8::from_ptr(exit.0) }.store(1, Ordering::SeqCst);
-                        // SAFETY: the vCPU thread is alive until it drops this watchdog,
-                        // which waits for this thread to end first.
-                        unsafe { libc::pthread_kill(vcpu_thread, kick_signal()) };
+                        // The vCPU thread is alive until it drops this watchdog, which
+                        // waits for this thread to end first.
+                        immediate_exit.kick(vcpu_thread);
                     }
                     done = s.wake.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
                 }

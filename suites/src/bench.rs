@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hvprobe_abi::proto::{BENCH_BASELINE, service};
-use hvprobe_abi::requires;
 use hvprobe_harness::floor::BareVm;
 use hvprobe_harness::{Error, RunEnd, RunOptions, RunReport, TestCase, VerdictStatus, Vm, VmConfig};
 use hvprobe_results::{Benchmark, Outcome};
@@ -299,18 +298,6 @@ fn ioevent_of(name: &str) -> Option<&'static str> {
         .and_then(|which| hvprobe_harness::IOEVENTS.iter().find(|(n, ..)| *n == which).map(|(n, ..)| *n))
 }
 
-fn config_for(case: &TestCase) -> VmConfig {
-    VmConfig {
-        vcpus: case.vcpus.into(),
-        irqchip: case.requires & requires::IRQCHIP != 0,
-        cpuid_edit: None,
-        ioeventfds: case.requires & requires::IOEVENTFD != 0,
-        pit: false,
-        readonly_slot: false,
-        dirty_ring: None,
-    }
-}
-
 /// The watchdog limit of a benchmark run: the case's own limit (a hang should cost little)
 /// plus what the batches take, three times over.
 fn limit(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> Duration {
@@ -339,7 +326,7 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
     });
     let options = RunOptions { timeout: limit(ctx, case, cfg), services: Some(handler), ..RunOptions::default() };
     let payload = crate::catalog::payload().expect("callers list benchmarks from the parsed payload");
-    let run = Vm::boot(&ctx.kvm, payload, case, config_for(case))
+    let run = Vm::boot(&ctx.kvm, payload, case, crate::runner::vm_config(case, None))
         .and_then(|mut vm| vm.run(options).map(|report| (report, vm.ioevent_counts())));
     let (report, counts) = match run {
         Ok(x) => x,
@@ -663,7 +650,7 @@ impl Session {
         let (next_tx, next_rx) = std::sync::mpsc::channel::<u64>();
         let (cycles_tx, cycles_rx) = std::sync::mpsc::channel::<u64>();
         let payload = crate::catalog::payload().expect("callers list benchmarks from the parsed payload");
-        let mut vm = Vm::boot(&kvm, payload, case, config_for(case))?;
+        let mut vm = Vm::boot(&kvm, payload, case, crate::runner::vm_config(case, None))?;
         let handler = Box::new(move |id: u32, args: [u64; 4]| match id {
             // Blocks until the caller asks for a batch; a dropped sender means stop.
             service::BENCH_NEXT => Some(Ok(next_rx.recv().unwrap_or(0))),

@@ -129,7 +129,7 @@ pub fn drive(
         };
         let end = part.end().clone();
         merge(&mut total, part);
-        match (end, how) {
+        match (&end, how) {
             (RunEnd::Checkpoint { tag }, Some(Migrate::CrossProcess)) => {
                 let (snap, _) = vm.save(&t.case.name)?;
                 drop(vm);
@@ -141,7 +141,7 @@ pub fn drive(
             }
             (RunEnd::Checkpoint { .. }, Some(Migrate::Restore | Migrate::RandomPauses(_)))
             | (RunEnd::Paused, Some(Migrate::RandomPauses(_))) => {
-                if total.end == Some(RunEnd::Paused) {
+                if end == RunEnd::Paused {
                     pauses_left = pauses_left.saturating_sub(1);
                 }
                 let (snap, saved) = vm.save(&t.case.name)?;
@@ -153,12 +153,13 @@ pub fn drive(
                 let restore_us = (applied.vcpus + applied.devices + applied.memory).as_micros() as u64;
                 host_metric(&mut total, &format!("save{moves}"), "us", save_us);
                 host_metric(&mut total, &format!("restore{moves}"), "us", restore_us);
-                host_metric(&mut total, "moves", "count", moves);
-                total.metrics.retain(|m| m.name != "host_moves" || m.value == moves);
             }
             // A checkpoint in a case the host does not move: go on in the same VM.
             (RunEnd::Checkpoint { .. }, _) => {}
             _ => {
+                if moves > 0 {
+                    host_metric(&mut total, "moves", "count", moves);
+                }
                 let passed = total.verdict.as_ref().is_some_and(|v| v.status == VerdictStatus::Pass);
                 if pauses_left > 0 && passed {
                     total.end = Some(RunEnd::HostCheck(format!(
@@ -175,14 +176,11 @@ pub fn drive(
 #[derive(Serialize, Deserialize, Default)]
 struct Resumed {
     pid: u32,
-    status: Option<String>,
-    message: String,
-    file: String,
-    line: u32,
-    values: Option<(u64, u64)>,
+    verdict: Option<GuestVerdict>,
+    /// How the run ended, described (when there is no verdict).
     end: String,
     log: Vec<String>,
-    metrics: Vec<(String, String, u64)>,
+    metrics: Vec<Metric>,
 }
 
 struct Child {
@@ -210,31 +208,12 @@ fn in_another_process(snap: &hvprobe_harness::Snapshot, deadline: Instant) -> Re
     let r: Resumed = serde_json::from_str(line).map_err(|e| {
         Error::Snapshot(format!("the restoring process ({}) gave no result: {e}; it printed {text:?}", out.status))
     })?;
-    let mut report = RunReport {
-        log: r.log,
-        metrics: r.metrics.into_iter().map(|(name, unit, value)| Metric { name, unit, value }).collect(),
-        ..RunReport::default()
+    let end = match r.verdict {
+        Some(_) => RunEnd::Verdict,
+        None => RunEnd::HostCheck(format!("in the restoring process: {}", r.end)),
     };
-    let status = match r.status.as_deref() {
-        Some("pass") => Some(VerdictStatus::Pass),
-        Some("fail") => Some(VerdictStatus::Fail),
-        Some("skip") => Some(VerdictStatus::Skip),
-        _ => None,
-    };
-    match status {
-        Some(status) => {
-            report.verdict = Some(GuestVerdict {
-                status,
-                message: r.message,
-                file: r.file,
-                line: r.line,
-                values: r.values,
-                fault: None,
-            });
-            report.end = Some(RunEnd::Verdict);
-        }
-        None => report.end = Some(RunEnd::HostCheck(format!("in the restoring process: {}", r.end))),
-    }
+    let report =
+        RunReport { verdict: r.verdict, end: Some(end), log: r.log, metrics: r.metrics, ..RunReport::default() };
     Ok(Child { pid: r.pid, report })
 }
 
@@ -266,23 +245,11 @@ fn resume(path: &std::path::Path) -> Result<Resumed, String> {
     let target = Target { kvm: &kvm, payload, case, config: &config };
     let options = RunOptions { timeout, ..RunOptions::default() };
     let (report, _) = drive(&target, vm, Some(Migrate::Restore), options).map_err(|e| e.to_string())?;
-    let v = report.verdict.as_ref();
     Ok(Resumed {
         pid: std::process::id(),
-        status: v.map(|v| {
-            match v.status {
-                VerdictStatus::Pass => "pass",
-                VerdictStatus::Fail => "fail",
-                VerdictStatus::Skip => "skip",
-            }
-            .to_string()
-        }),
-        message: v.map(|v| v.message.clone()).unwrap_or_default(),
-        file: v.map(|v| v.file.clone()).unwrap_or_default(),
-        line: v.map_or(0, |v| v.line),
-        values: v.and_then(|v| v.values),
         end: report.end().describe(),
+        verdict: report.verdict,
         log: report.log,
-        metrics: report.metrics.into_iter().map(|m| (m.name, m.unit, m.value)).collect(),
+        metrics: report.metrics,
     })
 }
