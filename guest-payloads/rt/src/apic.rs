@@ -5,12 +5,25 @@ pub mod reg {
     pub const ID: u32 = 0x20;
     pub const VERSION: u32 = 0x30;
     pub const TPR: u32 = 0x80;
+    pub const PPR: u32 = 0xa0;
     pub const EOI: u32 = 0xb0;
     /// Logical destination and destination format (xAPIC only; SDM Vol. 3A, 11.6.2.2).
     pub const LDR: u32 = 0xd0;
     pub const DFR: u32 = 0xe0;
     pub const SVR: u32 = 0xf0;
+    /// The first words of the 256-bit ISR, TMR and IRR (see [`super::Apic::vector_bit`]).
+    pub const ISR: u32 = 0x100;
+    pub const TMR: u32 = 0x180;
+    pub const IRR: u32 = 0x200;
+    pub const ESR: u32 = 0x280;
+    /// The ICR: its low half (x2APIC: the whole 64-bit MSR) and, in xAPIC mode only, the
+    /// destination half.
+    pub const ICR_LOW: u32 = 0x300;
+    pub const ICR_HIGH: u32 = 0x310;
     pub const LVT_TIMER: u32 = 0x320;
+    pub const LVT_LINT0: u32 = 0x350;
+    pub const LVT_LINT1: u32 = 0x360;
+    pub const LVT_ERROR: u32 = 0x370;
     pub const TIMER_INITIAL: u32 = 0x380;
     pub const TIMER_CURRENT: u32 = 0x390;
     pub const TIMER_DIVIDE: u32 = 0x3e0;
@@ -68,5 +81,23 @@ impl Apic {
 
     pub fn eoi(self) {
         self.write(reg::EOI, 0);
+    }
+
+    /// Bit `vector` of a 256-bit register (`reg::ISR`, `reg::TMR`, `reg::IRR`), whose
+    /// 32-bit words are 16 bytes apart (SDM Vol. 3A, 11.8.4).
+    pub fn vector_bit(self, base: u32, vector: u8) -> bool {
+        self.read(base + (vector as u32 / 32) * 0x10) & (1 << (vector % 32)) != 0
+    }
+
+    /// HLT with interrupts enabled, woken by the interrupt the caller waits for or, failing
+    /// that, by a one-shot timer of `count` ticks (divide by 1) on `backstop`, whose
+    /// handler the caller has installed: a lost interrupt ends the wait instead of halting
+    /// forever. The timer is disarmed on return.
+    pub fn hlt_with_backstop(self, backstop: u8, count: u32) {
+        self.write(reg::TIMER_DIVIDE, 0b1011);
+        self.write(reg::LVT_TIMER, backstop as u32);
+        self.write(reg::TIMER_INITIAL, count);
+        crate::cpu::sti_hlt();
+        self.write(reg::TIMER_INITIAL, 0);
     }
 }

@@ -13,6 +13,8 @@ pub mod console;
 pub mod cpu;
 mod entry;
 pub mod exception;
+pub mod ioapic;
+pub mod kvmclock;
 pub mod paging;
 pub mod proto;
 pub mod smp;

@@ -18,8 +18,6 @@ use x86::msr;
 /// A hypercall that never returns on some hosts must not hold a benchmark run for 10 s.
 const HYPERCALL_LIMIT_MS: u32 = 2000;
 
-const APIC_ICR_LOW: u32 = 0x300;
-const APIC_ICR_HIGH: u32 = 0x310;
 /// ICR destination shorthand "self" (SDM Vol. 3A, 11.6.1).
 const ICR_SELF: u32 = 1 << 18;
 const IPI_VECTOR: u8 = 0x41;
@@ -350,8 +348,8 @@ test_case! {
         }
         serve(|| {
             let before = IPI_ACKS.load(SeqCst);
-            apic.write(APIC_ICR_HIGH, 1 << 24);
-            apic.write(APIC_ICR_LOW, IPI_VECTOR as u32);
+            apic.write(reg::ICR_HIGH, 1 << 24);
+            apic.write(reg::ICR_LOW, IPI_VECTOR as u32);
             while IPI_ACKS.load(SeqCst) == before {
                 core::hint::spin_loop();
             }
@@ -372,7 +370,7 @@ test_case! {
         set_gate(IPI_VECTOR, hv_bench_eoi_xapic);
         let apic = Apic::XApic.enable();
         sti();
-        serve(|| apic.write(APIC_ICR_LOW, ICR_SELF | IPI_VECTOR as u32))
+        serve(|| apic.write(reg::ICR_LOW, ICR_SELF | IPI_VECTOR as u32))
     }
 }
 
@@ -400,7 +398,7 @@ test_case! {
             // SAFETY: the handler for the IPI is installed; STI's shadow covers HLT, so the
             // interrupt arrives while halted, never before.
             unsafe { asm!("cli", options(nomem, nostack)) };
-            apic.write(APIC_ICR_LOW, ICR_SELF | IPI_VECTOR as u32);
+            apic.write(reg::ICR_LOW, ICR_SELF | IPI_VECTOR as u32);
             cpu::sti_hlt();
         })
     }

@@ -154,105 +154,87 @@ test_case! {
     entry = mmio_rmw
 }
 
-fn mmio_cmpxchg() {
-    let p = mmio::<u64>(0x30);
-    // SAFETY: as for mmio_widths.
-    unsafe {
-        p.write_volatile(7);
-        let mut old: u64 = 7;
-        core::arch::asm!("lock cmpxchg qword ptr [{p}], {new}", p = in(reg) p, new = in(reg) 9u64,
-                         inout("rax") old, options(nostack));
-        check_eq!(old, 7, "CMPXCHG returns the old value when it matches");
-        check_eq!(p.read_volatile(), 9, "CMPXCHG stored the new value");
-        let mut old: u64 = 1;
-        core::arch::asm!("lock cmpxchg qword ptr [{p}], {new}", p = in(reg) p, new = in(reg) 3u64,
-                         inout("rax") old, options(nostack));
-        check_eq!(old, 9, "a failed CMPXCHG loads the current value into RAX");
-        check_eq!(p.read_volatile(), 9, "a failed CMPXCHG leaves memory alone");
-        let mut v: u32 = 0x10;
-        core::arch::asm!("lock xadd dword ptr [{p}], {v:e}", p = in(reg) mmio::<u32>(0x38), v = inout(reg) v,
-                         options(nostack));
-        check_eq!(v, 0, "XADD returns the old value");
-        check_eq!(mmio::<u32>(0x38).read_volatile(), 0x10, "XADD stored the sum");
-    }
-}
-
 test_case! {
     /// LOCK CMPXCHG and LOCK XADD with an MMIO destination: compare-and-swap semantics
     /// through the hypervisor, both outcomes (SDM Vol. 2A, CMPXCHG and XADD).
     name = "io::mmio_cmpxchg::long64", mode = Long64, path = Full;
-    fn mmio_cmpxchg_long64() {
-        mmio_cmpxchg();
+    fn mmio_cmpxchg() {
+        let p = mmio::<u64>(0x30);
+        // SAFETY: as for mmio_widths.
+        unsafe {
+            p.write_volatile(7);
+            let mut old: u64 = 7;
+            core::arch::asm!("lock cmpxchg qword ptr [{p}], {new}", p = in(reg) p, new = in(reg) 9u64,
+                             inout("rax") old, options(nostack));
+            check_eq!(old, 7, "CMPXCHG returns the old value when it matches");
+            check_eq!(p.read_volatile(), 9, "CMPXCHG stored the new value");
+            let mut old: u64 = 1;
+            core::arch::asm!("lock cmpxchg qword ptr [{p}], {new}", p = in(reg) p, new = in(reg) 3u64,
+                             inout("rax") old, options(nostack));
+            check_eq!(old, 9, "a failed CMPXCHG loads the current value into RAX");
+            check_eq!(p.read_volatile(), 9, "a failed CMPXCHG leaves memory alone");
+            let mut v: u32 = 0x10;
+            core::arch::asm!("lock xadd dword ptr [{p}], {v:e}", p = in(reg) mmio::<u32>(0x38), v = inout(reg) v,
+                             options(nostack));
+            check_eq!(v, 0, "XADD returns the old value");
+            check_eq!(mmio::<u32>(0x38).read_volatile(), 0x10, "XADD stored the sum");
+        }
     }
 }
 
 test_case! {
     /// The same from CPL3.
     name = "io::mmio_cmpxchg::user64", mode = User64, path = Full;
-    fn mmio_cmpxchg_user64() {
-        mmio_cmpxchg();
-    }
-}
-
-fn mmio_string() {
-    let src: [u8; 16] = *b"hvprobe-mmio-rep";
-    let mut back = [0u8; 16];
-    // SAFETY: copies 16 bytes to the MMIO device and back to a local buffer.
-    unsafe {
-        core::arch::asm!("rep movsb", inout("rcx") 16u64 => _, inout("rsi") src.as_ptr() => _,
-                         inout("rdi") mmio::<u8>(0x40) => _, options(nostack));
-        core::arch::asm!("rep movsb", inout("rcx") 16u64 => _, inout("rsi") mmio::<u8>(0x40) => _,
-                         inout("rdi") back.as_mut_ptr() => _, options(nostack));
-    }
-    check_eq!(back == src, true, "REP MOVSB to MMIO and back: {:?}", core::str::from_utf8(&back));
-    // SAFETY: a 4-byte read of what the string wrote.
-    check_eq!(unsafe { mmio::<u32>(0x40).read_volatile() }, u32::from_le_bytes(*b"hvpr"), "the device's bytes");
+    entry = mmio_cmpxchg
 }
 
 test_case! {
     /// REP MOVSB into MMIO and back out: every byte reaches the device in order and comes
     /// back the same (SDM Vol. 2B, MOVS; string instructions are emulated per element).
     name = "io::mmio_string::long64", mode = Long64, path = Full;
-    fn mmio_string_long64() {
-        mmio_string();
+    fn mmio_string() {
+        let src: [u8; 16] = *b"hvprobe-mmio-rep";
+        let mut back = [0u8; 16];
+        // SAFETY: copies 16 bytes to the MMIO device and back to a local buffer.
+        unsafe {
+            core::arch::asm!("rep movsb", inout("rcx") 16u64 => _, inout("rsi") src.as_ptr() => _,
+                             inout("rdi") mmio::<u8>(0x40) => _, options(nostack));
+            core::arch::asm!("rep movsb", inout("rcx") 16u64 => _, inout("rsi") mmio::<u8>(0x40) => _,
+                             inout("rdi") back.as_mut_ptr() => _, options(nostack));
+        }
+        check_eq!(back == src, true, "REP MOVSB to MMIO and back: {:?}", core::str::from_utf8(&back));
+        // SAFETY: a 4-byte read of what the string wrote.
+        check_eq!(unsafe { mmio::<u32>(0x40).read_volatile() }, u32::from_le_bytes(*b"hvpr"), "the device's bytes");
     }
 }
 
 test_case! {
     /// The same from CPL3.
     name = "io::mmio_string::user64", mode = User64, path = Full;
-    fn mmio_string_user64() {
-        mmio_string();
-    }
-}
-
-fn mmio_unaligned() {
-    // SAFETY: as for mmio_widths.
-    unsafe {
-        mmio::<u64>(0x50).write_volatile(0);
-        mmio::<u64>(0x58).write_volatile(0);
-        (mmio::<u8>(0x53) as *mut u64).write_unaligned(0x1122_3344_5566_7788);
-        check_eq!(mmio::<u64>(0x50).read_volatile(), 0x4455_6677_8800_0000, "low quadword");
-        check_eq!(mmio::<u64>(0x58).read_volatile(), 0x0000_0000_0011_2233, "high quadword");
-        check_eq!((mmio::<u8>(0x55) as *const u32).read_unaligned(), 0x3344_5566, "unaligned dword read");
-    }
+    entry = mmio_string
 }
 
 test_case! {
     /// A misaligned 8-byte store and a misaligned 4-byte load on MMIO move the right bytes
     /// (the device is byte-addressed, so there is one right answer).
     name = "io::mmio_unaligned::long64", mode = Long64, path = Full;
-    fn mmio_unaligned_long64() {
-        mmio_unaligned();
+    fn mmio_unaligned() {
+        // SAFETY: as for mmio_widths.
+        unsafe {
+            mmio::<u64>(0x50).write_volatile(0);
+            mmio::<u64>(0x58).write_volatile(0);
+            (mmio::<u8>(0x53) as *mut u64).write_unaligned(0x1122_3344_5566_7788);
+            check_eq!(mmio::<u64>(0x50).read_volatile(), 0x4455_6677_8800_0000, "low quadword");
+            check_eq!(mmio::<u64>(0x58).read_volatile(), 0x0000_0000_0011_2233, "high quadword");
+            check_eq!((mmio::<u8>(0x55) as *const u32).read_unaligned(), 0x3344_5566, "unaligned dword read");
+        }
     }
 }
 
 test_case! {
     /// The same from CPL3.
     name = "io::mmio_unaligned::user64", mode = User64, path = Full;
-    fn mmio_unaligned_user64() {
-        mmio_unaligned();
-    }
+    entry = mmio_unaligned
 }
 
 test_case! {
@@ -269,33 +251,27 @@ test_case! {
     }
 }
 
-fn readonly_slot() {
-    let base = abi::layout::READONLY_BASE;
-    for i in [0u64, 1, 255, 511] {
-        // SAFETY: the harness's read-only slot, identity-mapped.
-        let v = unsafe { ((base + 8 * i) as *const u64).read_volatile() };
-        check_eq!(v, abi::readonly_word(i), "word {} of the read-only slot", i);
-    }
-    // SAFETY: a write KVM must turn into an MMIO exit; the VMM drops it.
-    unsafe { ((base + 8) as *mut u64).write_volatile(0x0bad) };
-    // SAFETY: as above.
-    let v = unsafe { ((base + 8) as *const u64).read_volatile() };
-    check_eq!(v, abi::readonly_word(1), "the word after a write to it");
-}
-
 test_case! {
     /// A KVM_MEM_READONLY slot reads as memory, and a write to it exits to the VMM as
     /// MMIO and leaves the memory unchanged (api.rst 4.35, KVM_MEM_READONLY).
     name = "io::readonly_slot::long64", mode = Long64, path = Full, requires = abi::requires::READONLY_MEM;
-    fn readonly_slot_long64() {
-        readonly_slot();
+    fn readonly_slot() {
+        let base = abi::layout::READONLY_BASE;
+        for i in [0u64, 1, 255, 511] {
+            // SAFETY: the harness's read-only slot, identity-mapped.
+            let v = unsafe { ((base + 8 * i) as *const u64).read_volatile() };
+            check_eq!(v, abi::readonly_word(i), "word {} of the read-only slot", i);
+        }
+        // SAFETY: a write KVM must turn into an MMIO exit; the VMM drops it.
+        unsafe { ((base + 8) as *mut u64).write_volatile(0x0bad) };
+        // SAFETY: as above.
+        let v = unsafe { ((base + 8) as *const u64).read_volatile() };
+        check_eq!(v, abi::readonly_word(1), "the word after a write to it");
     }
 }
 
 test_case! {
     /// The same from CPL3.
     name = "io::readonly_slot::user64", mode = User64, path = Full, requires = abi::requires::READONLY_MEM;
-    fn readonly_slot_user64() {
-        readonly_slot();
-    }
+    entry = readonly_slot
 }

@@ -78,8 +78,6 @@ const IPI_VECTOR: u8 = 0x43;
 static IPI_TAKEN: AtomicU64 = AtomicU64::new(0);
 /// Bit n set: the vCPU with APIC ID n took the IPI.
 static IPI_TAKERS: AtomicU64 = AtomicU64::new(0);
-const ICR_LOW: u32 = 0x300;
-const ICR_HIGH: u32 = 0x310;
 /// Polls of a shared counter before an IPI counts as lost (each poll is an emulated
 /// instruction or two at CPL0 on PVM: seconds in all, far beyond any delivery).
 const IPI_SPINS: u64 = 2_000_000;
@@ -96,9 +94,9 @@ fn send_ipi_and_wait(aps: u64, dest: u32, icr_low: u32, expect: u64) {
     set_handler(IPI_VECTOR, ipi_taker);
     let apic = Apic::XApic.enable();
     check!(hvprobe_rt::smp::wait_online(aps, IPI_SPINS), "{aps} application processors did not come online");
-    apic.write(ICR_HIGH, dest << 24);
+    apic.write(reg::ICR_HIGH, dest << 24);
     let start = cpu::rdtsc();
-    apic.write(ICR_LOW, icr_low);
+    apic.write(reg::ICR_LOW, icr_low);
     let mut spins = 0;
     while IPI_TAKEN.load(SeqCst) < expect && spins < IPI_SPINS {
         spins += 1;
@@ -106,7 +104,7 @@ fn send_ipi_and_wait(aps: u64, dest: u32, icr_low: u32, expect: u64) {
     }
     metric("ipi_to_taken", "cycles", cpu::rdtsc() - start);
     check_eq!(IPI_TAKEN.load(SeqCst), expect, "vCPUs that took the IPI");
-    check_eq!(apic.read(ICR_LOW) & (1 << 12), 0, "ICR delivery status is idle after delivery");
+    check_eq!(apic.read(reg::ICR_LOW) & (1 << 12), 0, "ICR delivery status is idle after delivery");
 }
 
 test_case! {
@@ -151,8 +149,8 @@ test_case! {
 /// routes the vector to `ipi_taker` for the logical IPI that follows.
 fn program_aps(apic: Apic) {
     for id in 1..=2u32 {
-        apic.write(ICR_HIGH, id << 24);
-        apic.write(ICR_LOW, IPI_VECTOR as u32);
+        apic.write(reg::ICR_HIGH, id << 24);
+        apic.write(reg::ICR_LOW, IPI_VECTOR as u32);
         let mut spins = 0;
         while IPI_TAKEN.load(SeqCst) < id as u64 && spins < IPI_SPINS {
             spins += 1;
@@ -190,7 +188,7 @@ test_case! {
     fn sti_window_pending() {
         set_handler(WINDOW_VECTOR, window_taken);
         let apic = Apic::XApic.enable();
-        apic.write(ICR_LOW, 1 << 18 | WINDOW_VECTOR as u32);
+        apic.write(reg::ICR_LOW, 1 << 18 | WINDOW_VECTOR as u32);
         check_eq!(WINDOW_TAKEN.load(SeqCst), 0, "delivered with IF = 0");
         for _ in 0..8 {
             // SAFETY: the handler is installed.
@@ -226,15 +224,11 @@ test_case! {
         set_handler(IPI_VECTOR, ipi_taker);
         let apic = Apic::XApic.enable();
         check!(hvprobe_rt::smp::wait_online(2, IPI_SPINS), "the application processors did not come online");
-        apic.write(ICR_LOW, (0b10 << 18) | IPI_VECTOR as u32);
+        apic.write(reg::ICR_LOW, (0b10 << 18) | IPI_VECTOR as u32);
         // The sender's own copy waits in its IRR until IF = 1: HLT takes it, with the
         // one-shot timer as a backstop should it be lost. Then wait for the others.
         set_handler(TIMER_VECTOR, timer_handler);
-        apic.write(reg::TIMER_DIVIDE, 0b1011);
-        apic.write(reg::LVT_TIMER, TIMER_VECTOR as u32);
-        apic.write(reg::TIMER_INITIAL, 20_000_000);
-        cpu::sti_hlt();
-        apic.write(reg::TIMER_INITIAL, 0);
+        apic.hlt_with_backstop(TIMER_VECTOR, 20_000_000);
         let mut spins = 0;
         while IPI_TAKEN.load(SeqCst) < 3 && spins < IPI_SPINS {
             spins += 1;
@@ -251,8 +245,8 @@ const PONG_VECTOR: u8 = 0x4f;
 /// On vCPU 1: answer vCPU 0 with an IPI.
 fn ping(_: &mut Frame) {
     let apic = Apic::XApic;
-    apic.write(ICR_HIGH, 0);
-    apic.write(ICR_LOW, PONG_VECTOR as u32);
+    apic.write(reg::ICR_HIGH, 0);
+    apic.write(reg::ICR_LOW, PONG_VECTOR as u32);
     apic.eoi();
 }
 
@@ -272,8 +266,8 @@ test_case! {
         check!(hvprobe_rt::smp::wait_online(1, IPI_SPINS), "vCPU 1 did not come online");
         let start = cpu::rdtsc();
         for round in 1..=20u64 {
-            apic.write(ICR_HIGH, 1 << 24);
-            apic.write(ICR_LOW, PING_VECTOR as u32);
+            apic.write(reg::ICR_HIGH, 1 << 24);
+            apic.write(reg::ICR_LOW, PING_VECTOR as u32);
             for _ in 0..1000 {
                 if PONG.load(SeqCst) >= round {
                     break;
@@ -327,8 +321,8 @@ test_case! {
         set_handler(2, ap_nmi);
         let apic = Apic::XApic.enable();
         check!(hvprobe_rt::smp::wait_online(1, IPI_SPINS), "vCPU 1 did not come online");
-        apic.write(ICR_HIGH, 1 << 24);
-        apic.write(ICR_LOW, 0b100 << 8);
+        apic.write(reg::ICR_HIGH, 1 << 24);
+        apic.write(reg::ICR_LOW, 0b100 << 8);
         let mut spins = 0;
         while AP_NMI.load(SeqCst) == 0 && spins < IPI_SPINS {
             spins += 1;
@@ -359,8 +353,8 @@ test_case! {
         }
         let apic = Apic::XApic.enable();
         let all_but_self = 0b11 << 18;
-        apic.write(ICR_HIGH, 0);
-        apic.write(ICR_LOW, all_but_self | 1 << 14 | 0b101 << 8);
+        apic.write(reg::ICR_HIGH, 0);
+        apic.write(reg::ICR_LOW, all_but_self | 1 << 14 | 0b101 << 8);
         let start = cpu::rdtsc();
         while cpu::rdtsc() - start < 1_000_000 {}
         let count = || {
@@ -369,7 +363,7 @@ test_case! {
         };
         check_eq!(count(), 0, "APs running before any SIPI");
         for _ in 0..2 {
-            apic.write(ICR_LOW, all_but_self | 1 << 14 | 0b110 << 8 | (TRAMPOLINE >> 12) as u32);
+            apic.write(reg::ICR_LOW, all_but_self | 1 << 14 | 0b110 << 8 | (TRAMPOLINE >> 12) as u32);
             let start = cpu::rdtsc();
             while count() < 2 && cpu::rdtsc() - start < 200_000_000 {
                 core::hint::spin_loop();

@@ -10,35 +10,18 @@ use hvprobe_rt::abi::proto::service;
 use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV, NO_IRQCHIP, PIT};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
+use hvprobe_rt::ioapic;
 use hvprobe_rt::proto::service as request;
 use hvprobe_rt::{check, check_eq, cpu, metric, skip, test_case};
-
-const IOAPIC: u64 = 0xfec0_0000;
-
-fn ioapic_read(index: u32) -> u32 {
-    // SAFETY: the in-kernel IOAPIC's index and data registers at their default base.
-    unsafe {
-        (IOAPIC as *mut u32).write_volatile(index);
-        ((IOAPIC + 0x10) as *const u32).read_volatile()
-    }
-}
-
-fn ioapic_write(index: u32, value: u32) {
-    // SAFETY: as for ioapic_read.
-    unsafe {
-        (IOAPIC as *mut u32).write_volatile(index);
-        ((IOAPIC + 0x10) as *mut u32).write_volatile(value);
-    }
-}
 
 /// Programs redirection entry `pin`: vector, level or edge, mask, physical destination.
 /// KVM routes GSIs 0-15 to the PIC as well as the IOAPIC, and the BSP's LINT0 is ExtINT
 /// after reset, so the (never initialised) PIC would deliver the same line at its own
 /// vector: LINT0 is masked first, as a guest using the IOAPIC does.
 fn redirect(pin: u32, vector: u8, level: bool, masked: bool, dest: u8) {
-    Apic::XApic.enable().write(0x350, 1 << 16);
-    ioapic_write(0x11 + 2 * pin, (dest as u32) << 24);
-    ioapic_write(0x10 + 2 * pin, vector as u32 | (level as u32) << 15 | (masked as u32) << 16);
+    Apic::XApic.enable().write(reg::LVT_LINT0, 1 << 16);
+    ioapic::write(0x11 + 2 * pin, (dest as u32) << 24);
+    ioapic::write(0x10 + 2 * pin, vector as u32 | (level as u32) << 15 | (masked as u32) << 16);
 }
 
 fn irq_line(gsi: u32, level: bool) {
@@ -47,35 +30,40 @@ fn irq_line(gsi: u32, level: bool) {
 
 static COUNT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 static AT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// 1 while a case runs its APIC in x2APIC mode, so `counting` EOIs the right way.
+static X2: AtomicU64 = AtomicU64::new(0);
+
+fn active() -> Apic {
+    if X2.load(SeqCst) == 1 { Apic::X2Apic } else { Apic::XApic }
+}
 
 fn counting(frame: &mut Frame) {
     let v = frame.vector as usize & 0xff;
     AT[v].store(cpu::rdtsc(), SeqCst);
     COUNT[v].fetch_add(1, SeqCst);
-    Apic::XApic.eoi();
+    active().eoi();
 }
 
 fn count(v: u8) -> u64 {
     COUNT[v as usize].load(SeqCst)
 }
 
-/// HLT with interrupts on, woken by the interrupt or by a backstop timer (vector 0xef) so
-/// a lost interrupt fails instead of hanging.
+/// The backstop timer's vector (see `Apic::hlt_with_backstop`).
+const BACKSTOP: u8 = 0xef;
+
+/// HLT with interrupts on, woken by the interrupt or by the backstop timer, so a lost
+/// interrupt fails a check instead of hanging.
 fn window() {
-    let apic = Apic::XApic;
-    set_handler(0xef, counting);
-    apic.write(reg::TIMER_DIVIDE, 0b1011);
-    apic.write(reg::LVT_TIMER, 0xef);
-    apic.write(reg::TIMER_INITIAL, 20_000_000);
-    cpu::sti_hlt();
-    apic.write(reg::TIMER_INITIAL, 0);
+    set_handler(BACKSTOP, counting);
+    active().hlt_with_backstop(BACKSTOP, 20_000_000);
 }
 
-/// Sets up `vector` to count, enables the xAPIC, raises the interrupt with `raise`, waits
-/// in a window, and returns the cycles from raising to the handler.
-fn raise_and_wait(vector: u8, raise: impl Fn()) -> u64 {
+/// Sets up `vector` to count, enables `mode`, raises the interrupt with `raise`, waits in
+/// a window, and returns the cycles from raising to the handler.
+fn raise_and_wait(mode: Apic, vector: u8, raise: impl Fn()) -> u64 {
+    X2.store((mode == Apic::X2Apic) as u64, SeqCst);
     set_handler(vector, counting);
-    Apic::XApic.enable();
+    mode.enable();
     let start = cpu::rdtsc();
     raise();
     if count(vector) == 0 {
@@ -89,7 +77,7 @@ test_case! {
     /// (82093AA datasheet, IOAPICVER; KVM emulates 24 pins).
     name = "irq::ioapic_version::long64", mode = Long64, path = Full, requires = IRQCHIP;
     fn ioapic_version() {
-        let v = ioapic_read(1);
+        let v = ioapic::read(1);
         check!(matches!(v & 0xff, 0x11 | 0x20), "IOAPIC version {:#x}", v & 0xff);
         check_eq!((v >> 16) & 0xff, 23, "maximum redirection entry");
     }
@@ -101,9 +89,9 @@ test_case! {
     fn ioapic_redirection_readback() {
         for pin in [1u32, 9, 23] {
             redirect(pin, 0x70 + pin as u8, pin % 2 == 1, true, 0);
-            let low = ioapic_read(0x10 + 2 * pin);
+            let low = ioapic::read(0x10 + 2 * pin);
             check_eq!(low & 0x1_80ff, (0x70 + pin) | (pin % 2) << 15 | 1 << 16, "entry {} low", pin);
-            check_eq!(ioapic_read(0x11 + 2 * pin) >> 24, 0, "entry {} destination", pin);
+            check_eq!(ioapic::read(0x11 + 2 * pin) >> 24, 0, "entry {} destination", pin);
         }
     }
 }
@@ -114,7 +102,7 @@ test_case! {
     name = "irq::ioapic_edge::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn ioapic_edge() {
         redirect(10, 0x61, false, false, 0);
-        let cycles = raise_and_wait(0x61, || {
+        let cycles = raise_and_wait(Apic::XApic, 0x61, || {
             irq_line(10, true);
             irq_line(10, false);
         });
@@ -128,7 +116,7 @@ test_case! {
     name = "irq::ioapic_masked::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn ioapic_masked() {
         redirect(10, 0x61, false, true, 0);
-        raise_and_wait(0x61, || {
+        raise_and_wait(Apic::XApic, 0x61, || {
             irq_line(10, true);
             irq_line(10, false);
         });
@@ -143,8 +131,8 @@ static TMR_IN_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 fn level_handler(frame: &mut Frame) {
     let v = frame.vector as u32 & 0xff;
     COUNT[v as usize].fetch_add(1, SeqCst);
-    REMOTE_IRR_IN_HANDLER.store(((ioapic_read(0x10 + 2 * 11) >> 14) & 1) as u64, SeqCst);
-    TMR_IN_HANDLER.store(((Apic::XApic.read(0x180 + (v / 32) * 0x10) >> (v % 32)) & 1) as u64, SeqCst);
+    REMOTE_IRR_IN_HANDLER.store(((ioapic::read(0x10 + 2 * 11) >> 14) & 1) as u64, SeqCst);
+    TMR_IN_HANDLER.store(Apic::XApic.vector_bit(reg::TMR, v as u8) as u64, SeqCst);
     irq_line(11, false);
     Apic::XApic.eoi();
 }
@@ -165,7 +153,7 @@ test_case! {
         check_eq!(count(0x62), 1, "deliveries");
         check_eq!(REMOTE_IRR_IN_HANDLER.load(SeqCst), 1, "remote IRR while in service");
         check_eq!(TMR_IN_HANDLER.load(SeqCst), 1, "the LAPIC's TMR bit for a level-triggered vector");
-        check_eq!((ioapic_read(0x10 + 2 * 11) >> 14) & 1, 0, "remote IRR after the EOI (line deasserted before it)");
+        check_eq!((ioapic::read(0x10 + 2 * 11) >> 14) & 1, 0, "remote IRR after the EOI (line deasserted before it)");
     }
 }
 
@@ -175,7 +163,7 @@ test_case! {
     name = "irq::ioapic_irqfd::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn ioapic_irqfd() {
         redirect(12, 0x64, false, false, 0);
-        let cycles = raise_and_wait(0x64, || {
+        let cycles = raise_and_wait(Apic::XApic, 0x64, || {
             check_eq!(request(service::IRQFD, [12, 0, 0, 0]), Ok(0), "irqfd signal");
         });
         metric("irqfd_to_handler", "cycles", cycles);
@@ -193,7 +181,7 @@ test_case! {
     /// (api.rst 4.71; SDM Vol. 3A, 11.11 message signalled interrupts).
     name = "irq::msi::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn msi_xapic() {
-        let cycles = raise_and_wait(0x65, || msi(0, 0x65));
+        let cycles = raise_and_wait(Apic::XApic, 0x65, || msi(0, 0x65));
         metric("msi_to_handler", "cycles", cycles);
         check_eq!(count(0x65), 1, "deliveries");
     }
@@ -304,7 +292,7 @@ test_case! {
     fn nmi_ipi_self() {
         set_handler(2, nmi_handler);
         let apic = Apic::XApic.enable();
-        apic.write(0x300, 1 << 18 | 0b100 << 8 | 0x69);
+        apic.write(reg::ICR_LOW, 1 << 18 | 0b100 << 8 | 0x69);
         wait_nmis(1);
         check_eq!(NMI_COUNT.load(SeqCst), 1, "NMIs delivered");
         check_eq!(count(0x69), 0, "deliveries on the vector field");
@@ -340,7 +328,7 @@ fn pic_handler(frame: &mut Frame) {
 /// The PIC reaches vCPU 0 through LINT0 in ExtINT mode (SDM Vol. 3A, 11.5.1).
 fn lint0_extint() {
     let apic = Apic::XApic.enable();
-    apic.write(0x350, 0b111 << 8);
+    apic.write(reg::LVT_LINT0, 0b111 << 8);
 }
 
 /// HLT with interrupts on until `vector` has come `n` times, at most `spins` halts.
@@ -499,7 +487,7 @@ test_case! {
         let apic = Apic::XApic.enable();
         // SAFETY: the word is 8-byte aligned guest RAM; bit 0 enables PV EOI.
         unsafe { cpu::wrmsr(MSR_KVM_PV_EOI_EN, &raw const PV_EOI_WORD as u64 | 1) };
-        apic.write(0x300, 1 << 18 | 0x6c);
+        apic.write(reg::ICR_LOW, 1 << 18 | 0x6c);
         if count(0x6c) == 0 {
             window();
         }
@@ -507,36 +495,11 @@ test_case! {
         // Any exit lets KVM process the flag-EOI: a console write.
         // SAFETY: the console port.
         unsafe { x86::io::outb(0xe9, b'.') };
-        check_eq!(apic.read(0x100 + (0x6c / 32) * 0x10) & (1 << (0x6c % 32)), 0, "ISR bit after the PV EOI");
+        check_eq!(apic.vector_bit(reg::ISR, 0x6c), false, "ISR bit after the PV EOI");
         metric("pv_eoi_flag_set", "bool", PV_EOI_SEEN.load(SeqCst));
         // SAFETY: turning PV EOI off.
         unsafe { cpu::wrmsr(MSR_KVM_PV_EOI_EN, 0) };
     }
-}
-
-fn counting_x2(frame: &mut Frame) {
-    let v = frame.vector as usize & 0xff;
-    AT[v].store(cpu::rdtsc(), SeqCst);
-    COUNT[v].fetch_add(1, SeqCst);
-    Apic::X2Apic.eoi();
-}
-
-/// `raise_and_wait` in x2APIC mode: the handler EOIs through the x2APIC EOI MSR, and the
-/// backstop is a one-shot timer armed through the x2APIC MSRs.
-fn raise_and_wait_x2(vector: u8, raise: impl Fn()) -> u64 {
-    set_handler(vector, counting_x2);
-    set_handler(0xef, counting_x2);
-    let apic = Apic::X2Apic.enable();
-    let start = cpu::rdtsc();
-    raise();
-    if count(vector) == 0 {
-        apic.write(reg::TIMER_DIVIDE, 0b1011);
-        apic.write(reg::LVT_TIMER, 0xef);
-        apic.write(reg::TIMER_INITIAL, 20_000_000);
-        cpu::sti_hlt();
-        apic.write(reg::TIMER_INITIAL, 0);
-    }
-    AT[vector as usize].load(SeqCst).wrapping_sub(start)
 }
 
 test_case! {
@@ -546,7 +509,7 @@ test_case! {
         requires = IRQCHIP | hvprobe_rt::abi::requires::X2APIC;
     fn ioapic_edge_x2apic() {
         redirect(10, 0x71, false, false, 0);
-        let cycles = raise_and_wait_x2(0x71, || {
+        let cycles = raise_and_wait(Apic::X2Apic, 0x71, || {
             irq_line(10, true);
             irq_line(10, false);
         });
@@ -559,7 +522,7 @@ test_case! {
     /// An MSI to APIC ID 0 reaches a vCPU in x2APIC mode (SDM Vol. 3A, 11.11, 11.12).
     name = "irq::msi::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | hvprobe_rt::abi::requires::X2APIC;
     fn msi_x2apic() {
-        let cycles = raise_and_wait_x2(0x72, || msi(0, 0x72));
+        let cycles = raise_and_wait(Apic::X2Apic, 0x72, || msi(0, 0x72));
         metric("msi_to_handler", "cycles", cycles);
         check_eq!(count(0x72), 1, "deliveries");
     }
@@ -585,7 +548,7 @@ test_case! {
     name = "irq::msi_gsi_route::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn msi_gsi_route() {
         check_eq!(request(service::MSI_ROUTE, [40, 0xfee0_0000, 0x73, 0]), Ok(0), "KVM_SET_GSI_ROUTING");
-        let cycles = raise_and_wait(0x73, || {
+        let cycles = raise_and_wait(Apic::XApic, 0x73, || {
             check_eq!(request(service::IRQFD, [40, 0, 0, 0]), Ok(0), "irqfd signal");
         });
         metric("routed_msi_to_handler", "cycles", cycles);

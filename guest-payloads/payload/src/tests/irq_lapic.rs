@@ -10,14 +10,6 @@ use hvprobe_rt::apic::{APIC_BASE_ENABLE, APIC_BASE_X2APIC, Apic, MSR_APIC_BASE, 
 use hvprobe_rt::exception::{self, Frame, set_gate, set_handler};
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, cpu, metric, test_case};
 
-const ICR_LOW: u32 = 0x300;
-const ESR: u32 = 0x280;
-const PPR: u32 = 0xa0;
-const ISR0: u32 = 0x100;
-const IRR0: u32 = 0x200;
-const LVT_LINT0: u32 = 0x350;
-const LVT_LINT1: u32 = 0x360;
-const LVT_ERROR: u32 = 0x370;
 const SELF: u32 = 1 << 18;
 const ALL_INCLUDING_SELF: u32 = 0b10 << 18;
 /// The backstop timer's vector: it wakes a HLT that waits for an interrupt that may
@@ -63,23 +55,14 @@ fn count(v: u8) -> u64 {
     COUNT[v as usize].load(SeqCst)
 }
 
-/// Opens an interrupt window in HLT: `sti; hlt; cli`, with the LAPIC timer armed on the
-/// backstop vector so that the HLT ends even if nothing is pending.
+/// Opens an interrupt window in HLT, ended by the backstop timer if nothing is pending.
 fn window(apic: Apic) {
-    apic.write(reg::TIMER_DIVIDE, 0b1011);
-    apic.write(reg::LVT_TIMER, BACKSTOP as u32);
-    apic.write(reg::TIMER_INITIAL, 20_000_000);
-    cpu::sti_hlt();
-    apic.write(reg::TIMER_INITIAL, 0);
-}
-
-fn bit_set(apic: Apic, base: u32, v: u8) -> bool {
-    apic.read(base + (v as u32 / 32) * 0x10) & (1 << (v % 32)) != 0
+    apic.hlt_with_backstop(BACKSTOP, 20_000_000);
 }
 
 fn self_ipi(apic: Apic, v: u8) {
     match apic {
-        Apic::XApic => apic.write(ICR_LOW, SELF | v as u32),
+        Apic::XApic => apic.write(reg::ICR_LOW, SELF | v as u32),
         // SAFETY: the SELF IPI MSR exists in x2APIC mode (SDM Vol. 3A, 11.12.11).
         Apic::X2Apic => unsafe { cpu::wrmsr(0x83f, v as u64) },
     }
@@ -114,7 +97,7 @@ fn tpr_ppr(apic: Apic) {
     for tpr in [0x00u32, 0x20, 0x5f, 0xf0] {
         apic.write(reg::TPR, tpr);
         check_eq!(apic.read(reg::TPR) & 0xff, tpr, "TPR read back");
-        check_eq!(apic.read(PPR) & 0xf0, tpr & 0xf0, "PPR with the ISR empty is TPR[7:4] (TPR {:#x})", tpr);
+        check_eq!(apic.read(reg::PPR) & 0xf0, tpr & 0xf0, "PPR with the ISR empty is TPR[7:4] (TPR {:#x})", tpr);
     }
     apic.write(reg::TPR, 0);
 }
@@ -152,7 +135,7 @@ fn tpr_masks(apic: Apic) {
     self_ipi(apic, 0x45);
     window(apic);
     check_eq!(count(0x45), 0, "vector 0x45 (class 4) delivered with TPR class 5");
-    check!(bit_set(apic, IRR0, 0x45), "vector 0x45 is not pending in the IRR");
+    check!(apic.vector_bit(reg::IRR, 0x45), "vector 0x45 is not pending in the IRR");
     self_ipi(apic, 0x65);
     window(apic);
     check_eq!(count(0x65), 1, "vector 0x65 (class 6) with TPR class 5");
@@ -171,7 +154,7 @@ fn priority_order(apic: Apic) {
     cli();
     self_ipi(apic, 0x52);
     self_ipi(apic, 0x72);
-    check!(bit_set(apic, IRR0, 0x52) && bit_set(apic, IRR0, 0x72), "both vectors pending in the IRR");
+    check!(apic.vector_bit(reg::IRR, 0x52) && apic.vector_bit(reg::IRR, 0x72), "both vectors pending in the IRR");
     window(apic);
     for _ in 0..4 {
         if count(0x52) == 1 {
@@ -182,7 +165,7 @@ fn priority_order(apic: Apic) {
     check_eq!(ORDER_LEN.load(SeqCst) >= 2, true, "deliveries");
     check_eq!(ORDER[0].load(SeqCst), 0x72, "first delivered: the higher vector");
     check_eq!(ORDER[1].load(SeqCst), 0x52, "second delivered");
-    check!(!bit_set(apic, ISR0, 0x52) && !bit_set(apic, ISR0, 0x72), "ISR empty after both EOIs");
+    check!(!apic.vector_bit(reg::ISR, 0x52) && !apic.vector_bit(reg::ISR, 0x72), "ISR empty after both EOIs");
 }
 both_modes!(
     /// Two pending interrupts are delivered highest vector first, and each EOI clears its
@@ -197,7 +180,7 @@ fn self_ipi_once(apic: Apic) {
     window(apic);
     metric("self_ipi_to_handler", "cycles", TSC_AT[0x58].load(SeqCst).wrapping_sub(start));
     check_eq!(count(0x58), 1, "deliveries of one self-IPI");
-    check!(!bit_set(apic, ISR0, 0x58) && !bit_set(apic, IRR0, 0x58), "ISR and IRR clear after EOI");
+    check!(!apic.vector_bit(reg::ISR, 0x58) && !apic.vector_bit(reg::IRR, 0x58), "ISR and IRR clear after EOI");
 }
 both_modes!(
     /// A self-IPI (ICR shorthand "self" in xAPIC, the SELF IPI MSR in x2APIC) is
@@ -208,7 +191,7 @@ both_modes!(
 fn broadcast_self(apic: Apic) {
     let apic = setup(apic, &[0x59]);
     match apic {
-        Apic::XApic => apic.write(ICR_LOW, ALL_INCLUDING_SELF | 0x59),
+        Apic::XApic => apic.write(reg::ICR_LOW, ALL_INCLUDING_SELF | 0x59),
         // SAFETY: the x2APIC ICR is one 64-bit MSR.
         Apic::X2Apic => unsafe { cpu::wrmsr(0x830, (ALL_INCLUDING_SELF | 0x59) as u64) },
     }
@@ -237,13 +220,13 @@ both_modes!(
 
 fn esr_illegal_vector(apic: Apic) {
     let apic = setup(apic, &[]);
-    apic.write(ESR, 0);
-    apic.write(LVT_ERROR, 1 << 16 | 0x4f);
+    apic.write(reg::ESR, 0);
+    apic.write(reg::LVT_ERROR, 1 << 16 | 0x4f);
     self_ipi(apic, 0x05);
-    apic.write(ESR, 0);
-    check_eq!(apic.read(ESR) & (1 << 5), 1 << 5, "ESR 'send illegal vector' after a self-IPI of vector 5");
-    apic.write(ESR, 0);
-    check_eq!(apic.read(ESR), 0, "ESR after the write that latches it again");
+    apic.write(reg::ESR, 0);
+    check_eq!(apic.read(reg::ESR) & (1 << 5), 1 << 5, "ESR 'send illegal vector' after a self-IPI of vector 5");
+    apic.write(reg::ESR, 0);
+    check_eq!(apic.read(reg::ESR), 0, "ESR after the write that latches it again");
 }
 both_modes!(
     /// Sending a vector below 16 sets ESR bit 5, "send illegal vector", latched by an ESR
@@ -253,7 +236,7 @@ both_modes!(
 
 fn lvt_readback(apic: Apic) {
     let apic = setup(apic, &[]);
-    for (r, v) in [(LVT_LINT0, 0x0001_0030u32), (LVT_LINT1, 0x0001_0031), (LVT_ERROR, 0x0001_0032)] {
+    for (r, v) in [(reg::LVT_LINT0, 0x0001_0030u32), (reg::LVT_LINT1, 0x0001_0031), (reg::LVT_ERROR, 0x0001_0032)] {
         apic.write(r, v);
         check_eq!(apic.read(r) & 0x0001_70ff, v, "LVT register {:#x}", r);
     }
@@ -497,11 +480,11 @@ test_case! {
     name = "irq::icr_readback::xapic", mode = Long64, path = Full, requires = IRQCHIP;
     fn icr_readback() {
         let apic = setup(Apic::XApic, &[0x5b]);
-        apic.write(0x310, 0x0300_0000);
-        check_eq!(apic.read(0x310) >> 24, 3, "ICR destination");
+        apic.write(reg::ICR_HIGH, 0x0300_0000);
+        check_eq!(apic.read(reg::ICR_HIGH) >> 24, 3, "ICR destination");
         self_ipi(apic, 0x5b);
-        check_eq!(apic.read(ICR_LOW) & 0xff, 0x5b, "ICR vector");
-        check_eq!(apic.read(ICR_LOW) & (1 << 12), 0, "delivery status");
+        check_eq!(apic.read(reg::ICR_LOW) & 0xff, 0x5b, "ICR vector");
+        check_eq!(apic.read(reg::ICR_LOW) & (1 << 12), 0, "delivery status");
         window(apic);
         check_eq!(count(0x5b), 1, "the self-IPI");
     }
@@ -564,7 +547,7 @@ test_case! {
         set_gate(PROBE, hv_entry_probe);
         let apic = Apic::XApic.enable();
         // Pending before HLT: HLT does not block.
-        apic.write(ICR_LOW, SELF | PROBE as u32);
+        apic.write(reg::ICR_LOW, SELF | PROBE as u32);
         cpu::sti_hlt();
         check_eq!(HV_ENTRY_OK.load(SeqCst), 1, "entries at the handler's start, interrupt pending before HLT");
         // Arriving during HLT: the timer fires while the vCPU is blocked.
@@ -598,7 +581,7 @@ test_case! {
         }
         let apic = Apic::XApic.enable();
         for v in 32..=255u8 {
-            apic.write(ICR_LOW, SELF | v as u32);
+            apic.write(reg::ICR_LOW, SELF | v as u32);
             cpu::sti_hlt();
             check_eq!(LAST_VECTOR.load(SeqCst), v as u64, "the vector the handler saw");
             check_eq!(COUNT[v as usize].load(SeqCst), 1, "deliveries of vector {}", v);
@@ -630,8 +613,8 @@ static PPR_IN_HANDLER: AtomicU64 = AtomicU64::new(0);
 static ISR_IN_HANDLER: AtomicU64 = AtomicU64::new(0);
 
 fn ppr_probe(frame: &mut Frame) {
-    ISR_IN_HANDLER.store(bit_set(active(), ISR0, 0x93) as u64, SeqCst);
-    PPR_IN_HANDLER.store(active().read(PPR) as u64, SeqCst);
+    ISR_IN_HANDLER.store(active().vector_bit(reg::ISR, 0x93) as u64, SeqCst);
+    PPR_IN_HANDLER.store(active().read(reg::PPR) as u64, SeqCst);
     COUNT[frame.vector as usize & 0xff].fetch_add(1, SeqCst);
     active().eoi();
 }
@@ -644,7 +627,7 @@ fn ppr_isr(apic: Apic) {
     check_eq!(count(0x93), 1, "deliveries");
     check_eq!(ISR_IN_HANDLER.load(SeqCst), 1, "ISR bit of vector 0x93 in its handler");
     check_eq!(PPR_IN_HANDLER.load(SeqCst) & 0xf0, 0x90, "PPR while vector 0x93 is in service");
-    check_eq!(apic.read(PPR) & 0xf0, 0, "PPR after the EOI");
+    check_eq!(apic.read(reg::PPR) & 0xf0, 0, "PPR after the EOI");
 }
 both_modes!(
     /// While an interrupt is in service PPR holds its class (SDM Vol. 3A, 11.8.3.1:

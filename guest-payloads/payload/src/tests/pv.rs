@@ -76,18 +76,18 @@ test_case! {
     entry = host_service
 }
 
-use super::state::{kvmclock_enable, kvmclock_ns};
+use hvprobe_rt::kvmclock;
 
 test_case! {
     /// kvmclock (MSR_KVM_SYSTEM_TIME_NEW, msr.rst) never goes backwards over 1,000 reads
     /// with the version protocol, and it advances.
     name = "pv::kvmclock_monotonic::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
     fn kvmclock_monotonic() {
-        kvmclock_enable();
-        let first = kvmclock_ns();
+        kvmclock::enable();
+        let first = kvmclock::ns();
         let mut last = first;
         for i in 0..1000 {
-            let now = kvmclock_ns();
+            let now = kvmclock::ns();
             hvprobe_rt::check!(now >= last, "kvmclock went backwards at read {}: {} then {}", i, last, now);
             last = now;
         }
@@ -100,12 +100,12 @@ test_case! {
     /// cycles, given the TSC frequency KVM reports (KVM_GET_TSC_KHZ).
     name = "pv::kvmclock_vs_tsc::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
     fn kvmclock_vs_tsc() {
-        kvmclock_enable();
+        kvmclock::enable();
         let khz = hvprobe_rt::proto::service(service::TSC_KHZ, [0; 4]).unwrap_or(0);
         hvprobe_rt::check!(khz > 0, "no TSC frequency from the host");
-        let (t0, k0) = (cpu::rdtsc(), kvmclock_ns());
+        let (t0, k0) = (cpu::rdtsc(), kvmclock::ns());
         while cpu::rdtsc() - t0 < 20_000_000 {}
-        let (t1, k1) = (cpu::rdtsc(), kvmclock_ns());
+        let (t1, k1) = (cpu::rdtsc(), kvmclock::ns());
         let tsc_ns = (t1 - t0) * 1_000_000 / khz;
         let clock_ns = k1 - k0;
         metric("kvmclock_ns", "ns", clock_ns);
@@ -131,7 +131,7 @@ test_case! {
     /// nanoseconds with an even version; seconds after 2020, nanoseconds below 10^9.
     name = "pv::kvmclock_wall_clock::long64", mode = Long64, path = Para, requires = abi::requires::KVM_PV;
     fn kvmclock_wall_clock() {
-        if cpu::cpuid(0x4000_0001, 0).eax & (1 << 3) == 0 {
+        if cpu::cpuid(0x4000_0001, 0).eax & kvmclock::KVM_FEATURE_CLOCKSOURCE2 == 0 {
             hvprobe_rt::skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
         }
         let p = WALL.as_ptr() as *const WallClock;

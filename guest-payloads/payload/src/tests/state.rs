@@ -50,6 +50,7 @@ use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::state::{checkpoint, dirty_clear, dirty_count, dirty_start, dirty_test};
 use hvprobe_rt::{check, check_no_exception, metric, skip};
+use hvprobe_rt::{ioapic, kvmclock};
 use x86::msr;
 
 const PAGE: u64 = 4096;
@@ -542,26 +543,19 @@ test_case! {
     fn restore_pending_irq() {
         set_handler(PENDING_VECTOR, pending_taken);
         let apic = Apic::XApic.enable();
-        apic.write(0x300, 1 << 18 | PENDING_VECTOR as u32);
-        let irr = apic.read(0x200 + (PENDING_VECTOR as u32 / 32) * 0x10);
-        check!(irr & (1 << (PENDING_VECTOR % 32)) != 0, "the self-IPI is not pending before the save");
+        apic.write(reg::ICR_LOW, 1 << 18 | PENDING_VECTOR as u32);
+        check!(apic.vector_bit(reg::IRR, PENDING_VECTOR), "the self-IPI is not pending before the save");
         checkpoint(12);
         check_eq!(PENDING_TAKEN.load(SeqCst), 0, "delivered with IF = 0");
-        let irr = apic.read(0x200 + (PENDING_VECTOR as u32 / 32) * 0x10);
-        check!(irr & (1 << (PENDING_VECTOR % 32)) != 0, "the pending interrupt's IRR bit was lost in the restore");
+        check!(apic.vector_bit(reg::IRR, PENDING_VECTOR), "the pending interrupt's IRR bit was lost in the restore");
         // HLT with interrupts enabled: the pending interrupt ends it at once. A one-shot
         // timer on another vector is the backstop, so a lost interrupt fails the check
         // instead of halting forever. (Delivery right after STI without an exit is
         // irq::sti_window_pending's subject.)
         set_handler(TICK_VECTOR, tick);
-        apic.write(reg::TIMER_DIVIDE, 0b1011);
-        apic.write(reg::LVT_TIMER, TICK_VECTOR as u32);
-        apic.write(reg::TIMER_INITIAL, 50_000_000);
-        cpu::sti_hlt();
-        apic.write(reg::TIMER_INITIAL, 0);
+        apic.hlt_with_backstop(TICK_VECTOR, 50_000_000);
         check_eq!(PENDING_TAKEN.load(SeqCst), 1, "deliveries of the pending interrupt after the restore");
-        let irr = apic.read(0x200 + (PENDING_VECTOR as u32 / 32) * 0x10);
-        check_eq!(irr & (1 << (PENDING_VECTOR % 32)), 0, "IRR bit after delivery");
+        check_eq!(apic.vector_bit(reg::IRR, PENDING_VECTOR), false, "IRR bit after delivery");
     }
 }
 
@@ -601,32 +595,14 @@ test_case! {
         let apic = Apic::XApic.enable();
         check!(hvprobe_rt::smp::wait_online(1, 2_000_000), "vCPU 1 did not come online");
         checkpoint(15);
-        apic.write(0x310, 1 << 24);
-        apic.write(0x300, SMP_VECTOR as u32);
+        apic.write(reg::ICR_HIGH, 1 << 24);
+        apic.write(reg::ICR_LOW, SMP_VECTOR as u32);
         let mut spins = 0u64;
         while SMP_TAKEN.load(SeqCst) == 0 && spins < 2_000_000 {
             spins += 1;
             core::hint::spin_loop();
         }
         check_eq!(SMP_TAKEN.load(SeqCst), 1, "IPIs vCPU 1 took after the restore");
-    }
-}
-
-const IOAPIC_BASE: u64 = 0xfec0_0000;
-
-fn ioapic_read(index: u32) -> u32 {
-    // SAFETY: the in-kernel IOAPIC's index and data registers at their default base.
-    unsafe {
-        ((IOAPIC_BASE) as *mut u32).write_volatile(index);
-        ((IOAPIC_BASE + 0x10) as *const u32).read_volatile()
-    }
-}
-
-fn ioapic_write(index: u32, value: u32) {
-    // SAFETY: as for ioapic_read.
-    unsafe {
-        ((IOAPIC_BASE) as *mut u32).write_volatile(index);
-        ((IOAPIC_BASE + 0x10) as *mut u32).write_volatile(value);
     }
 }
 
@@ -637,11 +613,11 @@ test_case! {
     fn restore_ioapic() {
         // Entry 10: vector 0x49, level-triggered, masked; destination APIC 0.
         let (low, high) = (0x0001_8049u32, 0u32);
-        ioapic_write(0x10 + 2 * 10, low);
-        ioapic_write(0x11 + 2 * 10, high);
+        ioapic::write(0x10 + 2 * 10, low);
+        ioapic::write(0x11 + 2 * 10, high);
         checkpoint(16);
-        check_eq!(ioapic_read(0x10 + 2 * 10) & 0x1_ffff, low & 0x1_ffff, "redirection entry 10, low");
-        check_eq!(ioapic_read(0x11 + 2 * 10), high, "redirection entry 10, high");
+        check_eq!(ioapic::read(0x10 + 2 * 10) & 0x1_ffff, low & 0x1_ffff, "redirection entry 10, low");
+        check_eq!(ioapic::read(0x11 + 2 * 10), high, "redirection entry 10, high");
     }
 }
 
@@ -682,71 +658,15 @@ test_case! {
     }
 }
 
-/// pvclock_vcpu_time_info (Documentation/virt/kvm/x86/msr.rst, MSR_KVM_SYSTEM_TIME_NEW).
-#[repr(C)]
-struct PvclockTime {
-    version: u32,
-    pad0: u32,
-    tsc_timestamp: u64,
-    system_time: u64,
-    tsc_to_system_mul: u32,
-    tsc_shift: i8,
-    flags: u8,
-    pad: [u8; 2],
-}
-
-const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
-/// CPUID 0x40000001 EAX bit 3 (Documentation/virt/kvm/x86/cpuid.rst).
-const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
-/// The page kvmclock writes, in the state region.
-const KVMCLOCK_PAGE: u64 = STATE_REGION + STATE_REGION_SIZE - 2 * PAGE;
-
-pub(crate) fn kvmclock_enable() {
-    if cpu::cpuid(0x4000_0001, 0).eax & KVM_FEATURE_CLOCKSOURCE2 == 0 {
-        skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
-    }
-    // SAFETY: the page is RAM in the state region; bit 0 enables the clock.
-    unsafe { cpu::wrmsr(MSR_KVM_SYSTEM_TIME_NEW, KVMCLOCK_PAGE | 1) };
-}
-
-/// Nanoseconds by kvmclock, read with the version protocol (msr.rst: retry while the
-/// version is odd or changed).
-pub(crate) fn kvmclock_ns() -> u64 {
-    let p = KVMCLOCK_PAGE as *const PvclockTime;
-    loop {
-        // SAFETY: KVM keeps the structure in the page; fields are read volatile because
-        // the host updates them.
-        unsafe {
-            let v1 = (&raw const (*p).version).read_volatile();
-            if v1 & 1 != 0 {
-                continue;
-            }
-            asm!("lfence", options(nostack));
-            let ts = (&raw const (*p).tsc_timestamp).read_volatile();
-            let st = (&raw const (*p).system_time).read_volatile();
-            let mul = (&raw const (*p).tsc_to_system_mul).read_volatile();
-            let shift = (&raw const (*p).tsc_shift).read_volatile();
-            let tsc = cpu::rdtsc();
-            asm!("lfence", options(nostack));
-            if (&raw const (*p).version).read_volatile() != v1 {
-                continue;
-            }
-            let mut delta = tsc.wrapping_sub(ts);
-            delta = if shift < 0 { delta >> -shift } else { delta << shift };
-            return st.wrapping_add(((delta as u128 * mul as u128) >> 32) as u64);
-        }
-    }
-}
-
 test_case! {
     /// kvmclock does not go backwards across a save and restore (KVM_GET_CLOCK /
     /// KVM_SET_CLOCK, api.rst 4.62-4.63).
     name = "state::restore_kvmclock::long64", mode = Long64, path = Para, requires = KVM_PV, flags = HOST_HOOK;
     fn restore_kvmclock() {
-        kvmclock_enable();
-        let before = kvmclock_ns();
+        kvmclock::enable();
+        let before = kvmclock::ns();
         checkpoint(19);
-        let after = kvmclock_ns();
+        let after = kvmclock::ns();
         metric("kvmclock_across_restore", "ns", after.wrapping_sub(before));
         check!(after >= before, "kvmclock went backwards: {} ns then {} ns", before, after);
         check!(after - before < 10_000_000_000, "kvmclock jumped {} ns across the restore", after - before);
@@ -930,9 +850,9 @@ test_case! {
         if let Err(e) = dirty_start(false) {
             skip!("the host does not log dirty pages ({e:?})");
         }
-        kvmclock_enable();
-        let _ = kvmclock_ns();
-        check_eq!(dirty_test(KVMCLOCK_PAGE), Ok(true), "the kvmclock page KVM wrote");
+        kvmclock::enable();
+        let _ = kvmclock::ns();
+        check_eq!(dirty_test(kvmclock::PAGE), Ok(true), "the kvmclock page KVM wrote");
         check_eq!(dirty_count(STATE_REGION, REGION_END), Ok(1), "dirty pages in the region: only the kvmclock page");
     }
 }

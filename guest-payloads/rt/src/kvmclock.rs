@@ -1,0 +1,65 @@
+//! kvmclock: the pvclock structure KVM keeps for the guest (Documentation/virt/kvm/x86/
+//! msr.rst, MSR_KVM_SYSTEM_TIME_NEW), read with its version protocol.
+
+use core::arch::asm;
+
+use hvprobe_abi::layout::{STATE_REGION, STATE_REGION_SIZE};
+
+/// pvclock_vcpu_time_info.
+#[repr(C)]
+struct PvclockTime {
+    version: u32,
+    pad0: u32,
+    tsc_timestamp: u64,
+    system_time: u64,
+    tsc_to_system_mul: u32,
+    tsc_shift: i8,
+    flags: u8,
+    pad: [u8; 2],
+}
+
+const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+/// CPUID 0x40000001 EAX bit 3 (Documentation/virt/kvm/x86/cpuid.rst).
+pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
+/// The page kvmclock writes: in the state region, which nothing else writes, so the
+/// dirty-logging cases can tell KVM's writes from the guest's.
+pub const PAGE: u64 = STATE_REGION + STATE_REGION_SIZE - 2 * 4096;
+
+/// Turns kvmclock on at [`PAGE`]; skips the case where the host does not advertise
+/// KVM_FEATURE_CLOCKSOURCE2.
+pub fn enable() {
+    if crate::cpu::cpuid(0x4000_0001, 0).eax & KVM_FEATURE_CLOCKSOURCE2 == 0 {
+        crate::skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
+    }
+    // SAFETY: the page is RAM in the state region; bit 0 enables the clock.
+    unsafe { crate::cpu::wrmsr(MSR_KVM_SYSTEM_TIME_NEW, PAGE | 1) };
+}
+
+/// Nanoseconds by kvmclock, read with the version protocol (msr.rst: retry while the
+/// version is odd or changed).
+pub fn ns() -> u64 {
+    let p = PAGE as *const PvclockTime;
+    loop {
+        // SAFETY: KVM keeps the structure in the page; fields are read volatile because
+        // the host updates them.
+        unsafe {
+            let v1 = (&raw const (*p).version).read_volatile();
+            if v1 & 1 != 0 {
+                continue;
+            }
+            asm!("lfence", options(nostack));
+            let ts = (&raw const (*p).tsc_timestamp).read_volatile();
+            let st = (&raw const (*p).system_time).read_volatile();
+            let mul = (&raw const (*p).tsc_to_system_mul).read_volatile();
+            let shift = (&raw const (*p).tsc_shift).read_volatile();
+            let tsc = crate::cpu::rdtsc();
+            asm!("lfence", options(nostack));
+            if (&raw const (*p).version).read_volatile() != v1 {
+                continue;
+            }
+            let mut delta = tsc.wrapping_sub(ts);
+            delta = if shift < 0 { delta >> -shift } else { delta << shift };
+            return st.wrapping_add(((delta as u128 * mul as u128) >> 32) as u64);
+        }
+    }
+}
