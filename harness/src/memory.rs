@@ -142,11 +142,12 @@ mod tests {
 /// See [`GuestMemory::raw_view`].
 #[derive(Clone, Copy)]
 pub(crate) struct RawView {
-    ptr: *const u8,
+    ptr: *mut u8,
     size: u64,
 }
 
-// SAFETY: a view only copies out of the mapping, like `GuestMemory`'s own `&self` reads.
+// SAFETY: a view only copies into and out of the mapping, like `GuestMemory`'s own `&self`
+// methods.
 unsafe impl Send for RawView {}
 // SAFETY: as above.
 unsafe impl Sync for RawView {}
@@ -168,6 +169,21 @@ impl RawView {
                 Ok(())
             },
             _ => Err(Error::OutOfBounds { addr, len: buf.len() as u64 }),
+        }
+    }
+
+    /// Copies `data` to guest-physical `addr`.
+    ///
+    /// # Safety
+    /// The `GuestMemory` the view came from must still be mapped.
+    pub unsafe fn write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        match addr.checked_add(data.len() as u64) {
+            // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
+            Some(end) if end <= self.size => unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(addr as usize), data.len());
+                Ok(())
+            },
+            _ => Err(Error::OutOfBounds { addr, len: data.len() as u64 }),
         }
     }
 }

@@ -198,6 +198,29 @@ impl std::fmt::Display for CpuSnapshot {
     }
 }
 
+/// What happened inside the guest's measured section (services SECTION_BEGIN and
+/// SECTION_END), for the path table: how each way to a behaviour was handled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Section {
+    /// Operations of the behaviour the guest did in it, and accesses to the interface
+    /// that carried them (SECTION_END's two arguments).
+    pub ops: u64,
+    pub accesses: u64,
+    /// Exits to this VMM inside it, by kind (the services' own exits are not counted).
+    pub io_exits: u64,
+    pub mmio_exits: u64,
+    pub other_exits: u64,
+    /// Changes of the vCPU's KVM statistics over it (SECTION_END's own exit included).
+    pub stats: Vec<StatDelta>,
+}
+
+/// An open section: the statistics when it opened and the exits counted so far.
+#[derive(Default)]
+pub(crate) struct SectionProbe {
+    before: Option<Vec<u64>>,
+    counts: Section,
+}
+
 /// Everything a run produced. The harness reports; the suites judge.
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
@@ -214,6 +237,8 @@ pub struct RunReport {
     pub duration: Duration,
     pub stats: Vec<StatDelta>,
     pub stats_error: Option<String>,
+    /// The guest's measured section, once closed.
+    pub section: Option<Section>,
 }
 
 impl RunReport {
@@ -250,8 +275,15 @@ impl Vm {
         let ap_notes = Mutex::new(Vec::new());
         let ap_stop = AtomicBool::new(false);
         let ap_tids: Vec<AtomicU64> = aps.iter().map(|_| AtomicU64::new(0)).collect();
+        let ring = self.ring.clone();
+        let ring_stop = AtomicBool::new(false);
+        let view = self.memory.raw_view();
         let end = std::thread::scope(|scope| {
             let aps = ApThreads::start(scope, &mut aps, &ap_notes, &ap_stop, &ap_tids);
+            if let Some(ring) = &ring {
+                // SAFETY: the memory is `self`'s, which outlives this scope.
+                scope.spawn(|| unsafe { ring.serve(view, &ring_stop) });
+            }
             let end = loop {
                 if watchdog.fired() {
                     break RunEnd::Timeout { limit: options.timeout };
@@ -271,8 +303,12 @@ impl Vm {
                 }
             };
             aps.stop();
+            ring_stop.store(true, Ordering::SeqCst);
             end
         });
+        if let Some(e) = ring.as_ref().and_then(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).error.clone()) {
+            devices.notes.push(format!("shared ring: {e}"));
+        }
         self.vcpus.extend(aps);
         devices.notes.extend(ap_notes.into_inner().unwrap_or_else(|e| e.into_inner()));
         let devices = {
@@ -327,6 +363,16 @@ impl Vm {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Step::Continue,
             Err(e) => return Step::Stop(RunEnd::KvmRunFailed(e.to_string())),
         };
+        if let Some(probe) = &mut self.section {
+            let c = &mut probe.counts;
+            match &exit {
+                VcpuExit::IoIn(p, _) | VcpuExit::IoOut(p, _) if *p != port::PROTOCOL => c.io_exits += 1,
+                VcpuExit::MmioWrite(a, _) if *a == layout::PROTOCOL_MMIO => {}
+                VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => c.mmio_exits += 1,
+                VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {}
+                _ => c.other_exits += 1,
+            }
+        }
         match exit {
             VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {}
             VcpuExit::MmioRead(addr, data) => {
@@ -450,7 +496,7 @@ impl Vm {
                     None => match id {
                         service::SEED => Some(Ok(options.seed)),
                         service::ONLY_CASE => Some(Ok(options.only_case.unwrap_or(u64::MAX))),
-                        _ => self.builtin_service(id, args, devices),
+                        _ => self.builtin_service(id, args, devices, report),
                     },
                 };
                 let (status, result) = match answer {
@@ -466,8 +512,52 @@ impl Vm {
         }
     }
 
-    fn builtin_service(&mut self, id: u32, args: [u64; 4], devices: &Devices) -> Option<Result<u64, ()>> {
+    fn builtin_service(
+        &mut self,
+        id: u32,
+        args: [u64; 4],
+        devices: &Devices,
+        report: &mut RunReport,
+    ) -> Option<Result<u64, ()>> {
         match id {
+            service::SINK => Some(match args[0] {
+                0 | 1 => Ok(devices.sinks[args[0] as usize].packed()),
+                2 => self
+                    .ring
+                    .as_ref()
+                    .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).sink.packed())
+                    .ok_or(()),
+                _ => Err(()),
+            }),
+            service::HOST_SLEEP => {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_micros(args[0].min(100_000)));
+                Some(Ok(t.elapsed().as_nanos() as u64))
+            }
+            service::SECTION_BEGIN => {
+                let before = self.stats.as_ref().and_then(|s| s.read().ok());
+                self.section = Some(SectionProbe { before, counts: Section::default() });
+                Some(Ok(0))
+            }
+            service::SECTION_END => {
+                let Some(probe) = self.section.take() else { return Some(Err(())) };
+                let mut section = probe.counts;
+                (section.ops, section.accesses) = (args[0], args[1]);
+                if let (Some(stats), Some(before)) = (&self.stats, probe.before) {
+                    section.stats = stats.read().map(|after| stats.deltas(&before, &after)).unwrap_or_default();
+                }
+                report.section = Some(section);
+                Some(Ok(0))
+            }
+            service::IOEVENT_COUNT => Some(match args[0] {
+                i @ 0..4 => self.ioevents.get(i as usize).map(|fd| fd.read().unwrap_or(0)).ok_or(()),
+                4 => self
+                    .ring
+                    .as_ref()
+                    .map(|r| std::mem::take(&mut r.state.lock().unwrap_or_else(|e| e.into_inner()).doorbells))
+                    .ok_or(()),
+                _ => Err(()),
+            }),
             service::ECHO_XOR => Some(Ok(args[0] ^ args[1])),
             service::CPUID_AS_SET => {
                 let (Ok(leaf), Ok(subleaf)) = (u32::try_from(args[0]), u32::try_from(args[1])) else {

@@ -25,7 +25,8 @@ pub struct VmConfig {
     /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC) with KVM_CREATE_IRQCHIP.
     pub irqchip: bool,
     pub cpuid_edit: Option<CpuidEdit>,
-    /// Register the benchmark ioeventfds (see [`IOEVENTS`]).
+    /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
+    /// doorbell.
     pub ioeventfds: bool,
     /// Create the in-kernel 8254 PIT (KVM_CREATE_PIT2); needs `irqchip`.
     pub pit: bool,
@@ -72,6 +73,10 @@ pub struct Vm {
     pub(crate) stats_error: Option<String>,
     /// The eventfds of [`IOEVENTS`], when registered, in that order.
     pub(crate) ioevents: Vec<EventFd>,
+    /// The shared-ring device, registered with the ioeventfds.
+    pub(crate) ring: Option<std::sync::Arc<crate::ring::RingDevice>>,
+    /// The measured section the guest opened, if any (services SECTION_BEGIN/END).
+    pub(crate) section: Option<crate::run::SectionProbe>,
     /// The VM lives until its last fd closes; this field is declared before `memory` so
     /// that it closes first.
     pub(crate) vm_fd: VmFd,
@@ -134,6 +139,14 @@ impl Vm {
                 ioevents.push(fd);
             }
         }
+        let ring = if config.ioeventfds {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventFd(e.to_string()))?;
+            vm.register_ioevent(&fd, &IoEventAddress::Mmio(layout::RING_DOORBELL), NoDatamatch)
+                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+            Some(std::sync::Arc::new(crate::ring::RingDevice::new(fd)))
+        } else {
+            None
+        };
 
         let mut cpuid = kvm.supported_cpuid.clone();
         if let Some(edit) = config.cpuid_edit {
@@ -185,6 +198,8 @@ impl Vm {
             stats,
             stats_error,
             ioevents,
+            ring,
+            section: None,
             vm_fd: vm,
             memory,
             _readonly: readonly,

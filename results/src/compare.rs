@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::paths::PathBehaviour;
 use crate::{Benchmark, Outcome, Results, TestResult};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -74,6 +75,17 @@ pub struct HostChange {
     pub after: String,
 }
 
+/// A difference in the path table: whether a behaviour's ways agree, or whether a way's
+/// path claim held (see [`crate::paths`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathChange {
+    pub behaviour: String,
+    /// None for the behaviour's agreement of results.
+    pub way: Option<String>,
+    pub before: String,
+    pub after: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Comparison {
     pub before: RunLabel,
@@ -81,6 +93,7 @@ pub struct Comparison {
     pub tests: Vec<TestChange>,
     pub benchmarks: Vec<BenchChange>,
     pub host: Vec<HostChange>,
+    pub paths: Vec<PathChange>,
     /// Tests and benchmarks present and equal on both sides.
     pub unchanged_tests: usize,
     pub unchanged_benchmarks: usize,
@@ -117,6 +130,7 @@ pub fn compare(before: &Results, after: &Results) -> Comparison {
         tests,
         benchmarks,
         host: compare_hosts(before, after),
+        paths: compare_paths(&before.paths, &after.paths),
         unchanged_tests,
         unchanged_benchmarks,
     }
@@ -201,6 +215,37 @@ fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchCh
     (changes, unchanged)
 }
 
+/// Behaviours and ways on both sides whose agreement or claim differs; ways on one side
+/// only are already test changes.
+fn compare_paths(before: &[PathBehaviour], after: &[PathBehaviour]) -> Vec<PathChange> {
+    let word = |v: Option<bool>, yes: &str, no: &str| v.map_or("unknown", |v| if v { yes } else { no }).to_string();
+    let mut out = Vec::new();
+    for (name, x, y) in pair_by_name(before, after, |b| &b.behaviour) {
+        let (Some(x), Some(y)) = (x, y) else { continue };
+        if x.results_agree != y.results_agree {
+            out.push(PathChange {
+                behaviour: name.into(),
+                way: None,
+                before: word(x.results_agree, "results agree", "results differ"),
+                after: word(y.results_agree, "results agree", "results differ"),
+            });
+        }
+        for (way, p, q) in pair_by_name(&x.ways, &y.ways, |w| &w.way) {
+            if let (Some(p), Some(q)) = (p, q)
+                && p.claim_held != q.claim_held
+            {
+                out.push(PathChange {
+                    behaviour: name.into(),
+                    way: Some(way.into()),
+                    before: word(p.claim_held, "claim held", "claim not held"),
+                    after: word(q.claim_held, "claim held", "claim not held"),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn compare_hosts(a: &Results, b: &Results) -> Vec<HostChange> {
     let mut out = Vec::new();
     let mut field = |name: &str, x: String, y: String| {
@@ -275,7 +320,7 @@ impl Comparison {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tests.is_empty() && self.benchmarks.is_empty() && self.host.is_empty()
+        self.tests.is_empty() && self.benchmarks.is_empty() && self.host.is_empty() && self.paths.is_empty()
     }
 
     pub fn fails(&self, on: FailOn) -> bool {
@@ -334,6 +379,13 @@ impl Comparison {
                 );
             }
         }
+        if !self.paths.is_empty() {
+            let _ = writeln!(s, "path table:");
+            for p in &self.paths {
+                let what = p.way.as_ref().map_or(p.behaviour.clone(), |w| format!("{}::{w}", p.behaviour));
+                let _ = writeln!(s, "  {what:<44} {} -> {}", p.before, p.after);
+            }
+        }
         if !self.host.is_empty() {
             let _ = writeln!(s, "host facts:");
             for h in &self.host {
@@ -342,10 +394,11 @@ impl Comparison {
         }
         let _ = writeln!(
             s,
-            "\n{} regression(s), {} test change(s), {} benchmark change(s), {} host difference(s)",
+            "\n{} regression(s), {} test change(s), {} benchmark change(s), {} path-table change(s), {} host difference(s)",
             self.regressions(),
             self.tests.len(),
             self.benchmarks.len(),
+            self.paths.len(),
             self.host.len()
         );
         s
@@ -392,6 +445,36 @@ mod tests {
         assert!(c.fails(FailOn::Regressions) && !c.fails(FailOn::Never));
         let text = c.render();
         assert!(text.contains("regression") && text.contains(&a.tests[pass].name), "{text}");
+    }
+
+    #[test]
+    fn path_claims_and_agreement_that_differ_are_reported() {
+        use crate::paths::PathWay;
+        let way = |held| PathWay {
+            test: "io::b::ring".into(),
+            way: "ring".into(),
+            path: "para".into(),
+            outcome: Outcome::Pass,
+            result: None,
+            cost_cycles: Some(10.0),
+            cost_ratio: Some(1.0),
+            userspace_exits_per_access: Some(0.0),
+            interventions_per_access: Some(1.0),
+            claim: "no exit to userspace".into(),
+            claim_held: held,
+        };
+        let mut a = crate::tests::sample();
+        a.paths =
+            vec![PathBehaviour { behaviour: "io::b".into(), results_agree: Some(true), ways: vec![way(Some(true))] }];
+        let mut b = a.clone();
+        b.paths[0].ways[0].claim_held = Some(false);
+        b.paths[0].results_agree = Some(false);
+        let c = compare(&a, &b);
+        assert_eq!(c.paths.len(), 2);
+        assert!(c.fails(FailOn::Any) && !c.fails(FailOn::Regressions));
+        let text = c.render();
+        assert!(text.contains("io::b::ring") && text.contains("claim held -> claim not held"), "{text}");
+        assert!(compare(&a, &a).paths.is_empty());
     }
 
     #[test]

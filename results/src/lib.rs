@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub mod compare;
 pub mod dashboard;
 pub mod export;
+pub mod paths;
 mod text;
 
 pub const SCHEMA_ID: &str = "hvprobe.results/1";
@@ -41,6 +42,9 @@ pub struct Results {
     pub host: Host,
     pub tests: Vec<TestResult>,
     pub benchmarks: Vec<Benchmark>,
+    /// The path table built from `tests` (see [`paths`]); absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<paths::PathBehaviour>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +138,12 @@ pub struct TestResult {
     pub failure: Option<Failure>,
     pub console: Option<String>,
     pub log: Vec<String>,
+    /// For a case of the path table: the behaviour it is one way to (`area::behaviour`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<String>,
+    /// Its measured section, when the guest closed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<paths::Section>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +227,7 @@ impl Results {
             host,
             tests: Vec::new(),
             benchmarks: Vec::new(),
+            paths: Vec::new(),
         }
     }
 
@@ -349,6 +360,8 @@ mod tests {
                 }),
                 console: None,
                 log: vec!["hello".into()],
+                behaviour: None,
+                section: None,
             });
         }
         r.benchmarks.push(Benchmark::new("cpuid", "ns", 1.0, 0.1, 10));
@@ -382,13 +395,30 @@ mod tests {
     fn serialized_results_validate_against_the_json_schema() {
         let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
-        let value = serde_json::to_value(sample()).unwrap();
+        let mut r = sample();
+        let mut way = r.tests[0].clone();
+        way.name = "io::bytes_to_device::uart".into();
+        way.behaviour = Some("io::bytes_to_device".into());
+        way.section = Some(paths::Section {
+            ops: 8,
+            accesses: 16,
+            userspace_exits: [("io".to_string(), 16)].into(),
+            kvm_stats: [("exits".to_string(), 17)].into(),
+        });
+        way.metrics.insert("result".into(), MetricValue { value: 7.0, unit: "fnv1a32".into() });
+        r.tests.push(way);
+        r.paths = paths::table(&r.tests);
+        assert_eq!(r.paths.len(), 1);
+        let value = serde_json::to_value(&r).unwrap();
         let errors: Vec<String> =
             validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{errors:#?}");
         let mut broken = value.clone();
         broken["tests"][0]["outcome"] = "maybe".into();
         assert!(!validator.is_valid(&broken), "an unknown outcome must not validate");
+        let mut broken = value.clone();
+        broken["paths"][0]["ways"][0]["path"] = "sideways".into();
+        assert!(!validator.is_valid(&broken), "an unknown path in the table must not validate");
     }
 
     #[test]

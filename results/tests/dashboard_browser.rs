@@ -67,6 +67,8 @@ fn test(name: &str, outcome: Outcome, reason: Option<&str>, metric: Option<(&str
         }),
         console: None,
         log: Vec::new(),
+        behaviour: None,
+        section: None,
     }
 }
 

@@ -49,6 +49,9 @@ fn merge(total: &mut RunReport, part: RunReport) {
     if total.stats_error.is_none() {
         total.stats_error = part.stats_error;
     }
+    if part.section.is_some() {
+        total.section = part.section;
+    }
 }
 
 /// A small, seeded generator for the random pause points.

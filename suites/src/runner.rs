@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use hvprobe_abi::requires;
 use hvprobe_harness::{CpuidEdit, Kvm, RunOptions, TestCase, Vm, VmConfig};
+use hvprobe_results::paths::Section;
 use hvprobe_results::{Failure, MetricValue, Outcome, TestResult};
 
 use crate::hooks;
@@ -66,6 +67,9 @@ fn result(case: &TestCase) -> TestResult {
         failure: None,
         console: None,
         log: Vec::new(),
+        behaviour: (case.flags & hvprobe_abi::flags::PATH_TABLE != 0)
+            .then(|| case.name.rsplit_once("::").map_or(case.name.clone(), |(b, _)| b.to_string())),
+        section: None,
     }
 }
 
@@ -173,6 +177,15 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
     r.reason = reason;
     r.failure = failure;
     r.kvm_stats = report.stats.iter().map(|s| (s.name.clone(), s.delta)).collect();
+    r.section = report.section.as_ref().map(|s| Section {
+        ops: s.ops,
+        accesses: s.accesses,
+        userspace_exits: [("io", s.io_exits), ("mmio", s.mmio_exits), ("other", s.other_exits)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        kvm_stats: s.stats.iter().map(|d| (d.name.clone(), d.delta)).collect(),
+    });
     for m in &report.metrics {
         r.metrics.insert(m.name.clone(), MetricValue { value: m.value as f64, unit: m.unit.clone() });
     }

@@ -100,6 +100,42 @@ fn bad_arguments_are_refused() {
     }
 }
 
+#[test]
+fn run_prints_and_records_the_path_table() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.json");
+    let out = hvprobe().args(["run", "--filter", "pv::read_time::", "--json"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("the same behaviour by path") && stdout.contains("pv::read_time  (results agree)"),
+        "{stdout}"
+    );
+    validate_schema(&path);
+    let results = hvprobe_results::Results::read(&path).unwrap();
+    assert_eq!(results.paths.len(), 1);
+    let b = &results.paths[0];
+    assert_eq!(b.behaviour, "pv::read_time");
+    assert_eq!(b.results_agree, Some(true));
+    let ways: Vec<(&str, &str)> = b.ways.iter().map(|w| (w.way.as_str(), w.path.as_str())).collect();
+    assert_eq!(ways, [("kvmclock", "para"), ("pm_timer", "full"), ("rdtsc", "hw")]);
+    for w in &b.ways {
+        assert!(w.cost_cycles.is_some_and(|c| c > 0.0) && w.cost_ratio.is_some_and(|r| r >= 1.0), "{w:?}");
+        let t = results.tests.iter().find(|t| t.name == w.test).unwrap();
+        let section = t.section.as_ref().expect("a path-table case records its section");
+        assert_eq!((section.ops, section.accesses), (256, 256));
+    }
+    // The PM timer is a userspace device: every read exits to the VMM, and the others never do.
+    let exits = |way: &str| b.ways.iter().find(|w| w.way == way).and_then(|w| w.userspace_exits_per_access);
+    assert_eq!(exits("pm_timer"), Some(1.0));
+    assert_eq!(exits("kvmclock"), Some(0.0));
+    assert_eq!(exits("rdtsc"), Some(0.0));
+}
+
 fn reference() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/reference/kvm_pvm.json")
 }

@@ -57,6 +57,14 @@ pub mod layout {
     /// `IOEVENTFD_MMIO + 8`. KVM signals an eventfd and resumes the guest without an exit
     /// to userspace.
     pub const IOEVENTFD_MMIO: u64 = 0xc000_2000;
+    /// The MMIO FIFO device (a `full` path for moving bytes): a write of any width to
+    /// `MMIO_FIFO` appends its bytes, little-endian, to the host's sink 1; a read of
+    /// `MMIO_FIFO + 8` returns 1 (ready).
+    pub const MMIO_FIFO: u64 = 0xc000_3000;
+    /// Two more pages of the MMIO test device's register file (mirrored, like its first
+    /// page), so that one access can cross a page boundary inside one device.
+    pub const MMIO_CROSS: u64 = 0xc000_4000;
+    pub const MMIO_CROSS_SIZE: u64 = 0x2000;
     /// Default xAPIC base.
     pub const APIC_BASE: u64 = 0xfee0_0000;
     /// A read-only memory slot (KVM_MEM_READONLY) for cases that require READONLY_MEM:
@@ -64,6 +72,19 @@ pub mod layout {
     /// memory; writes exit to the VMM as MMIO and change nothing.
     pub const READONLY_BASE: u64 = 0xd000_0000;
     pub const READONLY_SIZE: u64 = 0x1000;
+    /// The shared-ring device (the `para` path for moving bytes), one page of RAM: the
+    /// guest writes bytes at `RING + RING_DATA + (produced % RING_SIZE)`, then the
+    /// free-running u32 count of bytes produced at `RING + RING_PRODUCED`, then writes
+    /// anything to [`RING_DOORBELL`] (an ioeventfd: no exit to userspace; MMIO, so that
+    /// CPL3 code can ring it without IOPL). A host thread
+    /// copies the new bytes to its sink 2 and stores its count of bytes consumed at
+    /// `RING + RING_CONSUMED`.
+    pub const RING: u64 = 0x20_0000;
+    pub const RING_PRODUCED: u64 = 0;
+    pub const RING_CONSUMED: u64 = 0x40;
+    pub const RING_DATA: u64 = 0x100;
+    pub const RING_SIZE: u32 = 0x800;
+    pub const RING_DOORBELL: u64 = 0xc000_2100;
     /// RAM the `state` cases own: memory patterns, dirty-logging pages, kvmclock pages.
     /// Nothing else uses it, so its dirty pages are exactly the ones those cases write.
     pub const STATE_REGION: u64 = 0x300000;
@@ -106,6 +127,12 @@ pub mod port {
     /// 32-bit OUT of [`super::BENCH_DATAMATCH`] to `IOEVENTFD_DATAMATCH`.
     pub const IOEVENTFD: u16 = 0x520;
     pub const IOEVENTFD_DATAMATCH: u16 = 0x524;
+    /// A 16550-like UART (COM1), the `full` path for moving bytes: THR (`UART`) appends
+    /// to the host's sink 0, LSR (`UART + 5`) reads 0x60 (transmitter empty).
+    pub const UART: u16 = 0x3f8;
+    /// The ACPI power-management timer (a 32-bit TMR_VAL_EXT counter at 3.579545 MHz),
+    /// the `full` path for reading the time.
+    pub const PM_TIMER: u16 = 0x608;
     /// The master 8259 PIC's data port (its IMR): with the in-kernel irqchip, KVM answers
     /// it without an exit to userspace.
     pub const PIC_MASTER_DATA: u16 = 0x21;
@@ -115,6 +142,25 @@ pub mod port {
 pub const fn readonly_word(i: u64) -> u64 {
     0x5244_4f4e_4c59_0000 | i
 }
+
+/// Ticks per second of [`port::PM_TIMER`] (ACPI 6.5, 4.8.3.3: 3.579545 MHz).
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// FNV-1a, 32-bit: the digest the host's byte sinks keep and the guest recomputes, so
+/// that a block moved through any path can be checked byte for byte in one number (which
+/// also fits a metric's f64 exactly).
+pub const fn fnv1a32(mut hash: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    hash
+}
+
+/// The FNV-1a offset basis: the digest of nothing.
+pub const FNV1A32_INIT: u32 = 0x811c_9dc5;
 
 /// The value a datamatch ioeventfd of the benchmarks fires on.
 pub const BENCH_DATAMATCH: u32 = 0x600d_cafe;
@@ -232,6 +278,11 @@ pub mod flags {
     /// The application processors start as after power-on: waiting for INIT and SIPI
     /// from vCPU 0 (KVM's default with the in-kernel irqchip), not in the runtime.
     pub const AP_WAIT_SIPI: u32 = 1 << 3;
+    /// One way of several to the same behaviour: named `area::behaviour::way`, it opens a
+    /// measured section (services SECTION_BEGIN/SECTION_END) and reports the metrics
+    /// `result` (what the behaviour produced, equal across ways) and `cost` (guest cycles
+    /// per operation). The path table of `hvprobe run` compares the ways of a behaviour.
+    pub const PATH_TABLE: u32 = 1 << 4;
 }
 
 /// Maximum length of a test name, in bytes.
@@ -348,7 +399,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 5;
+    pub const ABI_VERSION: u32 = 6;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -493,6 +544,22 @@ pub mod proto {
         /// Returns how many times the resample eventfd of `args[0]` fired since the last
         /// call.
         pub const RESAMPLE_COUNT: u32 = 19;
+        /// Byte sink `args[0]` (0 UART, 1 MMIO FIFO, 2 shared ring): its byte count in
+        /// bits 63:32 and the FNV-1a digest of its bytes ([`crate::fnv1a32`]) in 31:0.
+        pub const SINK: u32 = 20;
+        /// The host sleeps `args[0]` microseconds (at most 100,000) with the vCPU stopped
+        /// in userspace and returns the nanoseconds it measured on CLOCK_MONOTONIC.
+        pub const HOST_SLEEP: u32 = 21;
+        /// Opens the measured section: the host reads the vCPU's KVM statistics and starts
+        /// counting exits to userspace (the service's own exits are not counted).
+        pub const SECTION_BEGIN: u32 = 22;
+        /// Closes the measured section of `args[0]` operations of the behaviour, done in
+        /// `args[1]` accesses to the interface: the report carries the exits to userspace
+        /// and the statistics' changes within it.
+        pub const SECTION_END: u32 = 23;
+        /// How many times ioeventfd `args[0]` (0 pio, 1 pio_datamatch, 2 mmio,
+        /// 3 mmio_datamatch, 4 the ring doorbell) fired since the last call.
+        pub const IOEVENT_COUNT: u32 = 24;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
@@ -571,6 +638,8 @@ mod tests {
             (PML4, PT0 + 4096),
             (USER_STACK_TOP - 0x40000, RSP0_STACK_TOP),
             (IMAGE_START, IMAGE_END),
+            (RING, RING + 4096),
+            (STATE_REGION, STATE_REGION + STATE_REGION_SIZE),
         ];
         for (i, a) in regions.iter().enumerate() {
             assert!(a.0 < a.1);
@@ -579,6 +648,16 @@ mod tests {
             }
         }
         assert!(IMAGE_END <= RAM_SIZE && RAM_SIZE <= MMIO_TEST_BASE);
+        assert!(RING_DATA + RING_SIZE as u64 <= 4096 && RING_CONSUMED >= RING_PRODUCED + 4);
+    }
+
+    #[test]
+    fn fnv1a32_matches_the_published_vectors() {
+        // From the FNV reference test suite (draft-eastlake-fnv, FNV-1a 32-bit).
+        assert_eq!(fnv1a32(FNV1A32_INIT, b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(FNV1A32_INIT, b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(FNV1A32_INIT, b"foobar"), 0xbf9c_f968);
+        assert_eq!(fnv1a32(fnv1a32(FNV1A32_INIT, b"foo"), b"bar"), 0xbf9c_f968, "digests chain");
     }
 
     #[test]

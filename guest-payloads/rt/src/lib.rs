@@ -16,6 +16,7 @@ pub mod exception;
 pub mod ioapic;
 pub mod kvmclock;
 pub mod paging;
+pub mod path;
 pub mod proto;
 pub mod smp;
 pub mod state;

@@ -316,7 +316,12 @@ fn real_main() -> Result<ExitCode> {
             let mut results = Results::new(host_record(&facts), started);
             let wall = t0.elapsed();
             results.tests = tests;
+            results.paths = hvprobe_results::paths::table(&results.tests);
             print_failures(&results);
+            let table = hvprobe_results::paths::render(&results.paths);
+            if !table.is_empty() {
+                println!("\n{table}");
+            }
             print_summary(&results, wall, jobs, &phases);
             results.benchmarks.extend(suite_benchmarks(wall, &phases));
             let mut bench_failed = 0;

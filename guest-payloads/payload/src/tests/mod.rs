@@ -8,5 +8,6 @@ mod irq;
 mod irq_ext;
 mod irq_lapic;
 mod low;
+mod paths;
 mod pv;
 mod state;
