@@ -52,8 +52,9 @@ pub struct Devices {
     pub mmio_regs: [u8; 256],
     /// The UART's registers other than THR/LSR/IIR (what the guest wrote, read back).
     pub uart_regs: [u8; 8],
-    /// Sinks of the UART (0) and the MMIO FIFO (1); the shared ring's is its thread's.
-    pub sinks: [Sink; 2],
+    /// Sinks of the UART (0), the MMIO FIFO (1) and the coalesced FIFO (3, at index 2);
+    /// the shared ring's (2) is its thread's.
+    pub sinks: [Sink; 3],
     /// Time zero of the PM timer.
     pub epoch: Instant,
     pub notes: Vec<String>,
@@ -69,7 +70,7 @@ impl Default for Devices {
             port_regs: [0; port::TEST_IO_LEN as usize],
             mmio_regs: [0; 256],
             uart_regs: [0; 8],
-            sinks: [Sink::default(); 2],
+            sinks: [Sink::default(); 3],
             epoch: Instant::now(),
             notes: Vec::new(),
             notes_dropped: 0,
@@ -122,6 +123,7 @@ impl Devices {
                 let at = (p - port::TEST_IO) as usize;
                 self.port_regs[at..at + data.len()].copy_from_slice(data);
             }
+            port::COALESCED_PIO => self.sinks[2].push(data),
             // THR with DLAB clear (LCR bit 7): one byte per OUT, the low byte of a wider one.
             port::UART if self.uart_regs[3] & 0x80 == 0 => self.sinks[0].push(&data[..1]),
             p if (port::UART..port::UART + 8).contains(&p) => self.uart_regs[(p - port::UART) as usize] = data[0],
@@ -146,6 +148,9 @@ impl Devices {
                 };
             }
             port::PM_TIMER if data.len() == 4 => data.copy_from_slice(&self.pm_timer().to_le_bytes()),
+            p if p == port::COALESCED_PIO + 4 && data.len() == 4 => {
+                data.copy_from_slice(&(self.sinks[2].count as u32).to_le_bytes())
+            }
             _ => {
                 data.fill(0xff);
                 self.note(format!("in from port {port:#x}, {} bytes: no device", data.len()));
@@ -163,6 +168,8 @@ impl Devices {
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
         if addr == layout::MMIO_FIFO {
             self.sinks[1].push(data);
+        } else if addr == layout::COALESCED_MMIO {
+            self.sinks[2].push(data);
         } else if let Some(offset) = mmio_test_offset(addr, data.len()) {
             for (i, b) in data.iter().enumerate() {
                 self.mmio_regs[(offset + i) & 0xff] = *b;
@@ -176,6 +183,8 @@ impl Devices {
         if addr == layout::MMIO_FIFO + 8 {
             data.fill(0);
             data[0] = 1;
+        } else if addr == layout::COALESCED_MMIO + 8 && data.len() == 4 {
+            data.copy_from_slice(&(self.sinks[2].count as u32).to_le_bytes());
         } else if let Some(offset) = mmio_test_offset(addr, data.len()) {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = self.mmio_regs[(offset + i) & 0xff];

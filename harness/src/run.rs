@@ -363,6 +363,10 @@ impl Vm {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Step::Continue,
             Err(e) => return Step::Stop(RunEnd::KvmRunFailed(e.to_string())),
         };
+        // Coalesced writes happened before this exit: apply them first (api.rst 4.116).
+        if let Some(ring) = &mut self.coalesced {
+            ring.drain(devices);
+        }
         if let Some(probe) = &mut self.section {
             let c = &mut probe.counts;
             match &exit {
@@ -520,8 +524,15 @@ impl Vm {
         report: &mut RunReport,
     ) -> Option<Result<u64, ()>> {
         match id {
+            service::COALESCED_COUNT => self.coalesced.as_ref().map(|r| Ok(r.drained)),
+            service::GET_CLOCK => Some(self.vm_fd.get_clock().map(|c| c.clock).map_err(|_| ())),
+            service::SET_CLOCK => Some(self.vm_fd.get_clock().map_err(|_| ()).and_then(|c| {
+                let clock = kvm_bindings::kvm_clock_data { clock: c.clock.wrapping_add(args[0]), ..Default::default() };
+                self.vm_fd.set_clock(&clock).map(|()| clock.clock).map_err(|_| ())
+            })),
             service::SINK => Some(match args[0] {
                 0 | 1 => Ok(devices.sinks[args[0] as usize].packed()),
+                3 => Ok(devices.sinks[2].packed()),
                 2 => self
                     .ring
                     .as_ref()
@@ -546,8 +557,9 @@ impl Vm {
                 if let (Some(stats), Some(before)) = (&self.stats, probe.before) {
                     section.stats = stats.read().map(|after| stats.deltas(&before, &after)).unwrap_or_default();
                 }
+                let exits = section.io_exits + section.mmio_exits + section.other_exits;
                 report.section = Some(section);
-                Some(Ok(0))
+                Some(Ok(exits))
             }
             service::IOEVENT_COUNT => Some(match args[0] {
                 i @ 0..4 => self.ioevents.get(i as usize).map(|fd| fd.read().unwrap_or(0)).ok_or(()),

@@ -32,6 +32,10 @@ pub struct VmConfig {
     pub pit: bool,
     /// Map the read-only slot at `layout::READONLY_BASE` (KVM_MEM_READONLY).
     pub readonly_slot: bool,
+    /// Register the coalesced MMIO and PIO zones of the coalesced FIFO.
+    pub coalesced: bool,
+    /// KVM quirks to disable with KVM_CAP_DISABLE_QUIRKS2 (api.rst 7.31).
+    pub disable_quirks: u64,
     /// Track dirty pages with per-vCPU dirty rings of this many entries
     /// (KVM_CAP_DIRTY_LOG_RING) instead of the bitmap; live migration then uses them.
     pub dirty_ring: Option<u32>,
@@ -46,6 +50,8 @@ impl Default for VmConfig {
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
+            coalesced: false,
+            disable_quirks: 0,
             dirty_ring: None,
         }
     }
@@ -75,6 +81,8 @@ pub struct Vm {
     pub(crate) ioevents: Vec<EventFd>,
     /// The shared-ring device, registered with the ioeventfds.
     pub(crate) ring: Option<std::sync::Arc<crate::ring::RingDevice>>,
+    /// The coalesced MMIO ring, when the zones are registered.
+    pub(crate) coalesced: Option<crate::coalesced::CoalescedRing>,
     /// The measured section the guest opened, if any (services SECTION_BEGIN/END).
     pub(crate) section: Option<crate::run::SectionProbe>,
     /// The VM lives until its last fd closes; this field is declared before `memory` so
@@ -160,6 +168,12 @@ impl Vm {
             cap.args[0] = bytes.into();
             vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
         }
+        if config.disable_quirks != 0 {
+            let mut cap =
+                kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2, ..Default::default() };
+            cap.args[0] = config.disable_quirks;
+            vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(DISABLE_QUIRKS2)"))?;
+        }
         let mut vcpus = Vec::new();
         let mut rings = Vec::new();
         for id in 0..config.vcpus.max(1) {
@@ -182,6 +196,18 @@ impl Vm {
             ap.set_mp_state(kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE })
                 .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
         }
+        let coalesced = if config.coalesced {
+            vm.register_coalesced_mmio(IoEventAddress::Mmio(layout::COALESCED_MMIO), 4096)
+                .map_err(Error::kvm("KVM_REGISTER_COALESCED_MMIO"))?;
+            // Four ports, so that a 32-bit OUT fits the zone (KVM coalesces an access only
+            // when all of it lies inside).
+            vm.register_coalesced_mmio(IoEventAddress::Pio(port::COALESCED_PIO.into()), 4)
+                .map_err(Error::kvm("KVM_REGISTER_COALESCED_MMIO (PIO)"))?;
+            let page = kvm.kvm.check_extension_int(Cap::CoalescedMmio).max(0) as usize;
+            Some(crate::coalesced::CoalescedRing::map(&vcpus[0], page)?)
+        } else {
+            None
+        };
         let boot = &vcpus[0];
         let mut sregs = boot.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
         let regs = machine::cpu_state(&mut sregs, payload, case);
@@ -199,6 +225,7 @@ impl Vm {
             stats_error,
             ioevents,
             ring,
+            coalesced,
             section: None,
             vm_fd: vm,
             memory,

@@ -12,6 +12,9 @@ pub struct Hook {
     pub cpuid_edit: Option<fn(&mut Vec<kvm_cpuid_entry2>)>,
     /// What the host does to the running guest (see `crate::migrate`).
     pub migrate: Option<Migrate>,
+    /// KVM quirks to disable (KVM_CAP_DISABLE_QUIRKS2, api.rst 7.31) before the vCPUs
+    /// exist.
+    pub quirks_off: u64,
 }
 
 /// How the host moves a guest while it runs.
@@ -29,8 +32,11 @@ pub enum Migrate {
     Live,
 }
 
+/// include/uapi/asm/kvm.h: KVM stops rewriting the other vendor's hypercall instruction.
+const KVM_X86_QUIRK_FIX_HYPERCALL_INSN: u64 = 1 << 5;
+
 const fn migrate(name: &'static str, how: Migrate) -> Hook {
-    Hook { name, cpuid_edit: None, migrate: Some(how) }
+    Hook { name, cpuid_edit: None, migrate: Some(how), quirks_off: 0 }
 }
 
 /// CPUID.1:ECX.MOVBE[22] and RDRAND[30] removed: the guest checks they stay absent.
@@ -42,7 +48,18 @@ fn remove_movbe_rdrand(table: &mut Vec<kvm_cpuid_entry2>) {
 }
 
 pub const HOOKS: &[Hook] = &[
-    Hook { name: "cpu::cpuid_removed_feature::long64", cpuid_edit: Some(remove_movbe_rdrand), migrate: None },
+    Hook {
+        name: "cpu::cpuid_removed_feature::long64",
+        cpuid_edit: Some(remove_movbe_rdrand),
+        migrate: None,
+        quirks_off: 0,
+    },
+    Hook {
+        name: "pv::hypercall_quirk_off::cpl3",
+        cpuid_edit: None,
+        migrate: None,
+        quirks_off: KVM_X86_QUIRK_FIX_HYPERCALL_INSN,
+    },
     migrate("state::restore_memory::long64", Migrate::Restore),
     migrate("state::restore_memory::user64", Migrate::Restore),
     migrate("state::restore_gprs::long64", Migrate::Restore),

@@ -105,6 +105,8 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
         pit: case.requires & requires::PIT != 0,
         readonly_slot: case.requires & requires::READONLY_MEM != 0,
+        coalesced: case.requires & requires::COALESCED != 0,
+        disable_quirks: hook.map_or(0, |h| h.quirks_off),
         dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
     }
 }

@@ -61,6 +61,12 @@ pub mod layout {
     /// `MMIO_FIFO` appends its bytes, little-endian, to the host's sink 1; a read of
     /// `MMIO_FIFO + 8` returns 1 (ready).
     pub const MMIO_FIFO: u64 = 0xc000_3000;
+    /// The coalesced FIFO's MMIO page, a coalesced MMIO zone (api.rst 4.116) for cases
+    /// that require COALESCED: a write of any width to `COALESCED_MMIO` appends its bytes
+    /// to the host's sink 3 without an exit (KVM rings them up, the host applies them at
+    /// its next exit); a 32-bit read of `COALESCED_MMIO + 8` (not coalesced: reads
+    /// always exit) returns the sink's byte count.
+    pub const COALESCED_MMIO: u64 = 0xc000_6000;
     /// Two more pages of the MMIO test device's register file (mirrored, like its first
     /// page), so that one access can cross a page boundary inside one device.
     pub const MMIO_CROSS: u64 = 0xc000_4000;
@@ -127,6 +133,10 @@ pub mod port {
     /// 32-bit OUT of [`super::BENCH_DATAMATCH`] to `IOEVENTFD_DATAMATCH`.
     pub const IOEVENTFD: u16 = 0x520;
     pub const IOEVENTFD_DATAMATCH: u16 = 0x524;
+    /// The coalesced FIFO's ports, a coalesced PIO zone: an OUT to `COALESCED_PIO`
+    /// appends to sink 3 like [`super::layout::COALESCED_MMIO`]; a 32-bit IN from
+    /// `COALESCED_PIO + 4` returns the sink's byte count.
+    pub const COALESCED_PIO: u16 = 0x530;
     /// A 16550-like UART (COM1), the `full` path for moving bytes: THR (`UART`) appends
     /// to the host's sink 0, LSR (`UART + 5`) reads 0x60 (transmitter empty).
     pub const UART: u16 = 0x3f8;
@@ -247,9 +257,12 @@ pub mod requires {
     /// Read-only memory slots (KVM_CAP_READONLY_MEM); the harness maps
     /// [`super::layout::READONLY_BASE`].
     pub const READONLY_MEM: u64 = 1 << 8;
+    /// Coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO); the
+    /// harness registers [`super::layout::COALESCED_MMIO`] and [`super::port::COALESCED_PIO`].
+    pub const COALESCED: u64 = 1 << 9;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 9] = [
+    pub const NAMES: [(u64, &str); 10] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -259,6 +272,7 @@ pub mod requires {
         (PIT, "the in-kernel PIT (KVM_CAP_PIT2)"),
         (NO_IRQCHIP, "a VM without the in-kernel irqchip (always possible)"),
         (READONLY_MEM, "read-only memory slots (KVM_CAP_READONLY_MEM)"),
+        (COALESCED, "coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO)"),
     ];
 }
 
@@ -544,7 +558,7 @@ pub mod proto {
         /// Returns how many times the resample eventfd of `args[0]` fired since the last
         /// call.
         pub const RESAMPLE_COUNT: u32 = 19;
-        /// Byte sink `args[0]` (0 UART, 1 MMIO FIFO, 2 shared ring): its byte count in
+        /// Byte sink `args[0]` (0 UART, 1 MMIO FIFO, 2 shared ring, 3 coalesced FIFO): its byte count in
         /// bits 63:32 and the FNV-1a digest of its bytes ([`crate::fnv1a32`]) in 31:0.
         pub const SINK: u32 = 20;
         /// The host sleeps `args[0]` microseconds (at most 100,000) with the vCPU stopped
@@ -555,11 +569,18 @@ pub mod proto {
         pub const SECTION_BEGIN: u32 = 22;
         /// Closes the measured section of `args[0]` operations of the behaviour, done in
         /// `args[1]` accesses to the interface: the report carries the exits to userspace
-        /// and the statistics' changes within it.
+        /// and the statistics' changes within it. Returns the exits to userspace.
         pub const SECTION_END: u32 = 23;
         /// How many times ioeventfd `args[0]` (0 pio, 1 pio_datamatch, 2 mmio,
         /// 3 mmio_datamatch, 4 the ring doorbell) fired since the last call.
         pub const IOEVENT_COUNT: u32 = 24;
+        /// Coalesced-ring entries the host has applied since the VM was made.
+        pub const COALESCED_COUNT: u32 = 25;
+        /// KVM_GET_CLOCK: kvmclock's nanoseconds as the host reads them (api.rst 4.60).
+        pub const GET_CLOCK: u32 = 26;
+        /// KVM_SET_CLOCK to KVM_GET_CLOCK plus `args[0]` (signed) nanoseconds (api.rst
+        /// 4.59); returns the value set.
+        pub const SET_CLOCK: u32 = 27;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

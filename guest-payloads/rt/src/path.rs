@@ -26,3 +26,13 @@ pub fn measure<R>(ops: u64, accesses: u64, body: impl FnOnce() -> R) -> R {
 pub fn result(unit: &str, value: u64) {
     metric("result", unit, value);
 }
+
+/// Runs `body` inside a measured section and returns what it returned and how many
+/// exits to userspace it caused (the section's own services are not counted).
+pub fn userspace_exits<R>(body: impl FnOnce() -> R) -> (R, u64) {
+    crate::check!(proto::service(service::SECTION_BEGIN, [0; 4]).is_ok(), "the host did not open the section");
+    let r = body();
+    let exits = proto::service(service::SECTION_END, [0; 4]);
+    crate::check!(exits.is_ok(), "the host did not close the section");
+    (r, exits.unwrap_or(0))
+}

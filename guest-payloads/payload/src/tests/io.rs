@@ -71,7 +71,7 @@ test_case! {
     }
 }
 
-fn mmio<T>(offset: u64) -> *mut T {
+pub(super) fn mmio<T>(offset: u64) -> *mut T {
     (MMIO_TEST_BASE + offset) as *mut T
 }
 
