@@ -2,6 +2,8 @@ mod bench;
 mod cpu;
 mod cpu_diff;
 mod cpu_exc;
+mod cpu_fault;
+mod cpu_priv;
 mod cpu_sys;
 mod io;
 mod irq;
