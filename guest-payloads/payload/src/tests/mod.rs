@@ -4,6 +4,7 @@ mod cpu_diff;
 mod cpu_exc;
 mod cpu_fault;
 mod cpu_priv;
+mod cpu_seg;
 mod cpu_sys;
 mod io;
 mod irq;
