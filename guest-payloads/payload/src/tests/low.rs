@@ -794,6 +794,98 @@ hv32_iret_target:
     HV_REPORT hv_low_pass
     HV_HALT
 
+    // GDT slot 0x38 is free in 32-bit mode (see hv_call_gate_prot32): the segment cases
+    // put their data segments there and load ES with it.
+    // A data segment of limit 0xfff (G = 0): a 4-byte load at 0xffc is the last one in
+    // it, one at 0xffd runs past the limit.
+    .global hv_exc_gp_limit_prot32
+hv_exc_gp_limit_prot32:
+    lidt [hv32_idtr]
+    mov dword ptr [0x1038], 0x00000fff
+    mov dword ptr [0x103c], 0x00409300
+    mov ax, 0x38
+    mov es, ax
+    HV32_ARM hv32_lim_none
+    mov eax, dword ptr es:[0xffc]
+hv32_lim_none:
+"#,
+    expect_no_exception32!("a 4-byte load ending at the limit"),
+    r#"
+    HV32_ARM hv32_lim_resume
+hv32_lim_at:
+    mov eax, dword ptr es:[0xffd]
+hv32_lim_resume:
+"#,
+    expect_exception32!("13", "0", "hv32_lim_at", "a 4-byte load past the limit"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+
+    // An expand-down data segment of limit 0xfff with B = 1 spans offsets 0x1000 to
+    // 0xffffffff: a load at 0x1000 reads the same memory as DS, one at 0xffc faults.
+    .global hv_expand_down_prot32
+hv_expand_down_prot32:
+    lidt [hv32_idtr]
+    mov dword ptr [0x1038], 0x00000fff
+    mov dword ptr [0x103c], 0x00409700
+    mov ax, 0x38
+    mov es, ax
+    mov dword ptr [0x6020], 0x5eed1234
+    HV32_ARM hv32_down_none
+    mov ebx, dword ptr es:[0x6020]
+hv32_down_none:
+"#,
+    expect_no_exception32!("a load above the expand-down limit"),
+    check_eq_asm!("ebx", "0x5eed1234", "an expand-down segment with base 0 reads the same memory"),
+    r#"
+    HV32_ARM hv32_down_resume
+hv32_down_at:
+    mov eax, dword ptr es:[0xffc]
+hv32_down_resume:
+"#,
+    expect_exception32!("13", "0", "hv32_down_at", "a load at or below the expand-down limit"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+
+    // A read-only data segment (type 1) reads but refuses writes, and so does a code
+    // segment through a CS override: #GP(0) for each write.
+    .global hv_segment_rights_prot32
+hv_segment_rights_prot32:
+    lidt [hv32_idtr]
+    mov dword ptr [0x1038], 0x0000ffff
+    mov dword ptr [0x103c], 0x00cf9100
+    mov ax, 0x38
+    mov es, ax
+    mov dword ptr [0x6024], 0x600d600d
+    HV32_ARM hv32_ro_none
+    mov ebx, dword ptr es:[0x6024]
+hv32_ro_none:
+"#,
+    expect_no_exception32!("a load through a read-only data segment"),
+    check_eq_asm!("ebx", "0x600d600d", "the read-only segment reads memory"),
+    r#"
+    HV32_ARM hv32_ro_resume
+hv32_ro_at:
+    mov dword ptr es:[0x6024], 1
+hv32_ro_resume:
+"#,
+    expect_exception32!("13", "0", "hv32_ro_at", "a store through a read-only data segment"),
+    r#"
+    HV32_ARM hv32_cs_resume
+hv32_cs_at:
+    mov dword ptr cs:[0x6024], 2
+hv32_cs_resume:
+"#,
+    expect_exception32!("13", "0", "hv32_cs_at", "a store through CS"),
+    r#"
+    mov eax, dword ptr [0x6024]
+"#,
+    check_eq_asm!("eax", "0x600d600d", "the refused stores changed nothing"),
+    r#"
+    HV_REPORT hv_low_pass
+    HV_HALT
+
     .global hv_rdtsc_monotonic_prot32
 hv_rdtsc_monotonic_prot32:
 "#,
@@ -832,6 +924,9 @@ unsafe extern "C" {
     fn hv_exc_ts_iret_nt_prot32();
     fn hv_far_call_jmp_prot32();
     fn hv_call_gate_prot32();
+    fn hv_exc_gp_limit_prot32();
+    fn hv_expand_down_prot32();
+    fn hv_segment_rights_prot32();
     fn hv_rdtsc_monotonic_prot32();
     fn hv_cpuid_kvm_signature_prot32();
     fn hv_exc_ud_bp_real16();
@@ -1033,4 +1128,26 @@ test_case! {
     name = "cpu::cpuid_kvm_signature::prot32", mode = Prot32, path = Para,
         requires = hvprobe_rt::abi::requires::KVM_PV;
     entry = hv_cpuid_kvm_signature_prot32
+}
+
+test_case! {
+    /// A load that runs past a data segment's limit raises #GP(0) in 32-bit protected
+    /// mode, one that ends at the limit does not (SDM Vol. 3A 5.3, and Vol. 2B MOV,
+    /// "#GP(0) if a memory operand effective address is outside the ... segment limit").
+    name = "cpu::exc_gp_limit::prot32", mode = Prot32, path = Hw;
+    entry = hv_exc_gp_limit_prot32
+}
+
+test_case! {
+    /// An expand-down data segment's valid offsets lie above its limit: a load above it
+    /// reads memory, one at or below it raises #GP(0) (SDM Vol. 3A 5.3 and 3.4.5.1).
+    name = "cpu::expand_down::prot32", mode = Prot32, path = Hw;
+    entry = hv_expand_down_prot32
+}
+
+test_case! {
+    /// A read-only data segment reads but a store through it raises #GP(0), and so does a
+    /// store through CS, a code segment (SDM Vol. 3A 5.4 and 3.4.5.1, Vol. 2B MOV).
+    name = "cpu::segment_rights::prot32", mode = Prot32, path = Hw;
+    entry = hv_segment_rights_prot32
 }
