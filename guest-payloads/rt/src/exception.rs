@@ -56,6 +56,7 @@ pub const BP: u8 = 3;
 pub const OF: u8 = 4;
 pub const UD: u8 = 6;
 pub const DF: u8 = 8;
+pub const TS: u8 = 10;
 pub const NP: u8 = 11;
 pub const SS: u8 = 12;
 pub const GP: u8 = 13;

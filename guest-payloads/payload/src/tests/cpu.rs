@@ -422,3 +422,9 @@ test_case! {
         check_eq!(cpuid_as_set(1, 0).map(|c| c.ecx >> 31), Some(1), "the host set it");
     }
 }
+
+test_case! {
+    /// The maximum basic and extended leaves read the same from CPL3.
+    name = "cpu::cpuid_max_leaf::user64", mode = User64, path = Full;
+    entry = cpuid_max_leaf
+}

@@ -757,3 +757,16 @@ test_case! {
         check_exception!(e, exception::GP, Some(abi::selector::TSS as u64));
     }
 }
+
+test_case! {
+    /// CLI and STI at CPL3 with IOPL 3 clear and set RFLAGS.IF (SDM Vol. 2A CLI, Vol. 2B
+    /// STI: allowed when CPL <= IOPL).
+    name = "cpu::cli_sti::user64", mode = User64, path = Hw;
+    entry = cli_sti
+}
+
+test_case! {
+    /// SGDT, SIDT and STR at CPL3 (CR4.UMIP clear) return what the VMM loaded too.
+    name = "cpu::descriptor_tables_store::user64", mode = User64, path = Hw;
+    entry = descriptor_tables_store
+}
