@@ -4,8 +4,9 @@
 //!
 //! On kvm_pvm, CPL0 code is emulated by KVM's instruction emulator and CPL3 code runs
 //! natively, so this compares the emulator with the CPU. On kvm_intel and kvm_amd both
-//! runs are native and the test is a self-check (an MMIO-operand variant, which forces
-//! emulation there, is still to come). Cases are generated from the run's seed (service
+//! runs are native; `cpu::emulator_diff::mmio` forces emulation on every backend instead:
+//! the instructions that touch memory run at CPL3 twice, once on RAM and once with their
+//! operands on the MMIO test device. Cases are generated from the run's seed (service
 //! SEED, `HVPROBE_SEED`); a failure names the seed and the case index, and
 //! `HVPROBE_CASE=i` reruns that one case alone.
 
@@ -194,17 +195,55 @@ struct Job {
     regs: Regs,
 }
 
-/// Fills the buffer from the case's byte pattern.
+/// Where the operands live: the RAM buffer, or the MMIO test device's register file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    Ram,
+    Mmio,
+}
+
+impl Operands {
+    fn base(self) -> *mut u64 {
+        match self {
+            Operands::Ram => buf().cast(),
+            Operands::Mmio => hvprobe_rt::abi::layout::MMIO_TEST_BASE as *mut u64,
+        }
+    }
+
+    /// Fills the operands from the case's byte pattern, 8 bytes a store.
+    fn load(self, pattern: &[u8; BUF_LEN]) {
+        for (i, chunk) in pattern.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            // SAFETY: BUF is ours alone, and the MMIO register file holds 256 bytes.
+            unsafe { self.base().add(i).write_volatile(v) };
+        }
+    }
+
+    fn read(self) -> [u8; BUF_LEN] {
+        let mut out = [0u8; BUF_LEN];
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: as for load.
+            chunk.copy_from_slice(&unsafe { self.base().add(i).read_volatile() }.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// Fills the RAM buffer from the case's byte pattern.
 fn load_buffer(pattern: &[u8; BUF_LEN]) {
-    // SAFETY: BUF is ours alone; nothing else runs while a case does.
-    unsafe { core::ptr::copy_nonoverlapping(pattern.as_ptr(), buf(), BUF_LEN) };
+    Operands::Ram.load(pattern);
 }
 
 fn read_buffer() -> [u8; BUF_LEN] {
-    let mut out = [0u8; BUF_LEN];
-    // SAFETY: as above.
-    unsafe { core::ptr::copy_nonoverlapping(buf(), out.as_mut_ptr(), BUF_LEN) };
-    out
+    Operands::Ram.read()
+}
+
+/// Whether an operation reads or writes the buffer (an explicit memory operand or a
+/// string instruction), so that moving its operands to MMIO changes how it runs.
+fn touches_memory(op: usize) -> bool {
+    let insn = OPS[op].1;
+    (insn.contains('[') && !insn.starts_with("lea"))
+        || ["movs", "stos", "lods", "cmps", "scas"].iter().any(|s| insn.contains(s))
 }
 
 extern "C" fn run_job(arg: u64) {
@@ -251,9 +290,8 @@ impl Rng {
 
 const DF: u64 = 1 << 10;
 
-fn case_input(rng: &mut Rng, pattern: &mut [u8; BUF_LEN]) -> (usize, Regs) {
+fn case_input(rng: &mut Rng, pattern: &mut [u8; BUF_LEN], base: u64) -> (usize, Regs) {
     let op = (rng.next() % N_OPS as u64) as usize;
-    let base = buf() as u64;
     // RSI and RDI start in the middle, so up to 4 elements of 8 bytes either way stay in.
     let pointer = |r: u64| base + 48 + r % 32;
     let rcx = match OPS[op].3 {
@@ -297,7 +335,7 @@ test_case! {
         let (mut ran, mut first) = (0u64, None);
         let mut pattern = [0u8; BUF_LEN];
         for index in 0..CASES {
-            let (op, input) = case_input(&mut rng, &mut pattern);
+            let (op, input) = case_input(&mut rng, &mut pattern, buf() as u64);
             if only != u64::MAX && index != only {
                 continue;
             }
@@ -344,6 +382,83 @@ test_case! {
                 let _ = core::fmt::write(&mut buf, format_args!(" {} {}", OPS[op].0, n));
             }
             hvprobe_rt::proto::fail(file!(), line!(), buf.as_str(), None);
+        }
+    }
+}
+
+/// Runs `input` through `op` at CPL3 with the operands in `at`; returns the registers
+/// with RSI and RDI made relative to the operands' base, and the operands' bytes.
+fn run_at_cpl3(op: usize, input: Regs, pattern: &[u8; BUF_LEN], at: Operands) -> (Regs, [u8; BUF_LEN]) {
+    let base = at.base() as u64;
+    let mut job = Job { op, regs: Regs { rsi: input.rsi + base, rdi: input.rdi + base, ..input } };
+    at.load(pattern);
+    check_no_exception!(call_at_cpl3(run_job, &raw mut job as u64));
+    let r = job.regs;
+    (Regs { rsi: r.rsi.wrapping_sub(base), rdi: r.rdi.wrapping_sub(base), ..r }, at.read())
+}
+
+test_case! {
+    /// 1,000 generated cases of the instructions that touch memory (memory operands with
+    /// and without LOCK, push/pop to memory, segment overrides, string instructions with
+    /// REP in both DF directions), each run at CPL3 on RAM, where the CPU executes it,
+    /// and with its operands on the MMIO test device, where the hypervisor must decode
+    /// and emulate it on any backend: registers, defined flags and the operand bytes must
+    /// agree. Seed and rerun as for `cpu::emulator_diff::long64`.
+    name = "cpu::emulator_diff::mmio", mode = Long64, path = Full;
+    fn emulator_diff_mmio() {
+        let ask = |id| hvprobe_rt::proto::service(id, [0; 4]).unwrap_or(0);
+        let seed = ask(service::SEED);
+        let only = hvprobe_rt::proto::service(service::ONLY_CASE, [0; 4]).unwrap_or(u64::MAX);
+        log!("seed {:#x}, {} cases of the memory operations", seed, CASES);
+        let mut rng = Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed } ^ 0x4d4d_494f);
+        let (mut ran, mut differing, mut first) = (0u64, 0u64, None);
+        let mut pattern = [0u8; BUF_LEN];
+        let mut index = 0;
+        while index < CASES {
+            // Pointers relative to the operands' base; each run adds its own.
+            let (op, input) = case_input(&mut rng, &mut pattern, 0);
+            if !touches_memory(op) {
+                continue;
+            }
+            index += 1;
+            if only != u64::MAX && index - 1 != only {
+                continue;
+            }
+            ran += 1;
+            let (ram, mem_ram) = run_at_cpl3(op, input, &pattern, Operands::Ram);
+            let (mmio, mem_mmio) = run_at_cpl3(op, input, &pattern, Operands::Mmio);
+            let mask = STATUS & !OPS[op].2;
+            let same = Regs { flags: ram.flags & mask, ..ram } == Regs { flags: mmio.flags & mask, ..mmio };
+            if !same || mem_ram != mem_mmio {
+                if differing == 0 {
+                    log!(
+                        "case {} {} ({}): in {:x?}\n  RAM  {:x?}\n  MMIO {:x?} (flags compared: {:#x}); memory {}",
+                        index - 1,
+                        OPS[op].0,
+                        OPS[op].1,
+                        input,
+                        ram,
+                        mmio,
+                        mask,
+                        if mem_ram == mem_mmio { "equal" } else { "differs" }
+                    );
+                }
+                differing += 1;
+                first.get_or_insert(index - 1);
+            }
+        }
+        metric("cases", "count", ran);
+        metric("differing_cases", "count", differing);
+        if let Some(index) = first {
+            hvprobe_rt::proto::fail(
+                file!(),
+                line!(),
+                MessageBuf::format(format_args!(
+                    "{differing} of {ran} cases differ between RAM and MMIO operands (seed {seed:#x}; first: case {index}, rerun it alone with HVPROBE_SEED={seed:#x} HVPROBE_CASE={index})"
+                ))
+                .as_str(),
+                None,
+            );
         }
     }
 }
