@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use hvprobe_abi::{FNV1A32_INIT, fnv1a32, layout, port};
+use hvprobe_abi::{FNV1A32_INIT, fnv1a32, layout, port, sink};
 
 /// Console text kept per run; a guest that floods the console is cut here, not the host.
 pub const CONSOLE_LIMIT: usize = 64 * 1024;
@@ -52,9 +52,9 @@ pub struct Devices {
     pub mmio_regs: [u8; 256],
     /// The UART's registers other than THR/LSR/IIR (what the guest wrote, read back).
     pub uart_regs: [u8; 8],
-    /// Sinks of the UART (0), the MMIO FIFO (1) and the coalesced FIFO (3, at index 2);
-    /// the shared ring's (2) is its thread's.
-    pub sinks: [Sink; 3],
+    /// The byte sinks, by `hvprobe_abi::sink` number; the shared ring's thread keeps its
+    /// own, so `sinks[sink::RING]` stays empty.
+    pub sinks: [Sink; sink::COUNT],
     /// Time zero of the PM timer.
     pub epoch: Instant,
     pub notes: Vec<String>,
@@ -70,7 +70,7 @@ impl Default for Devices {
             port_regs: [0; port::TEST_IO_LEN as usize],
             mmio_regs: [0; 256],
             uart_regs: [0; 8],
-            sinks: [Sink::default(); 3],
+            sinks: [Sink::default(); sink::COUNT],
             epoch: Instant::now(),
             notes: Vec::new(),
             notes_dropped: 0,
@@ -123,9 +123,9 @@ impl Devices {
                 let at = (p - port::TEST_IO) as usize;
                 self.port_regs[at..at + data.len()].copy_from_slice(data);
             }
-            port::COALESCED_PIO => self.sinks[2].push(data),
+            port::COALESCED_PIO => self.sinks[sink::COALESCED as usize].push(data),
             // THR with DLAB clear (LCR bit 7): one byte per OUT, the low byte of a wider one.
-            port::UART if self.uart_regs[3] & 0x80 == 0 => self.sinks[0].push(&data[..1]),
+            port::UART if self.uart_regs[3] & 0x80 == 0 => self.sinks[sink::UART as usize].push(&data[..1]),
             p if (port::UART..port::UART + 8).contains(&p) => self.uart_regs[(p - port::UART) as usize] = data[0],
             _ => self.note(format!("out to port {port:#x}, {} bytes {data:02x?}: no device", data.len())),
         }
@@ -149,13 +149,18 @@ impl Devices {
             }
             port::PM_TIMER if data.len() == 4 => data.copy_from_slice(&self.pm_timer().to_le_bytes()),
             p if p == port::COALESCED_PIO + 4 && data.len() == 4 => {
-                data.copy_from_slice(&(self.sinks[2].count as u32).to_le_bytes())
+                data.copy_from_slice(&self.coalesced_count().to_le_bytes())
             }
             _ => {
                 data.fill(0xff);
                 self.note(format!("in from port {port:#x}, {} bytes: no device", data.len()));
             }
         }
+    }
+
+    /// The coalesced FIFO's count register: its sink's byte count, modulo 2^32.
+    fn coalesced_count(&self) -> u32 {
+        self.sinks[sink::COALESCED as usize].count as u32
     }
 
     /// The PM timer's count: ticks at [`hvprobe_abi::PM_TIMER_HZ`] since the VM's
@@ -167,9 +172,9 @@ impl Devices {
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
         if addr == layout::MMIO_FIFO {
-            self.sinks[1].push(data);
+            self.sinks[sink::FIFO as usize].push(data);
         } else if addr == layout::COALESCED_MMIO {
-            self.sinks[2].push(data);
+            self.sinks[sink::COALESCED as usize].push(data);
         } else if let Some(offset) = mmio_test_offset(addr, data.len()) {
             for (i, b) in data.iter().enumerate() {
                 self.mmio_regs[(offset + i) & 0xff] = *b;
@@ -184,7 +189,7 @@ impl Devices {
             data.fill(0);
             data[0] = 1;
         } else if addr == layout::COALESCED_MMIO + 8 && data.len() == 4 {
-            data.copy_from_slice(&(self.sinks[2].count as u32).to_le_bytes());
+            data.copy_from_slice(&self.coalesced_count().to_le_bytes());
         } else if let Some(offset) = mmio_test_offset(addr, data.len()) {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = self.mmio_regs[(offset + i) & 0xff];
@@ -251,13 +256,13 @@ mod tests {
         d.port_write(port::UART, b"h");
         d.port_write(port::UART + 3, &[0x80]);
         d.port_write(port::UART, &[9]);
-        assert_eq!(d.sinks[0].count, 1, "with DLAB set, port 0 is the divisor latch");
+        assert_eq!(d.sinks[sink::UART as usize].count, 1, "with DLAB set, port 0 is the divisor latch");
         d.port_read(port::UART, &mut b);
         assert_eq!(b, [9]);
         d.mmio_write(layout::MMIO_FIFO, b"ab");
         d.mmio_write(layout::MMIO_FIFO, b"cdef");
-        assert_eq!(d.sinks[1], Sink { count: 6, digest: fnv1a32(FNV1A32_INIT, b"abcdef") });
-        assert_eq!(d.sinks[0].packed() >> 32, 1);
+        assert_eq!(d.sinks[sink::FIFO as usize], Sink { count: 6, digest: fnv1a32(FNV1A32_INIT, b"abcdef") });
+        assert_eq!(d.sinks[sink::UART as usize].packed() >> 32, 1);
         assert!(d.notes.is_empty(), "{:?}", d.notes);
     }
 

@@ -7,7 +7,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use hvprobe_abi::proto::{self, service};
-use hvprobe_abi::{layout, port};
+use hvprobe_abi::{layout, port, sink};
 use kvm_bindings::{KVM_EXIT_IO_OUT, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -531,14 +531,12 @@ impl Vm {
                 self.vm_fd.set_clock(&clock).map(|()| clock.clock).map_err(|_| ())
             })),
             service::SINK => Some(match args[0] {
-                0 | 1 => Ok(devices.sinks[args[0] as usize].packed()),
-                3 => Ok(devices.sinks[2].packed()),
-                2 => self
+                sink::RING => self
                     .ring
                     .as_ref()
                     .map(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).sink.packed())
                     .ok_or(()),
-                _ => Err(()),
+                id => devices.sinks.get(id as usize).map(|s| s.packed()).ok_or(()),
             }),
             service::HOST_SLEEP => {
                 let t = Instant::now();
@@ -562,7 +560,9 @@ impl Vm {
                 Some(Ok(exits))
             }
             service::IOEVENT_COUNT => Some(match args[0] {
-                i @ 0..4 => self.ioevents.get(i as usize).map(|fd| fd.read().unwrap_or(0)).ok_or(()),
+                i if i < crate::IOEVENTS.len() as u64 => {
+                    self.ioevents.get(i as usize).map(|fd| fd.read().unwrap_or(0)).ok_or(())
+                }
                 4 => self
                     .ring
                     .as_ref()

@@ -38,6 +38,11 @@ impl Section {
         self.userspace_exits.values().sum()
     }
 
+    /// `n` per access to the interface.
+    pub fn per_access(&self, n: u64) -> f64 {
+        n as f64 / self.accesses.max(1) as f64
+    }
+
     /// Exits to userspace, VM exits and emulated instructions: every time the hypervisor
     /// stepped in. None without statistics.
     pub fn interventions(&self) -> Option<u64> {
@@ -84,16 +89,15 @@ pub struct PathWay {
 
 /// The claim of a path and whether `section` bears it out.
 fn claim(path: &str, section: Option<&Section>) -> (String, Option<bool>) {
-    let per_access = |n: u64, s: &Section| n as f64 / s.accesses.max(1) as f64;
     match path {
         "full" => (
             "trapped: the hypervisor steps in at every access".into(),
-            section.and_then(|s| s.interventions().map(|i| per_access(i, s) >= 1.0)),
+            section.and_then(|s| s.interventions().map(|i| s.per_access(i) >= 1.0)),
         ),
         "para" => ("no exit to userspace".into(), section.map(|s| s.userspace_exits_total() == 0)),
         _ => (
             "native: fewer interventions than accesses".into(),
-            section.and_then(|s| s.interventions().map(|i| per_access(i, s) < 1.0)),
+            section.and_then(|s| s.interventions().map(|i| s.per_access(i) < 1.0)),
         ),
     }
 }
@@ -131,7 +135,6 @@ pub fn table(tests: &[TestResult]) -> Vec<PathBehaviour> {
                 .map(|t| {
                     let cost = t.metrics.get("cost").map(|m| m.value);
                     let section = t.section.as_ref();
-                    let per_access = |n: u64, s: &Section| n as f64 / s.accesses.max(1) as f64;
                     let (claim, claim_held) = claim(&t.path, section);
                     PathWay {
                         test: t.name.clone(),
@@ -141,8 +144,8 @@ pub fn table(tests: &[TestResult]) -> Vec<PathBehaviour> {
                         result: t.metrics.get("result").cloned(),
                         cost_cycles: cost,
                         cost_ratio: cost.filter(|_| cheapest.is_finite()).map(|c| c / cheapest),
-                        userspace_exits_per_access: section.map(|s| per_access(s.userspace_exits_total(), s)),
-                        interventions_per_access: section.and_then(|s| s.interventions().map(|i| per_access(i, s))),
+                        userspace_exits_per_access: section.map(|s| s.per_access(s.userspace_exits_total())),
+                        interventions_per_access: section.and_then(|s| s.interventions().map(|i| s.per_access(i))),
                         claim,
                         claim_held,
                     }

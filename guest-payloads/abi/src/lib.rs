@@ -153,6 +153,20 @@ pub const fn readonly_word(i: u64) -> u64 {
     0x5244_4f4e_4c59_0000 | i
 }
 
+/// The host's byte sinks (service [`proto::service::SINK`]): where each way of moving
+/// bytes delivers them.
+pub mod sink {
+    /// The UART's THR ([`super::port::UART`]).
+    pub const UART: u64 = 0;
+    /// The MMIO FIFO ([`super::layout::MMIO_FIFO`]).
+    pub const FIFO: u64 = 1;
+    /// The shared ring ([`super::layout::RING`]), served by a host thread.
+    pub const RING: u64 = 2;
+    /// The coalesced FIFO ([`super::layout::COALESCED_MMIO`], [`super::port::COALESCED_PIO`]).
+    pub const COALESCED: u64 = 3;
+    pub const COUNT: usize = 4;
+}
+
 /// Ticks per second of [`port::PM_TIMER`] (ACPI 6.5, 4.8.3.3: 3.579545 MHz).
 pub const PM_TIMER_HZ: u64 = 3_579_545;
 
@@ -558,7 +572,7 @@ pub mod proto {
         /// Returns how many times the resample eventfd of `args[0]` fired since the last
         /// call.
         pub const RESAMPLE_COUNT: u32 = 19;
-        /// Byte sink `args[0]` (0 UART, 1 MMIO FIFO, 2 shared ring, 3 coalesced FIFO): its byte count in
+        /// Byte sink `args[0]` (see [`crate::sink`]): its byte count in
         /// bits 63:32 and the FNV-1a digest of its bytes ([`crate::fnv1a32`]) in 31:0.
         pub const SINK: u32 = 20;
         /// The host sleeps `args[0]` microseconds (at most 100,000) with the vCPU stopped

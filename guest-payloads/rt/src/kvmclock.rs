@@ -18,6 +18,29 @@ struct PvclockTime {
     pad: [u8; 2],
 }
 
+/// One consistent reading of the structure (msr.rst's version protocol), and the TSC
+/// read inside it.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    /// Even: KVM was not updating the structure.
+    pub version: u32,
+    pub tsc_timestamp: u64,
+    pub system_time: u64,
+    pub tsc_to_system_mul: u32,
+    pub tsc_shift: i8,
+    pub flags: u8,
+    pub tsc: u64,
+}
+
+impl Reading {
+    /// Nanoseconds at `tsc`.
+    pub fn ns(&self) -> u64 {
+        let mut delta = self.tsc.wrapping_sub(self.tsc_timestamp);
+        delta = if self.tsc_shift < 0 { delta >> -self.tsc_shift } else { delta << self.tsc_shift };
+        self.system_time.wrapping_add(((delta as u128 * self.tsc_to_system_mul as u128) >> 32) as u64)
+    }
+}
+
 const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 /// CPUID 0x40000001 EAX bit 3 (Documentation/virt/kvm/x86/cpuid.rst).
 pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
@@ -35,31 +58,37 @@ pub fn enable() {
     unsafe { crate::cpu::wrmsr(MSR_KVM_SYSTEM_TIME_NEW, PAGE | 1) };
 }
 
-/// Nanoseconds by kvmclock, read with the version protocol (msr.rst: retry while the
-/// version is odd or changed).
-pub fn ns() -> u64 {
+/// Reads the structure with the version protocol (msr.rst: retry while the version is
+/// odd or changed).
+pub fn read() -> Reading {
     let p = PAGE as *const PvclockTime;
     loop {
         // SAFETY: KVM keeps the structure in the page; fields are read volatile because
         // the host updates them.
         unsafe {
-            let v1 = (&raw const (*p).version).read_volatile();
-            if v1 & 1 != 0 {
+            let version = (&raw const (*p).version).read_volatile();
+            if version & 1 != 0 {
                 continue;
             }
             asm!("lfence", options(nostack));
-            let ts = (&raw const (*p).tsc_timestamp).read_volatile();
-            let st = (&raw const (*p).system_time).read_volatile();
-            let mul = (&raw const (*p).tsc_to_system_mul).read_volatile();
-            let shift = (&raw const (*p).tsc_shift).read_volatile();
-            let tsc = crate::cpu::rdtsc();
+            let r = Reading {
+                version,
+                tsc_timestamp: (&raw const (*p).tsc_timestamp).read_volatile(),
+                system_time: (&raw const (*p).system_time).read_volatile(),
+                tsc_to_system_mul: (&raw const (*p).tsc_to_system_mul).read_volatile(),
+                tsc_shift: (&raw const (*p).tsc_shift).read_volatile(),
+                flags: (&raw const (*p).flags).read_volatile(),
+                tsc: crate::cpu::rdtsc(),
+            };
             asm!("lfence", options(nostack));
-            if (&raw const (*p).version).read_volatile() != v1 {
-                continue;
+            if (&raw const (*p).version).read_volatile() == version {
+                return r;
             }
-            let mut delta = tsc.wrapping_sub(ts);
-            delta = if shift < 0 { delta >> -shift } else { delta << shift };
-            return st.wrapping_add(((delta as u128 * mul as u128) >> 32) as u64);
         }
     }
+}
+
+/// Nanoseconds by kvmclock.
+pub fn ns() -> u64 {
+    read().ns()
 }

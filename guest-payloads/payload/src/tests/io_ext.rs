@@ -5,7 +5,7 @@
 use core::arch::asm;
 
 use hvprobe_rt::abi::layout::{COALESCED_MMIO, IOEVENTFD_MMIO, MMIO_CROSS, RAM_SIZE};
-use hvprobe_rt::abi::{BENCH_DATAMATCH, FNV1A32_INIT, fnv1a32, port, proto::service, requires};
+use hvprobe_rt::abi::{self, BENCH_DATAMATCH, FNV1A32_INIT, fnv1a32, port, proto::service, requires};
 use hvprobe_rt::path::userspace_exits;
 use hvprobe_rt::proto::service as call;
 use hvprobe_rt::{check, check_eq, metric, test_case};
@@ -190,7 +190,7 @@ fn coalesced_fifo(words: usize, max_exits: u64, write: impl Fn(u32), count: impl
     metric("exits", "count", exits);
     check!(exits <= max_exits, "{} exits to userspace for {} coalesced writes (at most {})", exits, words, max_exits);
     check_eq!(count() as usize, 4 * words, "the FIFO's byte count, read after the writes");
-    let sink = call(service::SINK, [3, 0, 0, 0]).unwrap_or(0);
+    let sink = call(service::SINK, [abi::sink::COALESCED, 0, 0, 0]).unwrap_or(0);
     check_eq!(sink as u32, digest, "FNV-1a digest of the bytes in the order the host applied them");
     let drained = call(service::COALESCED_COUNT, [0; 4]).unwrap_or(0);
     check!(drained + exits >= words as u64, "{} ring entries and {} exits for {} writes", drained, exits, words);
@@ -356,8 +356,7 @@ test_case! {
     entry = unmapped_gpa
 }
 
-/// Runs an instruction template on the MMIO register at offset 0x80 after storing
-/// `init` there.
+/// The MMIO register at offset 0x80, holding `init`: the operand of the emulator cases.
 fn mmio_reg(init: u64) -> *mut u64 {
     let p = mmio::<u64>(0x80);
     // SAFETY: the MMIO test device.

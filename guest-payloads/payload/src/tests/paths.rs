@@ -8,7 +8,7 @@
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst, compiler_fence};
 
 use hvprobe_rt::abi::layout::{MMIO_FIFO, RING, RING_CONSUMED, RING_DATA, RING_DOORBELL, RING_PRODUCED, RING_SIZE};
-use hvprobe_rt::abi::{self, FNV1A32_INIT, flags::PATH_TABLE, fnv1a32, port, proto::service, requires};
+use hvprobe_rt::abi::{self, FNV1A32_INIT, flags::PATH_TABLE, fnv1a32, port, proto::service, requires, sink};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::proto::service as call;
@@ -53,25 +53,23 @@ fn uart_send(bytes: &[u8]) {
     }
 }
 
-/// Four bytes per MMIO write to the FIFO's data register.
-fn fifo_send(bytes: &[u8]) {
+/// Four bytes per MMIO write to the data register at `at`: the MMIO FIFO, or the
+/// coalesced FIFO, whose writes KVM rings up for the host to apply at its next exit.
+fn words_to(at: u64, bytes: &[u8]) {
     for chunk in bytes.chunks(4) {
         let mut word = [0u8; 4];
         word[..chunk.len()].copy_from_slice(chunk);
-        // SAFETY: the host's MMIO FIFO; a write appends its bytes.
-        unsafe { (MMIO_FIFO as *mut u32).write_volatile(u32::from_le_bytes(word)) };
+        // SAFETY: a FIFO's data register; a write appends its bytes to the host's sink.
+        unsafe { (at as *mut u32).write_volatile(u32::from_le_bytes(word)) };
     }
 }
 
-/// Four bytes per MMIO write to the coalesced FIFO: KVM rings the writes up and the host
-/// applies them at its next exit.
+fn fifo_send(bytes: &[u8]) {
+    words_to(MMIO_FIFO, bytes);
+}
+
 fn coalesced_send(bytes: &[u8]) {
-    for chunk in bytes.chunks(4) {
-        let mut word = [0u8; 4];
-        word[..chunk.len()].copy_from_slice(chunk);
-        // SAFETY: the coalesced FIFO's data register.
-        unsafe { (abi::layout::COALESCED_MMIO as *mut u32).write_volatile(u32::from_le_bytes(word)) };
-    }
+    words_to(abi::layout::COALESCED_MMIO, bytes);
 }
 
 /// The shared ring: copy a chunk in, publish the produced count, ring the doorbell (an
@@ -121,26 +119,20 @@ fn wait_consumed(ready: impl Fn(u32) -> bool, produced: u32) {
     }
 }
 
-/// The sink of each way, and what runs the way.
-const UART_SINK: u64 = 0;
-const FIFO_SINK: u64 = 1;
-const RING_SINK: u64 = 2;
-const COALESCED_SINK: u64 = 3;
-
 /// One way to move the block: measured, then checked on the host byte for byte. An
-/// `extern "C" fn(sink)` so that the CPL3 variants can run it through `call_at_cpl3`.
-extern "C" fn move_block(sink: u64) {
+/// `extern "C" fn(sink number)` so that the CPL3 variants can run it through `call_at_cpl3`.
+extern "C" fn move_block(which: u64) {
     let bytes = block();
     // UART: LSR and THR per byte; FIFO: one write per 4 bytes; ring: one doorbell per chunk.
-    let (send, accesses): (fn(&[u8]), usize) = match sink {
-        UART_SINK => (uart_send, 2 * BLOCK),
-        FIFO_SINK => (fifo_send, BLOCK / 4),
-        COALESCED_SINK => (coalesced_send, BLOCK / 4),
+    let (send, accesses): (fn(&[u8]), usize) = match which {
+        sink::UART => (uart_send, 2 * BLOCK),
+        sink::FIFO => (fifo_send, BLOCK / 4),
+        sink::COALESCED => (coalesced_send, BLOCK / 4),
         _ => (ring_send, BLOCK.div_ceil(RING_CHUNK)),
     };
     path::measure(BLOCK as u64, accesses as u64, || send(&bytes));
-    check_sink(sink, &bytes);
-    if sink == RING_SINK {
+    check_sink(which, &bytes);
+    if which == sink::RING {
         let doorbells = call(service::IOEVENT_COUNT, [4, 0, 0, 0]).unwrap_or(0);
         check!(doorbells > 0, "the host thread saw no doorbell");
     }
@@ -156,7 +148,7 @@ test_case! {
     /// before each byte as a driver does (the `full` path: every access exits).
     name = "io::bytes_to_device::uart", mode = Long64, path = Full, flags = PATH_TABLE;
     fn bytes_uart() {
-        move_block(UART_SINK);
+        move_block(sink::UART);
     }
 }
 
@@ -164,7 +156,7 @@ test_case! {
     /// The same bytes through an MMIO FIFO register, four per write (`full`).
     name = "io::bytes_to_device::mmio_fifo", mode = Long64, path = Full, flags = PATH_TABLE;
     fn bytes_fifo() {
-        move_block(FIFO_SINK);
+        move_block(sink::FIFO);
     }
 }
 
@@ -174,7 +166,7 @@ test_case! {
     name = "io::bytes_to_device::ring", mode = Long64, path = Para, requires = requires::IOEVENTFD,
         flags = PATH_TABLE;
     fn bytes_ring() {
-        move_block(RING_SINK);
+        move_block(sink::RING);
     }
 }
 
@@ -185,7 +177,7 @@ test_case! {
     name = "io::bytes_to_device::coalesced", mode = Long64, path = Full, requires = requires::COALESCED,
         flags = PATH_TABLE;
     fn bytes_coalesced() {
-        move_block(COALESCED_SINK);
+        move_block(sink::COALESCED);
     }
 }
 
@@ -194,7 +186,7 @@ test_case! {
     name = "io::bytes_to_device_cpl3::coalesced", mode = Long64, path = Full, requires = requires::COALESCED,
         flags = PATH_TABLE;
     fn bytes_coalesced_cpl3() {
-        at_cpl3(move_block, COALESCED_SINK);
+        at_cpl3(move_block, sink::COALESCED);
     }
 }
 
@@ -203,7 +195,7 @@ test_case! {
     /// CPL <= IOPL).
     name = "io::bytes_to_device_cpl3::uart", mode = Long64, path = Full, flags = PATH_TABLE;
     fn bytes_uart_cpl3() {
-        at_cpl3(move_block, UART_SINK);
+        at_cpl3(move_block, sink::UART);
     }
 }
 
@@ -211,7 +203,7 @@ test_case! {
     /// The MMIO FIFO way from CPL3.
     name = "io::bytes_to_device_cpl3::mmio_fifo", mode = Long64, path = Full, flags = PATH_TABLE;
     fn bytes_fifo_cpl3() {
-        at_cpl3(move_block, FIFO_SINK);
+        at_cpl3(move_block, sink::FIFO);
     }
 }
 
@@ -220,7 +212,7 @@ test_case! {
     name = "io::bytes_to_device_cpl3::ring", mode = Long64, path = Para, requires = requires::IOEVENTFD,
         flags = PATH_TABLE;
     fn bytes_ring_cpl3() {
-        at_cpl3(move_block, RING_SINK);
+        at_cpl3(move_block, sink::RING);
     }
 }
 

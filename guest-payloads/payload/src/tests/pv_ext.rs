@@ -126,7 +126,6 @@ test_case! {
     fn hypercall_preserves_registers() {
         let before: [u64; 12] = core::array::from_fn(|i| 0x1111_1111_1111_1111 * (i as u64 + 1));
         let mut after = [0u64; 12];
-        let insn = if cpu::is_amd() { "vmmcall" } else { "vmcall" };
         let rax: u64;
         // SAFETY: loads 12 registers from `before`, makes the hypercall, stores them to
         // `after`; RBX and RBP are saved around it on the stack.
@@ -151,7 +150,7 @@ test_case! {
                     )
                 };
             }
-            if insn == "vmmcall" { call_with!("vmmcall") } else { call_with!("vmcall") }
+            if cpu::is_amd() { call_with!("vmmcall") } else { call_with!("vmcall") }
         }
         check_eq!(rax, KVM_EPERM, "RAX");
         for (i, name) in ["rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r13", "r14"].iter().enumerate() {
@@ -222,38 +221,6 @@ test_case! {
     }
 }
 
-/// kvmclock's structure, read once consistently (version even and unchanged).
-fn kvmclock_fields() -> (u32, u64, u64, u32, i8, u8) {
-    #[repr(C)]
-    struct Pvclock {
-        version: u32,
-        pad0: u32,
-        tsc_timestamp: u64,
-        system_time: u64,
-        mul: u32,
-        shift: i8,
-        flags: u8,
-    }
-    let p = kvmclock::PAGE as *const Pvclock;
-    loop {
-        // SAFETY: KVM keeps the structure in the page; read volatile.
-        unsafe {
-            let v = (&raw const (*p).version).read_volatile();
-            let f = (
-                v,
-                (&raw const (*p).tsc_timestamp).read_volatile(),
-                (&raw const (*p).system_time).read_volatile(),
-                (&raw const (*p).mul).read_volatile(),
-                (&raw const (*p).shift).read_volatile(),
-                (&raw const (*p).flags).read_volatile(),
-            );
-            if v & 1 == 0 && (&raw const (*p).version).read_volatile() == v {
-                return f;
-            }
-        }
-    }
-}
-
 test_case! {
     /// Once kvmclock is on, KVM fills its structure (msr.rst, MSR_KVM_SYSTEM_TIME_NEW):
     /// an even, non-zero version, a timestamp not after the TSC now, a non-zero
@@ -261,12 +228,12 @@ test_case! {
     name = "pv::kvmclock_structure::long64", mode = Long64, path = Para, requires = requires::KVM_PV;
     fn kvmclock_structure() {
         kvmclock::enable();
-        let (version, tsc, _, mul, shift, flags) = kvmclock_fields();
-        check!(version != 0 && version & 1 == 0, "version {}", version);
-        check!(tsc <= cpu::rdtsc(), "tsc_timestamp {} is after the TSC", tsc);
-        check!(mul != 0, "tsc_to_system_mul is 0");
-        check!((-32..=32).contains(&shift), "tsc_shift {}", shift);
-        metric("flags", "bits", flags.into());
+        let r = kvmclock::read();
+        check!(r.version != 0, "version {}", r.version);
+        check!(r.tsc_timestamp <= r.tsc, "tsc_timestamp {} is after the TSC {}", r.tsc_timestamp, r.tsc);
+        check!(r.tsc_to_system_mul != 0, "tsc_to_system_mul is 0");
+        check!((-32..=32).contains(&r.tsc_shift), "tsc_shift {}", r.tsc_shift);
+        metric("flags", "bits", r.flags.into());
     }
 }
 
@@ -283,7 +250,7 @@ test_case! {
         let start = cpu::rdtsc();
         while cpu::rdtsc() - start < 1_000_000 {}
         check!(kvmclock::ns() > t0, "the clock did not advance over 1 M TSC cycles");
-        check!(kvmclock_fields().0 != 0, "KVM did not fill the structure");
+        check!(kvmclock::read().version != 0, "KVM did not fill the structure");
     }
 }
 
@@ -309,13 +276,13 @@ test_case! {
     name = "pv::kvmclock_set_clock::long64", mode = Long64, path = Para, requires = requires::KVM_PV;
     fn kvmclock_set_clock() {
         kvmclock::enable();
-        let (v0, ..) = kvmclock_fields();
+        let v0 = kvmclock::read().version;
         let t0 = kvmclock::ns();
         check!(call(service::SET_CLOCK, [1_000_000_000, 0, 0, 0]).is_ok(), "KVM_SET_CLOCK failed");
         let jump = kvmclock::ns().wrapping_sub(t0);
         metric("jump", "ns", jump);
         check!((1_000_000_000..1_050_000_000).contains(&jump), "kvmclock moved {} ns across a 1 s KVM_SET_CLOCK", jump);
-        check!(kvmclock_fields().0 != v0, "the version did not change");
+        check!(kvmclock::read().version != v0, "the version did not change");
     }
 }
 
