@@ -2,10 +2,13 @@
 //!
 //! An outcome is *good* when it does not fail a run (pass, skip, xfail, the watchdog's
 //! expected timeout) and *bad* otherwise. Good to bad is a regression, bad to good an
-//! improvement, and any other change of outcome or failure signature is a change. A
-//! benchmark differs only when the gap between the medians is larger than the two
-//! spreads together: noise that both runs measured does not count. Every benchmark unit
-//! hvprobe uses (cycles, nanoseconds) is lower-is-better.
+//! improvement, and any other change of outcome or failure signature (see
+//! [`crate::signature`]: live values never count) is a change. A benchmark differs only
+//! when a rank-sum test over both runs' samples says so, the medians are further apart
+//! than both spreads together, and the change is at least [`MIN_EFFECT`]; a record with
+//! too few samples is shown but never called a difference. Every benchmark unit hvprobe
+//! uses (cycles, nanoseconds, seconds) is lower-is-better. Host facts that change with
+//! every boot or vCPU (APIC IDs in CPUID) are left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -92,6 +95,9 @@ pub struct Comparison {
     pub after: RunLabel,
     pub tests: Vec<TestChange>,
     pub benchmarks: Vec<BenchChange>,
+    /// Benchmarks on both sides with too few samples to test (one-figure records such as
+    /// `suite::wall_time`): shown for information, never a difference.
+    pub untested_benchmarks: Vec<BenchChange>,
     pub host: Vec<HostChange>,
     pub paths: Vec<PathChange>,
     /// Tests and benchmarks present and equal on both sides.
@@ -107,9 +113,9 @@ fn is_good(t: &TestResult) -> bool {
     }
 }
 
-/// The parts of a failure that identify it (what expectation profiles match on).
-fn signature(t: &TestResult) -> Option<(String, Option<String>, Option<String>)> {
-    t.failure.as_ref().map(|f| (f.end.clone(), f.insn_bytes.clone(), f.message.clone()))
+/// What identifies a failure, without its live values (see [`crate::signature`]).
+fn signature(t: &TestResult) -> Option<String> {
+    t.failure.as_ref().map(crate::Failure::signature)
 }
 
 fn label(r: &Results) -> RunLabel {
@@ -123,12 +129,14 @@ fn label(r: &Results) -> RunLabel {
 
 pub fn compare(before: &Results, after: &Results) -> Comparison {
     let (tests, unchanged_tests) = compare_tests(&before.tests, &after.tests);
-    let (benchmarks, unchanged_benchmarks) = compare_benchmarks(&before.benchmarks, &after.benchmarks);
+    let (benchmarks, untested_benchmarks, unchanged_benchmarks) =
+        compare_benchmarks(&before.benchmarks, &after.benchmarks);
     Comparison {
         before: label(before),
         after: label(after),
         tests,
         benchmarks,
+        untested_benchmarks,
         host: compare_hosts(before, after),
         paths: compare_paths(&before.paths, &after.paths),
         unchanged_tests,
@@ -177,42 +185,108 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
     (changes, unchanged)
 }
 
-fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchChange>, usize) {
+/// The smallest change of a median `compare` reports, relative to the earlier median:
+/// below it a difference is not worth a reader's time even where it is real.
+pub const MIN_EFFECT: f64 = 0.10;
+/// The significance level of the rank-sum test: two runs of the same build compared
+/// pairwise must not raise false alarms.
+pub const ALPHA: f64 = 0.001;
+/// Fewer samples than this on either side: shown, never called significant.
+pub const MIN_SAMPLES: usize = 5;
+
+/// Whether two benchmark records differ: a Mann-Whitney rank-sum test over their samples
+/// says so at [`ALPHA`], the medians are further apart than both spreads, and the change
+/// is at least [`MIN_EFFECT`]. `None` when either side has too few samples to test.
+pub fn benchmark_differs(x: &Benchmark, y: &Benchmark) -> Option<bool> {
+    if x.sample_values.len() < MIN_SAMPLES || y.sample_values.len() < MIN_SAMPLES {
+        return None;
+    }
+    let gap = (y.median - x.median).abs();
+    let beyond_spread = gap > x.spread.abs() + y.spread.abs();
+    let large = gap > MIN_EFFECT * x.median.abs();
+    Some(beyond_spread && large && rank_sum_p(&x.sample_values, &y.sample_values) < ALPHA)
+}
+
+/// Two-sided p-value of the Mann-Whitney U test (normal approximation with the tie
+/// correction and a continuity correction; adequate from about five samples a side).
+pub fn rank_sum_p(a: &[f64], b: &[f64]) -> f64 {
+    let (n1, n2) = (a.len() as f64, b.len() as f64);
+    let mut all: Vec<(f64, bool)> = a.iter().map(|&v| (v, true)).chain(b.iter().map(|&v| (v, false))).collect();
+    all.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let (mut rank_a, mut tie_term, mut i) = (0.0, 0.0, 0);
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        let mid_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_a += mid_rank * all[i..=j].iter().filter(|x| x.1).count() as f64;
+        tie_term += t * t * t - t;
+        i = j + 1;
+    }
+    let u = rank_a - n1 * (n1 + 1.0) / 2.0;
+    let mean = n1 * n2 / 2.0;
+    let n = n1 + n2;
+    let var = n1 * n2 / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)));
+    if var <= 0.0 {
+        return 1.0;
+    }
+    let z = ((u - mean).abs() - 0.5).max(0.0) / var.sqrt();
+    erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The complementary error function (Numerical Recipes' erfcc, fractional error below
+/// 1.2e-7), enough for a p-value.
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchChange>, Vec<BenchChange>, usize) {
     // A benchmark is its name and unit: one operation is reported in cycles and in ns.
     let key = |b: &Benchmark| (b.name.clone(), b.unit.clone());
     let a: BTreeMap<(String, String), &Benchmark> = before.iter().map(|b| (key(b), b)).collect();
     let b: BTreeMap<(String, String), &Benchmark> = after.iter().map(|b| (key(b), b)).collect();
     let keys: BTreeSet<&(String, String)> = a.keys().chain(b.keys()).collect();
-    let mut changes = Vec::new();
+    let (mut changes, mut untested) = (Vec::new(), Vec::new());
     let mut unchanged = 0;
     for k in keys {
         let (x, y) = (a.get(k).copied(), b.get(k).copied());
-        let change = match (x, y) {
-            (Some(x), Some(y)) => {
-                let gap = y.median - x.median;
-                if gap.abs() <= x.spread.abs() + y.spread.abs() {
-                    unchanged += 1;
-                    continue;
-                }
-                if gap > 0.0 { Change::Regression } else { Change::Improvement }
-            }
-            (_, None) => Change::Removed,
-            (None, _) => Change::Added,
-        };
         let ratio = match (x, y) {
             (Some(x), Some(y)) if x.median != 0.0 => Some(y.median / x.median),
             _ => None,
         };
-        changes.push(BenchChange {
+        let record = |change| BenchChange {
             name: k.0.clone(),
             unit: k.1.clone(),
             change,
             before: x.map(|b| (b.median, b.spread)),
             after: y.map(|b| (b.median, b.spread)),
             ratio,
-        });
+        };
+        match (x, y) {
+            (Some(x), Some(y)) => match benchmark_differs(x, y) {
+                None => untested.push(record(Change::Changed)),
+                Some(false) => unchanged += 1,
+                Some(true) => {
+                    changes.push(record(if y.median > x.median { Change::Regression } else { Change::Improvement }))
+                }
+            },
+            (_, None) => changes.push(record(Change::Removed)),
+            (None, _) => changes.push(record(Change::Added)),
+        }
     }
-    (changes, unchanged)
+    (changes, untested, unchanged)
 }
 
 /// Behaviours and ways on both sides whose agreement or claim differs; ways on one side
@@ -286,11 +360,12 @@ fn compare_hosts(a: &Results, b: &Results) -> Vec<HostChange> {
     for key @ (leaf, subleaf) in keys {
         match (lx.get(key), ly.get(key)) {
             (Some(p), Some(q)) => {
+                let live = per_vcpu_bits(*leaf);
                 for (i, reg) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
                     field(
                         &format!("cpuid {leaf:#x}.{subleaf} {reg}"),
-                        format!("{:#010x}", p[i]),
-                        format!("{:#010x}", q[i]),
+                        format!("{:#010x}", p[i] & !live[i]),
+                        format!("{:#010x}", q[i] & !live[i]),
                     );
                 }
             }
@@ -301,6 +376,35 @@ fn compare_hosts(a: &Results, b: &Results) -> Vec<HostChange> {
         }
     }
     out
+}
+
+fn render_bench_lines(s: &mut String, lines: &[BenchChange]) {
+    let fmt = |v: Option<(f64, f64)>| v.map_or("-".into(), |(m, sp)| format!("{m:.1} ±{sp:.1}"));
+    for b in lines {
+        let ratio = b.ratio.map_or(String::new(), |r| format!("  x{r:.2}"));
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<36} {:>16} -> {:<16} {}{ratio}",
+            b.change.name(),
+            b.name,
+            fmt(b.before),
+            fmt(b.after),
+            b.unit
+        );
+    }
+}
+
+/// The bits of a CPUID leaf (eax, ebx, ecx, edx) that name the vCPU or the host CPU the
+/// query happened to run on, not what the host offers: the initial APIC ID in leaf 1
+/// EBX[31:24], the x2APIC ID in leaves 0xb and 0x1f EDX, and the extended APIC, core and
+/// node IDs in leaf 0x8000001e. They change between boots and runs; compare leaves them out.
+fn per_vcpu_bits(leaf: u32) -> [u32; 4] {
+    match leaf {
+        1 => [0, 0xff00_0000, 0, 0],
+        0xb | 0x1f => [0, 0, 0, u32::MAX],
+        0x8000_001e => [u32::MAX, 0xff, 0xff, 0],
+        _ => [0; 4],
+    }
 }
 
 /// When a comparison should fail a CI job.
@@ -331,6 +435,18 @@ impl Comparison {
         }
     }
 
+    fn render_untested(&self, s: &mut String) {
+        if self.untested_benchmarks.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "for information, too few samples to test ({} or fewer a side; never a difference):",
+            MIN_SAMPLES - 1
+        );
+        render_bench_lines(s, &self.untested_benchmarks);
+    }
+
     /// A report for people: what changed, grouped, most important first.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -342,6 +458,7 @@ impl Comparison {
                 "no differences ({} tests, {} benchmarks compared)",
                 self.unchanged_tests, self.unchanged_benchmarks
             );
+            self.render_untested(&mut s);
             return s;
         }
         if !self.tests.is_empty() {
@@ -364,21 +481,15 @@ impl Comparison {
             }
         }
         if !self.benchmarks.is_empty() {
-            let _ = writeln!(s, "benchmarks beyond their spread ({} within it):", self.unchanged_benchmarks);
-            let fmt = |v: Option<(f64, f64)>| v.map_or("-".into(), |(m, sp)| format!("{m:.1} ±{sp:.1}"));
-            for b in &self.benchmarks {
-                let ratio = b.ratio.map_or(String::new(), |r| format!("  x{r:.2}"));
-                let _ = writeln!(
-                    s,
-                    "  {:<12} {:<36} {:>16} -> {:<16} {}{ratio}",
-                    b.change.name(),
-                    b.name,
-                    fmt(b.before),
-                    fmt(b.after),
-                    b.unit
-                );
-            }
+            let _ = writeln!(
+                s,
+                "benchmarks that changed (rank-sum p < {ALPHA}, beyond both spreads, at least {:.0}%; {} did not):",
+                MIN_EFFECT * 100.0,
+                self.unchanged_benchmarks
+            );
+            render_bench_lines(&mut s, &self.benchmarks);
         }
+        self.render_untested(&mut s);
         if !self.paths.is_empty() {
             let _ = writeln!(s, "path table:");
             for p in &self.paths {
@@ -488,23 +599,74 @@ mod tests {
         assert_eq!(c.tests[0].change, Change::Changed);
     }
 
+    /// A record with `n` samples spread evenly over median ± spread.
+    fn sampled(name: &str, median: f64, spread: f64, n: usize) -> Benchmark {
+        let mut b = bench(name, median, spread);
+        b.samples = n as u64;
+        b.sample_values = (0..n).map(|i| median - spread + 2.0 * spread * i as f64 / (n - 1).max(1) as f64).collect();
+        b
+    }
+
     #[test]
-    fn benchmarks_differ_only_beyond_both_spreads() {
+    fn benchmarks_differ_only_when_the_samples_say_so_and_the_effect_is_large() {
         let mut a = crate::tests::sample();
         let mut b = a.clone();
-        a.benchmarks = vec![bench("cpuid", 1000.0, 30.0), bench("hlt", 500.0, 10.0), bench("gone", 1.0, 0.0)];
-        b.benchmarks = vec![bench("cpuid", 1050.0, 30.0), bench("hlt", 400.0, 10.0), bench("new", 1.0, 0.0)];
+        a.benchmarks = vec![
+            sampled("cpuid", 1000.0, 30.0, 15),
+            sampled("hlt", 500.0, 10.0, 15),
+            sampled("small", 1000.0, 1.0, 15),
+            bench("suite::wall_time", 10.0, 0.0),
+            bench("gone", 1.0, 0.0),
+        ];
+        b.benchmarks = vec![
+            sampled("cpuid", 1050.0, 30.0, 15),
+            sampled("hlt", 400.0, 10.0, 15),
+            sampled("small", 1050.0, 1.0, 15),
+            bench("suite::wall_time", 20.0, 0.0),
+            bench("new", 1.0, 0.0),
+        ];
         let c = compare(&a, &b);
         let get = |n: &str| c.benchmarks.iter().find(|x| x.name == n).map(|x| x.change);
         assert_eq!(get("cpuid"), None, "a 50-cycle gap is within 30 + 30 of spread");
+        assert_eq!(get("small"), None, "5% is below the minimum effect, however clear");
         assert_eq!(get("hlt"), Some(Change::Improvement));
         assert_eq!(get("gone"), Some(Change::Removed));
         assert_eq!(get("new"), Some(Change::Added));
-        b.benchmarks[0].median = 1100.0;
+        assert_eq!(get("suite::wall_time"), None, "one sample is never significant");
+        assert_eq!(c.untested_benchmarks.len(), 1);
+        assert!(c.render().contains("too few samples"), "{}", c.render());
+        b.benchmarks[0] = sampled("cpuid", 1200.0, 30.0, 15);
         let c = compare(&a, &b);
         let cpuid = c.benchmarks.iter().find(|x| x.name == "cpuid").unwrap();
         assert_eq!(cpuid.change, Change::Regression);
-        assert!((cpuid.ratio.unwrap() - 1.1).abs() < 1e-9);
+        assert!((cpuid.ratio.unwrap() - 1.2).abs() < 1e-9);
+        // Only the one-sample record differs: nothing for --fail-on any.
+        let mut same = a.clone();
+        same.benchmarks[3].median = 99.0;
+        assert!(!compare(&a, &same).fails(FailOn::Any));
+    }
+
+    #[test]
+    fn the_rank_sum_test_separates_shifted_samples_from_noise() {
+        let x: Vec<f64> = (0..15).map(|i| 100.0 + f64::from(i % 5)).collect();
+        let shifted: Vec<f64> = x.iter().map(|v| v + 20.0).collect();
+        assert!(rank_sum_p(&x, &shifted) < 1e-4);
+        let interleaved: Vec<f64> = x.iter().map(|v| v + 0.5).collect();
+        assert!(rank_sum_p(&x, &interleaved) > 0.3);
+        assert!((rank_sum_p(&x, &x) - 1.0).abs() < 1e-6, "identical samples, ties everywhere");
+        assert!((erfc(0.0) - 1.0).abs() < 1e-7 && (erfc(1.0) - 0.157_299_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn apic_ids_in_cpuid_are_not_host_differences() {
+        let mut a = crate::tests::sample();
+        a.host.cpuid.push(CpuidEntry { leaf: 0xb, subleaf: 0, eax: 1, ebx: 2, ecx: 0x100, edx: 0 });
+        let mut b = a.clone();
+        b.host.cpuid[0].ebx = (a.host.cpuid[0].ebx & 0x00ff_ffff) | 1 << 24;
+        b.host.cpuid[1].edx = 1;
+        assert!(compare(&a, &b).host.is_empty());
+        b.host.cpuid[0].ebx ^= 0x100;
+        assert_eq!(compare(&a, &b).host.len(), 1, "the CLFLUSH size is a fact");
     }
 
     #[test]

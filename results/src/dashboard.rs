@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use plotters::prelude::*;
 
 use crate::text::{escape_markup as esc, slug};
-use crate::{Failure, Outcome, Results, ResultsError, TestResult};
+use crate::{Outcome, Results, ResultsError, TestResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
@@ -248,18 +248,6 @@ fn opt_code(v: Option<&String>) -> String {
     v.map_or(String::new(), |v| format!("<code>{}</code>", esc(v)))
 }
 
-/// One line naming a failure the way expectation profiles match it.
-fn signature(f: &Failure) -> String {
-    let mut parts = vec![format!("end: {}", f.end)];
-    if let Some(b) = &f.insn_bytes {
-        parts.push(format!("insn: {b}"));
-    }
-    if let Some(m) = &f.message {
-        parts.push(format!("message: {m}"));
-    }
-    parts.join("; ")
-}
-
 fn index_page(runs: &[Run]) -> String {
     let mut b = String::new();
     let Some(latest) = runs.last() else {
@@ -482,7 +470,7 @@ fn compat_page(runs: &[Run]) -> String {
                         if !tip.is_empty() {
                             tip.push('\n');
                         }
-                        tip.push_str(&signature(f));
+                        tip.push_str(&f.signature());
                     }
                     let dev = if is_deviation(t) { " dev" } else { "" };
                     let title = if tip.is_empty() { String::new() } else { format!(" title=\"{}\"", esc(&tip)) };
