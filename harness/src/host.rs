@@ -179,7 +179,19 @@ pub struct HostFacts {
     pub kernel: String,
     pub cpu_vendor: String,
     pub cpu_model: String,
+    /// CPUID.1:EAX of the CPU this process runs on: family, model and stepping. Machines
+    /// sold under one model name (e.g. "AMD EPYC") differ here (Zen 4 0xa00f11, Zen 5
+    /// 0xb00f21), and so can their behaviour.
+    pub cpu_signature: u32,
     pub backend: Backend,
+    /// What the host kernel itself runs on; see [`Platform`].
+    pub platform: Platform,
+    /// The backend module's parameters (/sys/module/BACKEND/parameters), e.g. kvm_amd's
+    /// `nested` and `npt`.
+    pub backend_params: BTreeMap<String, String>,
+    /// What the platform's CPU lacks that changes how the backend works, e.g. an emulated
+    /// SVM without NRIPS, which sends more exits through KVM's instruction emulator.
+    pub platform_notes: Vec<String>,
     /// None when /dev/kvm could not be opened (with `kvm_error` saying why).
     pub kvm_api_version: Option<i32>,
     pub kvm_error: Option<String>,
@@ -187,6 +199,46 @@ pub struct HostFacts {
     pub tsc_khz: Option<u32>,
     /// KVM_GET_SUPPORTED_CPUID, empty without KVM.
     pub supported_cpuid: Vec<kvm_cpuid_entry2>,
+}
+
+/// What the host kernel runs on, from the CPU it runs on: CPUID.1:ECX[31] says whether a
+/// hypervisor is present and leaf 0x40000000 names it. The same backend on two platforms
+/// can differ (kvm_amd on an EPYC is not kvm_amd on QEMU's emulated CPU), so results name
+/// both and expectation profiles are chosen by both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// `bare-metal`, `qemu-tcg`, `kvm`, `hyper-v`, `vmware`, `xen` or `hypervisor` (one this
+    /// table does not know; `signature` says which).
+    pub name: String,
+    /// The 12-byte signature of leaf 0x40000000, when a hypervisor is present.
+    pub signature: Option<String>,
+}
+
+impl Platform {
+    /// The platform of this CPU.
+    pub fn detect() -> Platform {
+        let leaf1 = std::arch::x86_64::__cpuid(1);
+        if leaf1.ecx & (1 << 31) == 0 {
+            return Platform::from_signature(None);
+        }
+        let l = std::arch::x86_64::__cpuid(0x4000_0000);
+        let bytes: Vec<u8> = [l.ebx, l.ecx, l.edx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        Platform::from_signature(Some(String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string()))
+    }
+
+    /// The platform a hypervisor signature names (None: no hypervisor present).
+    pub fn from_signature(signature: Option<String>) -> Platform {
+        let name = match signature.as_deref() {
+            None => "bare-metal",
+            Some("TCGTCGTCGTCG") => "qemu-tcg",
+            Some("KVMKVMKVM") => "kvm",
+            Some("Microsoft Hv") => "hyper-v",
+            Some("VMwareVMware") => "vmware",
+            Some("XenVMMXenVMM") => "xen",
+            Some(_) => "hypervisor",
+        };
+        Platform { name: name.into(), signature }
+    }
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -212,13 +264,18 @@ impl HostFacts {
             kernel: read_trimmed("/proc/sys/kernel/osrelease"),
             cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id"),
             cpu_model: cpuinfo_field(&cpuinfo, "model name"),
+            cpu_signature: std::arch::x86_64::__cpuid(1).eax,
             backend: Backend::detect_in(Path::new("/sys/module")),
+            platform: Platform::detect(),
+            backend_params: BTreeMap::new(),
+            platform_notes: svm_notes(),
             kvm_api_version: None,
             kvm_error: None,
             capabilities: BTreeMap::new(),
             tsc_khz: None,
             supported_cpuid: Vec::new(),
         };
+        facts.backend_params = module_params(&Path::new("/sys/module").join(facts.backend.name()).join("parameters"));
         match kvm {
             Ok(kvm) => {
                 facts.kvm_api_version = Some(kvm.kvm.get_api_version());
@@ -235,9 +292,57 @@ impl HostFacts {
     }
 }
 
+/// The parameters of a loaded module: file name to its trimmed contents.
+fn module_params(dir: &Path) -> BTreeMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let value = std::fs::read_to_string(e.path()).ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The SVM features (CPUID 0x8000000a EDX) whose absence sends work to KVM's
+/// instruction emulator, named when the CPU offers SVM without them.
+fn svm_notes() -> Vec<String> {
+    let ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let svm = ext >= 0x8000_000a && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    if !svm {
+        return Vec::new();
+    }
+    let edx = std::arch::x86_64::__cpuid(0x8000_000a).edx;
+    [(3, "NRIPS (next RIP on #VMEXIT)"), (7, "DecodeAssists"), (0, "nested paging (NPT)")]
+        .into_iter()
+        .filter(|(bit, _)| edx & (1 << bit) == 0)
+        .map(|(_, what)| format!("the CPU's SVM lacks {what}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_are_named_by_their_signature() {
+        assert_eq!(Platform::from_signature(None).name, "bare-metal");
+        assert_eq!(Platform::from_signature(Some("TCGTCGTCGTCG".into())).name, "qemu-tcg");
+        assert_eq!(Platform::from_signature(Some("KVMKVMKVM".into())).name, "kvm");
+        let other = Platform::from_signature(Some("bhyve bhyve ".into()));
+        assert_eq!((other.name.as_str(), other.signature.as_deref()), ("hypervisor", Some("bhyve bhyve ")));
+    }
+
+    #[test]
+    fn module_parameters_are_read_as_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("nested"), "1\n").unwrap();
+        std::fs::write(tmp.path().join("npt"), "Y\n").unwrap();
+        let p = module_params(tmp.path());
+        assert_eq!(p.get("nested").map(String::as_str), Some("1"));
+        assert_eq!(p.len(), 2);
+        assert!(module_params(&tmp.path().join("absent")).is_empty());
+    }
 
     #[test]
     fn backend_is_the_one_loaded_vendor_module() {

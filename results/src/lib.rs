@@ -12,6 +12,7 @@ pub mod compare;
 pub mod dashboard;
 pub mod export;
 pub mod paths;
+pub mod signature;
 mod text;
 
 pub const SCHEMA_ID: &str = "hvprobe.results/1";
@@ -61,8 +62,24 @@ pub struct Host {
     pub kernel: String,
     pub cpu_vendor: String,
     pub cpu_model: String,
+    /// CPUID.1:EAX of the host CPU (family, model, stepping); absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_signature: Option<u32>,
     /// kvm_intel, kvm_amd, kvm_pvm or unknown.
     pub backend: String,
+    /// What the host kernel runs on: bare-metal, qemu-tcg, kvm, hyper-v, ... (from the
+    /// CPU's hypervisor signature); absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The hypervisor signature (CPUID 0x40000000) the platform was named from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_signature: Option<String>,
+    /// What the platform's CPU lacks that changes how the backend works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platform_notes: Vec<String>,
+    /// The backend module's parameters (e.g. kvm_amd's nested, npt).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend_params: BTreeMap<String, String>,
     pub kvm_api_version: Option<i32>,
     /// Why /dev/kvm could not be used, if it could not.
     pub kvm_error: Option<String>,
@@ -180,6 +197,10 @@ pub struct Benchmark {
     /// Median absolute deviation, in `unit`.
     pub spread: f64,
     pub samples: u64,
+    /// The samples themselves, in `unit`, so that `compare` can test a change over them
+    /// (absent in older files and for one-figure records such as the wall time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_values: Vec<f64>,
     /// The path the operation takes (full, para, hw), for guest operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -208,6 +229,7 @@ impl Benchmark {
             median,
             spread,
             samples,
+            sample_values: Vec::new(),
             path: None,
             baseline: None,
             iterations: None,
@@ -320,7 +342,12 @@ mod tests {
             kernel: "6.18".into(),
             cpu_vendor: "AuthenticAMD".into(),
             cpu_model: "AMD EPYC".into(),
+            cpu_signature: Some(0xb00f21),
             backend: "kvm_pvm".into(),
+            platform: Some("kvm".into()),
+            platform_signature: Some("KVMKVMKVM".into()),
+            platform_notes: Vec::new(),
+            backend_params: BTreeMap::new(),
             kvm_api_version: Some(12),
             kvm_error: None,
             capabilities: [("KVM_CAP_IRQCHIP".to_string(), 1)].into(),

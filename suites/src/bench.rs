@@ -48,12 +48,14 @@ impl BenchConfig {
     }
 }
 
-/// Median and median absolute deviation.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Median and median absolute deviation, with the samples they summarize (`compare`
+/// tests a change over the samples, not over two medians).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub median: f64,
     pub mad: f64,
     pub n: usize,
+    pub values: Vec<f64>,
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -70,7 +72,7 @@ pub fn summarize(xs: &[f64]) -> Summary {
     let mut v = xs.to_vec();
     let m = median(&mut v);
     let mut dev: Vec<f64> = xs.iter().map(|x| (x - m).abs()).collect();
-    Summary { median: m, mad: median(&mut dev), n: xs.len() }
+    Summary { median: m, mad: median(&mut dev), n: xs.len(), values: xs.to_vec() }
 }
 
 /// The largest batch the driver asks for (bit 63 of BENCH_NEXT is the baseline flag).
@@ -266,23 +268,24 @@ impl BenchResult {
 
     /// The floor ratio of a host operation: hvprobe's median over the floor's.
     pub fn floor_ratio(&self) -> Option<f64> {
-        Some(self.ns?.0.median / self.floor?.median)
+        Some(self.ns.as_ref()?.0.median / self.floor.as_ref()?.median)
     }
 
     /// The results-file records: one per unit.
     pub fn records(&self) -> Vec<Benchmark> {
         let path = (self.path != "host").then(|| self.path.clone());
         let mut out = Vec::new();
-        for (unit, fig) in [("cycles", self.cycles), ("ns", self.ns)] {
+        for (unit, fig) in [("cycles", &self.cycles), ("ns", &self.ns)] {
             let Some((op, base)) = fig else { continue };
             let mut b = Benchmark::new(&self.name, unit, op.median, op.mad, op.n as u64);
+            b.sample_values = op.values.clone();
             b.path = path.clone();
             b.iterations = Some(self.iterations);
             if path.is_some() {
                 b.baseline = Some(base.median);
             }
             if unit == "ns" {
-                b.floor = self.floor.map(|f| f.median);
+                b.floor = self.floor.as_ref().map(|f| f.median);
                 b.floor_ratio = self.floor_ratio();
             }
             out.push(b);
@@ -448,14 +451,14 @@ pub fn run_host(ctx: &Context, cfg: &BenchConfig) -> Vec<BenchResult> {
     );
     match created {
         Ok((a, b, n)) => {
-            create.ns = Some((a, a));
-            create.floor = Some(b);
-            create.iterations = n;
             // The calibration and warm-up destroyed VMs too; keep the samples only.
             let k = a.n;
+            create.ns = Some((a.clone(), a));
+            create.floor = Some(b);
+            create.iterations = n;
             let keep = |v: &Vec<f64>| v[v.len().saturating_sub(k)..].to_vec();
             let (d, f) = (summarize(&keep(&destroy_ours)), summarize(&keep(&destroy_bare)));
-            destroy.ns = Some((d, d));
+            destroy.ns = Some((d.clone(), d));
             destroy.floor = Some(f);
             destroy.iterations = n;
             out.push(create);
@@ -488,7 +491,7 @@ pub fn run_host(ctx: &Context, cfg: &BenchConfig) -> Vec<BenchResult> {
     });
     match measured {
         Ok((a, b, n)) => {
-            roundtrip.ns = Some((a, a));
+            roundtrip.ns = Some((a.clone(), a));
             roundtrip.floor = Some(b);
             roundtrip.iterations = n;
             roundtrip.checks.push("both loops stop at the guest's port writes and nothing else".into());
@@ -530,11 +533,11 @@ pub fn run_host(ctx: &Context, cfg: &BenchConfig) -> Vec<BenchResult> {
     });
     match measured {
         Ok(((a, b, n), (c, d, m), msrs)) => {
-            save.ns = Some((a, a));
+            save.ns = Some((a.clone(), a));
             save.floor = Some(b);
             save.iterations = n;
             save.checks.push(format!("{msrs} MSRs, LAPIC, XSAVE where offered, events, MP state, debug registers"));
-            restore.ns = Some((c, c));
+            restore.ns = Some((c.clone(), c));
             restore.floor = Some(d);
             restore.iterations = m;
             restore.checks.push("the restored vCPU resumes its loop".into());
@@ -600,9 +603,9 @@ pub fn is_failure(r: &BenchResult) -> bool {
 
 /// One line per benchmark: the figures, or why there are none.
 pub fn line(r: &BenchResult) -> String {
-    let fig = |s: Summary| format!("{:>9.1} ±{:<7.1}", s.median, s.mad);
+    let fig = |s: &Summary| format!("{:>9.1} ±{:<7.1}", s.median, s.mad);
     let head = format!("{:<40} {:<4}", r.name, r.path);
-    match (&r.missing, r.cycles, r.ns) {
+    match (&r.missing, &r.cycles, &r.ns) {
         (Some(Missing::Skip(why)), ..) => format!("{head} skip: {why}"),
         (Some(Missing::Failed(o, why)), ..) => format!("{head} {}: {why}", o.name()),
         (None, Some((c, base)), Some((ns, _))) => {
@@ -614,7 +617,7 @@ pub fn line(r: &BenchResult) -> String {
                 r.iterations
             )
         }
-        (None, None, Some((ns, _))) => match (r.floor, r.floor_ratio()) {
+        (None, None, Some((ns, _))) => match (&r.floor, r.floor_ratio()) {
             (Some(f), Some(ratio)) => format!(
                 "{head} {} ns   floor {:.1} ns, ratio {ratio:.2}  ({} per sample)",
                 fig(ns),
@@ -774,7 +777,7 @@ mod tests {
 
     #[test]
     fn records_carry_baseline_floor_and_ratio() {
-        let s = |m| Summary { median: m, mad: 1.0, n: 10 };
+        let s = |m| Summary { median: m, mad: 1.0, n: 10, values: Vec::new() };
         let mut g = BenchResult::new("bench::cpuid::long64", "full");
         g.cycles = Some((s(100.0), s(5.0)));
         g.ns = Some((s(40.0), s(2.0)));

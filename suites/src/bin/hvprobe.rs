@@ -16,7 +16,8 @@ use hvprobe_results::compare::FailOn;
 use hvprobe_results::{Benchmark, CpuidEntry, Host, Outcome, Results, TestResult};
 use hvprobe_suites::bench::{self, BenchConfig};
 use hvprobe_suites::judge::is_failure;
-use hvprobe_suites::profile::Profile;
+use hvprobe_suites::profile::{Profile, ProfileHost};
+use hvprobe_suites::stability::{self, BusyLoad, Pass};
 use hvprobe_suites::{Context, Phases, catalog, hooks, run_case_timed, runner};
 
 #[derive(Parser)]
@@ -76,6 +77,15 @@ enum Command {
         /// results file (see `hvprobe bench`).
         #[arg(long)]
         bench: bool,
+        /// Run the cases this many times and report every case whose outcome or failure
+        /// signature changed between the passes; exit 1 if any did. The results file
+        /// holds the first pass.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+        /// With --repeat: change the conditions between passes (jobs, the order of cases,
+        /// busy host threads beside them).
+        #[arg(long, requires = "repeat")]
+        perturb: bool,
     },
     /// Run the benchmarks: each guest operation in guest TSC cycles and host ns, the
     /// empty loop subtracted; each host operation next to its bare-ioctl floor.
@@ -294,7 +304,20 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { filter, exact, jobs, json, results_dir, timeout, profile, kvm, verbose, bench } => {
+        Command::Run {
+            filter,
+            exact,
+            jobs,
+            json,
+            results_dir,
+            timeout,
+            profile,
+            kvm,
+            verbose,
+            bench,
+            repeat,
+            perturb,
+        } => {
             let cases = catalog::select(payload, &filter, exact);
             if cases.is_empty() {
                 bail!("no test case matches the filters {filter:?}");
@@ -312,9 +335,21 @@ fn real_main() -> Result<ExitCode> {
                 ctx.profile.source,
                 ctx.seed
             );
-            let (tests, phases) = run_all(&ctx, &cases, jobs, verbose);
-            let mut results = Results::new(host_record(&facts), started);
+            let plan = stability::plan(repeat as usize, perturb, jobs);
+            let (tests, phases) = run_all(&ctx, &cases, plan[0], verbose);
             let wall = t0.elapsed();
+            let mut flipped = 0;
+            if plan.len() > 1 {
+                let mut passes = vec![tests.clone()];
+                for (i, pass) in plan.iter().enumerate().skip(1) {
+                    println!("\npass {} of {}: {}", i + 1, plan.len(), pass.describe());
+                    passes.push(run_all(&ctx, &cases, *pass, verbose).0);
+                }
+                let flips = stability::flips(&passes);
+                println!("\n{}", stability::render(&plan, &passes, &flips));
+                flipped = flips.len();
+            }
+            let mut results = Results::new(host_record(&facts), started);
             results.tests = tests;
             results.paths = hvprobe_results::paths::table(&results.tests);
             print_failures(&results);
@@ -338,7 +373,7 @@ fn real_main() -> Result<ExitCode> {
             results.write_atomic(&path)?;
             println!("results: {}", path.display());
             let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
-            Ok(if failed + bench_failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if failed + bench_failed + flipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -374,9 +409,10 @@ fn context(
         format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
     })?;
     let facts = HostFacts::gather(Ok(&kvm));
+    let host = ProfileHost::detect();
     let profile = match profile {
-        Some(path) => Profile::load(path, payload)?,
-        None => Profile::builtin(facts.backend, payload)?,
+        Some(path) => Profile::load(path, &host, payload)?,
+        None => Profile::builtin(&host, payload)?,
     };
     if !(timeout.is_finite() && timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
@@ -419,7 +455,9 @@ fn suite_benchmarks(wall: Duration, phases: &[Phases]) -> Vec<Benchmark> {
     out
 }
 
-fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> (Vec<TestResult>, Vec<Phases>) {
+fn run_all(ctx: &Context, cases: &[&TestCase], pass: Pass, verbose: bool) -> (Vec<TestResult>, Vec<Phases>) {
+    let jobs = pass.jobs;
+    let _load = pass.load.then(|| BusyLoad::start(std::thread::available_parallelism().map_or(1, |n| n.get())));
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -428,7 +466,7 @@ fn run_all(ctx: &Context, cases: &[&TestCase], jobs: usize, verbose: bool) -> (V
     );
     // Cases that may wait out a watchdog limit (the watchdog's own cases, hypercalls that
     // may hang) start first, so that no long one starts last while the other jobs idle.
-    let mut cases = cases.to_vec();
+    let mut cases = pass.order.apply(cases);
     cases.sort_by_key(|c| std::cmp::Reverse((c.expects_timeout(), c.timeout.is_some())));
     let cases = &cases[..];
     let next = AtomicUsize::new(0);
@@ -470,7 +508,12 @@ fn host_record(f: &HostFacts) -> Host {
         kernel: f.kernel.clone(),
         cpu_vendor: f.cpu_vendor.clone(),
         cpu_model: f.cpu_model.clone(),
+        cpu_signature: Some(f.cpu_signature),
         backend: f.backend.name().into(),
+        platform: Some(f.platform.name.clone()),
+        platform_signature: f.platform.signature.clone(),
+        platform_notes: f.platform_notes.clone(),
+        backend_params: f.backend_params.clone(),
         kvm_api_version: f.kvm_api_version,
         kvm_error: f.kvm_error.clone(),
         capabilities: f.capabilities.clone(),
@@ -486,8 +529,20 @@ fn host_record(f: &HostFacts) -> Host {
 fn print_host(h: &Host) {
     println!("hostname        {}", h.hostname);
     println!("kernel          {}", h.kernel);
-    println!("cpu             {} ({})", h.cpu_model, h.cpu_vendor);
+    let signature = h.cpu_signature.map_or(String::new(), |s| format!(", CPUID.1:EAX {s:#x}"));
+    println!("cpu             {} ({}{signature})", h.cpu_model, h.cpu_vendor);
     println!("backend         {}", h.backend);
+    if let Some(p) = &h.platform {
+        let signature = h.platform_signature.as_ref().map_or(String::new(), |s| format!(" (signature {s:?})"));
+        println!("platform        {p}{signature}");
+    }
+    for note in &h.platform_notes {
+        println!("                {note}");
+    }
+    if !h.backend_params.is_empty() {
+        let params: Vec<String> = h.backend_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("parameters      {}", params.join(" "));
+    }
     match (&h.kvm_api_version, &h.kvm_error) {
         (Some(v), _) => println!("KVM API         {v}"),
         (None, Some(e)) => println!("KVM             unusable: {e}"),
