@@ -198,12 +198,18 @@ mod tests {
     fn profile(end: &str, insn_bytes: Option<&str>) -> Profile {
         Profile {
             backend: "kvm_pvm".into(),
+            platform: None,
             source: "test.toml".into(),
             deviations: vec![Deviation {
                 test: "cpu::x::long64".into(),
                 end: end.into(),
                 insn_bytes: insn_bytes.map(Into::into),
                 message: None,
+                expected: None,
+                actual: None,
+                cpu_family: None,
+                who: None,
+                elsewhere: None,
                 deviates_from: "SDM Vol. 3A 6.15".into(),
             }],
         }

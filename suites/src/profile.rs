@@ -1,13 +1,18 @@
-//! Expectation profiles: one TOML file per backend (suites/expectations/BACKEND.toml)
-//! listing the hypervisor's known deviations. Each entry names a test, the failure
-//! signature it must match, and the manual or API section the hypervisor deviates from.
+//! Expectation profiles: one TOML file per backend and platform
+//! (suites/expectations/BACKEND.toml for the backend on real silicon,
+//! BACKEND.PLATFORM.toml where the platform changes what the backend does, e.g.
+//! kvm_amd.qemu-tcg.toml) listing the hypervisor's known deviations. Each entry names a
+//! test, the failure signature it must match, the manual or API section the hypervisor
+//! deviates from, and who deviates where that is not the backend itself.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use hvprobe_harness::host::Platform;
 use hvprobe_harness::{Backend, Payload};
 use hvprobe_results::Failure;
+use hvprobe_results::signature::has_live_number;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -42,15 +47,34 @@ pub struct Deviation {
     pub end: String,
     /// Hex bytes the instruction bytes must start with, e.g. "0f 0b".
     pub insn_bytes: Option<String>,
-    /// Text the guest's failure message must contain.
+    /// Text the guest's failure message must contain. It may hold no live number (see
+    /// `hvprobe_results::signature`): a profile names what defines a deviation.
     pub message: Option<String>,
+    /// The values the failed check compared, where they define the deviation (a vector,
+    /// an error code): each must match exactly.
+    pub expected: Option<u64>,
+    pub actual: Option<u64>,
+    /// The CPU families (CPUID display family, e.g. 0x19 for Zen 4, 0x1a for Zen 5) on
+    /// which the deviation occurs; absent: on every one.
+    pub cpu_family: Option<Vec<u32>>,
+    /// Who deviates, where that is not the backend itself: `kvm` (KVM's common code, on
+    /// every backend), `qemu-tcg` (the emulated CPU under the backend), `host-cpu`, or
+    /// `unknown` while that is not settled.
+    pub who: Option<String>,
+    /// What the other backend does with the same case, in one line.
+    pub elsewhere: Option<String>,
     /// The manual or API section the hypervisor deviates from, in one line.
     pub deviates_from: String,
 }
 
+/// The values `who` may take.
+pub const WHO: [&str; 4] = ["kvm", "qemu-tcg", "host-cpu", "unknown"];
+
 impl Deviation {
     pub fn matches(&self, f: &Failure) -> bool {
-        self.end == f.end
+        self.expected.is_none_or(|v| f.expected == Some(v))
+            && self.actual.is_none_or(|v| f.actual == Some(v))
+            && self.end == f.end
             && self
                 .insn_bytes
                 .as_ref()
@@ -69,14 +93,55 @@ impl Deviation {
         if let Some(m) = &self.message {
             s += &format!(" message~{m:?}");
         }
+        if let Some(v) = self.expected {
+            s += &format!(" expected={v:#x}");
+        }
+        if let Some(v) = self.actual {
+            s += &format!(" actual={v:#x}");
+        }
         s
     }
+
+    /// Whether the deviation is expected on a CPU of display `family`.
+    pub fn applies_to_family(&self, family: u32) -> bool {
+        self.cpu_family.as_ref().is_none_or(|f| f.contains(&family))
+    }
+}
+
+/// The facts that choose a profile and its entries: backend, platform, CPU family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileHost {
+    pub backend: Backend,
+    pub platform: String,
+    /// CPUID display family of the host CPU.
+    pub cpu_family: u32,
+}
+
+impl ProfileHost {
+    /// This machine.
+    pub fn detect() -> ProfileHost {
+        ProfileHost {
+            backend: Backend::detect_in(Path::new("/sys/module")),
+            platform: Platform::detect().name,
+            cpu_family: display_family(std::arch::x86_64::__cpuid(1).eax),
+        }
+    }
+}
+
+/// The display family of a CPUID.1:EAX signature (base family, plus the extended family
+/// when the base is 0xf).
+pub fn display_family(eax: u32) -> u32 {
+    let base = (eax >> 8) & 0xf;
+    if base == 0xf { base + ((eax >> 20) & 0xff) } else { base }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub backend: String,
+    /// The platform the profile is for (qemu-tcg, ...); absent: the backend on real
+    /// silicon, and any platform without a profile of its own.
+    pub platform: Option<String>,
     #[serde(default, rename = "deviation")]
     pub deviations: Vec<Deviation>,
     /// Where it came from, for messages.
@@ -84,25 +149,58 @@ pub struct Profile {
     pub source: String,
 }
 
-const BUILTIN: [(Backend, &str); 3] = [
-    (Backend::KvmIntel, include_str!("../expectations/kvm_intel.toml")),
-    (Backend::KvmAmd, include_str!("../expectations/kvm_amd.toml")),
-    (Backend::KvmPvm, include_str!("../expectations/kvm_pvm.toml")),
+/// The shipped profiles: backend, platform (None: real silicon and the fallback), text.
+const BUILTIN: [(Backend, Option<&str>, &str); 4] = [
+    (Backend::KvmIntel, None, include_str!("../expectations/kvm_intel.toml")),
+    (Backend::KvmAmd, None, include_str!("../expectations/kvm_amd.toml")),
+    (Backend::KvmAmd, Some("qemu-tcg"), include_str!("../expectations/kvm_amd.qemu-tcg.toml")),
+    (Backend::KvmPvm, None, include_str!("../expectations/kvm_pvm.toml")),
 ];
 
 impl Profile {
-    /// The profile shipped for `backend`; an unknown backend has no known deviations.
-    pub fn builtin(backend: Backend, payload: &Payload) -> Result<Profile, ProfileError> {
-        match BUILTIN.iter().find(|(b, _)| *b == backend) {
-            Some((b, text)) => Self::parse(text, &format!("suites/expectations/{}.toml", b.name()), payload),
-            None => Ok(Profile { backend: backend.name().into(), source: "none".into(), ..Profile::default() }),
+    /// The profile shipped for `host`'s backend and platform (the backend's own profile
+    /// where the platform has none), with only the entries that apply to its CPU family.
+    /// An unknown backend has no known deviations.
+    pub fn builtin(host: &ProfileHost, payload: &Payload) -> Result<Profile, ProfileError> {
+        let name = host.backend.name();
+        let chosen = BUILTIN
+            .iter()
+            .find(|(b, p, _)| *b == host.backend && *p == Some(host.platform.as_str()))
+            .or_else(|| BUILTIN.iter().find(|(b, p, _)| *b == host.backend && p.is_none()));
+        match chosen {
+            Some((_, platform, text)) => {
+                let file = platform.map_or(format!("{name}.toml"), |p| format!("{name}.{p}.toml"));
+                Ok(Self::parse(text, &format!("suites/expectations/{file}"), payload)?.for_family(host.cpu_family))
+            }
+            None => Ok(Profile { backend: name.into(), source: "none".into(), ..Profile::default() }),
         }
     }
 
-    pub fn load(path: &Path, payload: &Payload) -> Result<Profile, ProfileError> {
+    /// A profile from a file, with only the entries that apply to `host`'s CPU family.
+    /// A profile written for another backend or platform is refused: its signatures
+    /// would judge this host's failures by another's.
+    pub fn load(path: &Path, host: &ProfileHost, payload: &Payload) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ProfileError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, &path.display().to_string(), payload)
+        let p = Self::parse(&text, &path.display().to_string(), payload)?;
+        if p.backend != host.backend.name() {
+            return Err(ProfileError::Invalid {
+                path: path.display().to_string(),
+                reason: format!("it is for backend {}, but this host's is {}", p.backend, host.backend.name()),
+            });
+        }
+        if let Some(platform) = p.platform.as_ref().filter(|p| **p != host.platform) {
+            return Err(ProfileError::Invalid {
+                path: path.display().to_string(),
+                reason: format!("it is for platform {platform}, but this host's is {}", host.platform),
+            });
+        }
+        Ok(p.for_family(host.cpu_family))
+    }
+
+    fn for_family(mut self, family: u32) -> Profile {
+        self.deviations.retain(|d| d.applies_to_family(family));
+        self
     }
 
     pub fn parse(text: &str, path: &str, payload: &Payload) -> Result<Profile, ProfileError> {
@@ -126,6 +224,16 @@ impl Profile {
             }
             if d.insn_bytes.as_ref().is_some_and(|b| !is_hex_bytes(b)) {
                 return Err(invalid(format!("{}: insn_bytes must look like \"0f 0b\"", d.test)));
+            }
+            if let Some(m) = d.message.as_ref().filter(|m| has_live_number(m)) {
+                return Err(invalid(format!(
+                    "{}: message {m:?} holds a live number (an address, a TSC reading, a host value); \
+                     match the check's words, and the values that define it with expected/actual",
+                    d.test
+                )));
+            }
+            if let Some(who) = d.who.as_ref().filter(|w| !WHO.contains(&w.as_str())) {
+                return Err(invalid(format!("{}: who {who:?} is not one of {}", d.test, WHO.join(", "))));
             }
         }
         Ok(p)
@@ -163,11 +271,55 @@ mod tests {
         }
     }
 
+    fn host(backend: Backend, platform: &str, cpu_family: u32) -> ProfileHost {
+        ProfileHost { backend, platform: platform.into(), cpu_family }
+    }
+
     #[test]
     fn every_builtin_profile_is_valid() {
-        for (backend, _) in BUILTIN {
-            Profile::builtin(backend, payload()).unwrap();
+        for (backend, platform, text) in BUILTIN {
+            let source = format!("{}.{platform:?}", backend.name());
+            let p = Profile::parse(text, &source, payload()).unwrap();
+            assert_eq!(p.backend, backend.name(), "{source}");
+            assert_eq!(p.platform.as_deref(), platform, "{source}");
         }
+    }
+
+    #[test]
+    fn the_profile_is_chosen_by_backend_and_platform() {
+        let p = payload();
+        let tcg = Profile::builtin(&host(Backend::KvmAmd, "qemu-tcg", 0x19), p).unwrap();
+        assert_eq!(tcg.source, "suites/expectations/kvm_amd.qemu-tcg.toml");
+        let silicon = Profile::builtin(&host(Backend::KvmAmd, "bare-metal", 0x19), p).unwrap();
+        assert_eq!(silicon.source, "suites/expectations/kvm_amd.toml");
+        let nested_on_kvm = Profile::builtin(&host(Backend::KvmPvm, "kvm", 0x1a), p).unwrap();
+        assert_eq!(nested_on_kvm.source, "suites/expectations/kvm_pvm.toml");
+        assert!(Profile::builtin(&host(Backend::Unknown, "kvm", 0x19), p).unwrap().deviations.is_empty());
+    }
+
+    #[test]
+    fn entries_for_another_cpu_family_are_left_out() {
+        let text = "backend = \"kvm_pvm\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\nend = \"shutdown\"\n\
+                    cpu_family = [0x1a]\ndeviates_from = \"SDM\"\n";
+        let p = Profile::parse(text, "t", payload()).unwrap();
+        assert_eq!(p.clone().for_family(0x1a).deviations.len(), 1);
+        assert!(p.for_family(0x19).deviations.is_empty());
+        assert_eq!(display_family(0xb00f21), 0x1a);
+        assert_eq!(display_family(0xa00f11), 0x19);
+        assert_eq!(display_family(0x906a3), 6);
+    }
+
+    #[test]
+    fn a_profile_for_another_backend_or_platform_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "backend = \"kvm_intel\"\n").unwrap();
+        let e = Profile::load(&file, &host(Backend::KvmPvm, "kvm", 0x19), payload()).unwrap_err();
+        assert!(e.to_string().contains("for backend kvm_intel"), "{e}");
+        std::fs::write(&file, "backend = \"kvm_amd\"\nplatform = \"qemu-tcg\"\n").unwrap();
+        let e = Profile::load(&file, &host(Backend::KvmAmd, "bare-metal", 0x19), payload()).unwrap_err();
+        assert!(e.to_string().contains("for platform qemu-tcg"), "{e}");
+        assert!(Profile::load(&file, &host(Backend::KvmAmd, "qemu-tcg", 0x19), payload()).is_ok());
     }
 
     #[test]
@@ -177,6 +329,11 @@ mod tests {
             end: "shutdown".into(),
             insn_bytes: Some("0f 0b".into()),
             message: None,
+            expected: None,
+            actual: None,
+            cpu_family: None,
+            who: None,
+            elsewhere: None,
             deviates_from: "SDM".into(),
         };
         assert!(d.matches(&failure("shutdown", Some("0f 0b 90"), None)));
@@ -186,6 +343,12 @@ mod tests {
         let m = Deviation { insn_bytes: None, message: Some("vector".into()), end: "verdict".into(), ..d };
         assert!(m.matches(&failure("verdict", None, Some("wrong vector"))));
         assert!(!m.matches(&failure("verdict", None, Some("wrong error code"))));
+        let v = Deviation { expected: Some(8), actual: Some(13), ..m };
+        let mut f = failure("verdict", None, Some("wrong vector"));
+        (f.expected, f.actual) = (Some(8), Some(13));
+        assert!(v.matches(&f));
+        f.actual = Some(14);
+        assert!(!v.matches(&f), "the values that define the deviation must match");
     }
 
     #[test]
@@ -209,6 +372,20 @@ mod tests {
             p,
         );
         assert!(e.unwrap_err().to_string().contains("deviates_from"));
+        let e = Profile::parse(
+            "backend = \"x\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\nend = \"verdict\"\n\
+             message = \"RDTSC 0x10000000000\"\ndeviates_from = \"SDM\"\n",
+            "t",
+            p,
+        );
+        assert!(e.unwrap_err().to_string().contains("live number"));
+        let e = Profile::parse(
+            "backend = \"x\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\nend = \"verdict\"\n\
+             who = \"someone\"\ndeviates_from = \"SDM\"\n",
+            "t",
+            p,
+        );
+        assert!(e.unwrap_err().to_string().contains("who"));
         assert!(Profile::parse("backend = ", "t", p).is_err());
     }
 }

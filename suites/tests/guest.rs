@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-use hvprobe_harness::{Backend, Kvm, TestCase};
+use hvprobe_harness::{Kvm, TestCase};
 use hvprobe_results::{Outcome, TestResult};
-use hvprobe_suites::profile::Profile;
+use hvprobe_suites::profile::{Profile, ProfileHost};
 use hvprobe_suites::{Context, catalog, hooks, run_case, runner};
 
 fn main() -> ExitCode {
@@ -27,8 +27,7 @@ fn main() -> ExitCode {
     hooks::check(payload).unwrap_or_else(|e| panic!("{e}"));
     let (ctx, unusable) = match Kvm::open() {
         Ok(kvm) => {
-            let backend = Backend::detect_in(std::path::Path::new("/sys/module"));
-            let profile = Profile::builtin(backend, payload).unwrap_or_else(|e| panic!("{e}"));
+            let profile = Profile::builtin(&ProfileHost::detect(), payload).unwrap_or_else(|e| panic!("{e}"));
             let (seed, only_case) = runner::generation_from_env().unwrap_or_else(|e| panic!("{e}"));
             let ctx = Context { kvm, profile, default_timeout: runner::DEFAULT_TIMEOUT, seed, only_case };
             (Some(Arc::new(ctx)), None)
