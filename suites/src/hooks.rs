@@ -39,23 +39,51 @@ const fn migrate(name: &'static str, how: Migrate) -> Hook {
     Hook { name, cpuid_edit: None, migrate: Some(how), quirks_off: 0 }
 }
 
-/// CPUID.1:ECX.MOVBE[22] and RDRAND[30] removed: the guest checks they stay absent.
+/// The CPUID.1:ECX bits of `hvprobe_abi::cpuid_removed` removed: the guest checks they
+/// stay absent.
 #[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_movbe_rdrand(table: &mut Vec<kvm_cpuid_entry2>) {
+fn remove_leaf1_features(table: &mut Vec<kvm_cpuid_entry2>) {
     for e in table.iter_mut().filter(|e| e.function == 1) {
-        e.ecx &= !(1 << 22 | 1 << 30);
+        e.ecx &= !hvprobe_abi::cpuid_removed::LEAF1_ECX;
     }
 }
 
+/// Clears `bit` of `reg` in (`leaf`, any subleaf) of the table.
+fn clear_bit(table: &mut [kvm_cpuid_entry2], leaf: u32, reg: fn(&mut kvm_cpuid_entry2) -> &mut u32, bit: u32) {
+    for e in table.iter_mut().filter(|e| e.function == leaf) {
+        *reg(e) &= !bit;
+    }
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_rdtscp(table: &mut Vec<kvm_cpuid_entry2>) {
+    clear_bit(table, 0x8000_0001, |e| &mut e.edx, 1 << 27);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_rdpid(table: &mut Vec<kvm_cpuid_entry2>) {
+    clear_bit(table, 7, |e| &mut e.ecx, 1 << 22);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_xsave(table: &mut Vec<kvm_cpuid_entry2>) {
+    clear_bit(table, 1, |e| &mut e.ecx, 1 << 26 | 1 << 27);
+}
+
+/// A hook that only edits the CPUID table.
+const fn cpuid(name: &'static str, edit: fn(&mut Vec<kvm_cpuid_entry2>)) -> Hook {
+    Hook { name, cpuid_edit: Some(edit), migrate: None, quirks_off: 0 }
+}
+
 pub const HOOKS: &[Hook] = &[
+    cpuid("cpu::rdtscp_absent::long64", remove_rdtscp),
+    cpuid("cpu::rdtscp_absent::cpl3", remove_rdtscp),
+    cpuid("cpu::rdpid_absent::long64", remove_rdpid),
+    cpuid("cpu::rdpid_absent::cpl3", remove_rdpid),
+    cpuid("cpu::xsave_absent::long64", remove_xsave),
+    cpuid("cpu::cpuid_removed_feature::long64", remove_leaf1_features),
     Hook {
-        name: "cpu::cpuid_removed_feature::long64",
-        cpuid_edit: Some(remove_movbe_rdrand),
-        migrate: None,
-        quirks_off: 0,
-    },
-    Hook {
-        name: "pv::hypercall_quirk_off::cpl3",
+        name: "pv::hypercall_quirk_off::long64",
         cpuid_edit: None,
         migrate: None,
         quirks_off: KVM_X86_QUIRK_FIX_HYPERCALL_INSN,

@@ -108,6 +108,16 @@ pub mod layout {
 }
 
 /// Segment selectors of the harness-built GDT.
+/// CPUID bits that host hooks clear from the table, so that a case can check the guest
+/// stops seeing them.
+pub mod cpuid_removed {
+    /// CPUID.1:ECX bits every x86-64 host with KVM offers (SSE3, SSSE3, CX16, SSE4.1,
+    /// SSE4.2, POPCNT) and two that KVM may offer (MOVBE, RDRAND). Because the first six
+    /// are always there, a guest that still sees any of them shows the table was ignored
+    /// whatever the host CPU model.
+    pub const LEAF1_ECX: u32 = 1 << 0 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 30;
+}
+
 pub mod selector {
     pub const CODE64: u16 = 0x08;
     pub const DATA: u16 = 0x10;

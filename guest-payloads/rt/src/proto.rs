@@ -228,6 +228,24 @@ macro_rules! check {
     }};
 }
 
+/// Fails the test unless `cond` holds, reporting `expected` and `actual` as the compared
+/// values and keeping them out of the message. For checks of live values (TSC readings,
+/// addresses): the message, which failure signatures match, then reads the same in
+/// every run, while the report still shows the numbers.
+#[macro_export]
+macro_rules! check_values {
+    ($cond:expr, $expected:expr, $actual:expr, $label:literal $(,)?) => {{
+        if !$cond {
+            $crate::proto::fail(
+                file!(),
+                line!(),
+                concat!("check failed: ", stringify!($cond), ". ", $label),
+                Some(($expected as u64, $actual as u64)),
+            );
+        }
+    }};
+}
+
 /// Ends the test as skipped: `skip!("no x2APIC")`.
 #[macro_export]
 macro_rules! skip {

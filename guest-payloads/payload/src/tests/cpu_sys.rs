@@ -7,8 +7,10 @@ use hvprobe_rt::cpu;
 use hvprobe_rt::exception;
 use hvprobe_rt::user::{call_at_cpl3, call_at_cpl3_with_rflags};
 
+use super::cpu::cpuid_as_set;
+
 use super::cpu::check_msr_roundtrips;
-use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, skip, test_case};
+use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, check_values, skip, test_case};
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_TSC: u32 = 0x10;
@@ -131,12 +133,14 @@ test_case! {
     /// written, and not far beyond (SDM Vol. 3B, 18.17).
     name = "cpu::msr_tsc_write::long64", mode = Long64, path = Full;
     fn msr_tsc_write() {
-        let target: u64 = 1 << 40;
+        // 2^40 cycles (about seven minutes at 2.6 GHz) ahead of the count now: whatever
+        // the uptime, a write that took effect and one that did not cannot be confused.
+        let target = cpu::rdtsc().wrapping_add(1 << 40);
         // SAFETY: only this vCPU's TSC moves; nothing in the guest depends on it yet.
         unsafe { cpu::wrmsr(MSR_TSC, target) };
         let now = cpu::rdtsc();
-        check!(now >= target, "RDTSC {:#x} is below the {:#x} just written", now, target);
-        check!(now - target < 1 << 34, "RDTSC {:#x} is far beyond the {:#x} just written", now, target);
+        check_values!(now >= target, target, now, "RDTSC after WRMSR IA32_TSC is below the value written");
+        check_values!(now - target < 1 << 34, target, now, "RDTSC after WRMSR IA32_TSC is far beyond the value written");
     }
 }
 
@@ -196,8 +200,8 @@ test_case! {
     /// RDTSCP returns IA32_TSC_AUX in ECX (SDM Vol. 2B, RDTSCP), where CPUID advertises it.
     name = "cpu::rdtscp_aux::long64", mode = Long64, path = Full;
     fn rdtscp_aux() {
-        if cpu::cpuid(0x8000_0001, 0).edx & (1 << 27) == 0 {
-            skip!("CPUID.80000001H:EDX.RDTSCP[27] is clear");
+        if cpuid_as_set(0x8000_0001, 0).is_none_or(|c| c.edx & RDTSCP_BIT == 0) {
+            skip!("KVM does not offer RDTSCP (KVM_GET_SUPPORTED_CPUID.80000001H:EDX[27] is clear)");
         }
         let aux: u32;
         // SAFETY: TSC_AUX is only read by RDTSCP/RDPID.
@@ -359,8 +363,8 @@ test_case! {
     /// (SDM Vol. 2C, XSETBV), with CR4.OSXSAVE set where CPUID.1:ECX.XSAVE[26] allows it.
     name = "cpu::xsetbv::long64", mode = Long64, path = Full;
     fn xsetbv() {
-        if cpu::cpuid(1, 0).ecx & (1 << 26) == 0 {
-            skip!("CPUID.1:ECX.XSAVE[26] is clear");
+        if cpuid_as_set(1, 0).is_none_or(|c| c.ecx & XSAVE_BIT == 0) {
+            skip!("KVM does not offer XSAVE (KVM_GET_SUPPORTED_CPUID.1:ECX[26] is clear)");
         }
         let cr4 = cpu::read_cr4();
         // SAFETY: CR4.OSXSAVE (bit 18) enables XGETBV/XSETBV; restored below.
@@ -458,9 +462,10 @@ test_case! {
             cpu::rdmsr(0x3b)
         };
         let after = cpu::rdtsc();
-        check!(adjust >= STEP, "TSC_ADJUST reads {:#x}", adjust);
-        check!(after.wrapping_sub(before) >= STEP, "TSC moved by {:#x}, not by the {:#x} added", after.wrapping_sub(before), STEP);
-        check!(after.wrapping_sub(before) < STEP + (1 << 34), "TSC moved by {:#x}", after.wrapping_sub(before));
+        check_values!(adjust >= STEP, STEP, adjust, "TSC_ADJUST reads less than the step added to it");
+        let moved = after.wrapping_sub(before);
+        check_values!(moved >= STEP, STEP, moved, "the TSC moved by less than the step added to TSC_ADJUST");
+        check_values!(moved < STEP + (1 << 34), STEP, moved, "the TSC moved far more than the step added to TSC_ADJUST");
     }
 }
 
@@ -683,8 +688,8 @@ test_case! {
     /// advertises it.
     name = "cpu::rdpid::long64", mode = Long64, path = Full;
     fn rdpid() {
-        if cpu::cpuid(7, 0).ecx & (1 << 22) == 0 {
-            skip!("CPUID.7.0:ECX.RDPID[22] is clear");
+        if cpuid_as_set(7, 0).is_none_or(|c| c.ecx & RDPID_BIT == 0) {
+            skip!("KVM does not offer RDPID (KVM_GET_SUPPORTED_CPUID.7.0:ECX[22] is clear)");
         }
         let aux: u64;
         // SAFETY: TSC_AUX is only read by RDTSCP/RDPID.
@@ -769,4 +774,90 @@ test_case! {
     /// SGDT, SIDT and STR at CPL3 (CR4.UMIP clear) return what the VMM loaded too.
     name = "cpu::descriptor_tables_store::user64", mode = User64, path = Hw;
     entry = descriptor_tables_store
+}
+
+/// CPUID.80000001H:EDX.RDTSCP, CPUID.7.0:ECX.RDPID and CPUID.1:ECX.XSAVE.
+const RDTSCP_BIT: u32 = 1 << 27;
+const RDPID_BIT: u32 = 1 << 22;
+const XSAVE_BIT: u32 = 1 << 26;
+
+extern "C" fn rdtscp_at_cpl3(_: u64) {
+    // SAFETY: RDTSCP writes EDX:EAX and ECX only.
+    unsafe { core::arch::asm!("rdtscp", out("eax") _, out("edx") _, out("ecx") _) };
+}
+
+extern "C" fn rdpid_at_cpl3(_: u64) {
+    // SAFETY: RDPID writes its destination only.
+    unsafe { core::arch::asm!("rdpid {0}", out(reg) _) };
+}
+
+extern "C" fn xgetbv_at_cpl3(_: u64) {
+    // SAFETY: XGETBV writes EDX:EAX only.
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0, out("eax") _, out("edx") _) };
+}
+
+/// Checks that the host hook removed `bit` of (`leaf`, `subleaf`) `reg` from the table.
+fn check_removed_from_table(leaf: u32, subleaf: u32, reg: fn(&cpu::Cpuid) -> u32, bit: u32) {
+    check_eq!(cpuid_as_set(leaf, subleaf).map(|c| reg(&c) & bit), Some(0), "hook did not run");
+}
+
+test_case! {
+    /// Without RDTSCP in the vCPU's CPUID (the host hook clears CPUID.80000001H:EDX[27]),
+    /// RDTSCP raises #UD at CPL0 (SDM Vol. 2B RDTSCP: #UD if CPUID.80000001H:EDX.RDTSCP[bit 27] = 0;
+    /// APM Vol. 3 RDTSCP).
+    name = "cpu::rdtscp_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn rdtscp_absent() {
+        check_removed_from_table(0x8000_0001, 0, |c| c.edx, RDTSCP_BIT);
+        check_exception!(catch!("rdtscp", out("eax") _, out("edx") _, out("ecx") _), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// As cpu::rdtscp_absent::long64, from CPL3.
+    name = "cpu::rdtscp_absent::cpl3", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn rdtscp_absent_cpl3() {
+        check_removed_from_table(0x8000_0001, 0, |c| c.edx, RDTSCP_BIT);
+        check_exception!(call_at_cpl3(rdtscp_at_cpl3, 0), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// Without RDPID in the vCPU's CPUID (the host hook clears CPUID.7.0:ECX[22]), RDPID
+    /// raises #UD at CPL0 (SDM Vol. 2B RDPID: #UD if CPUID.7H.0:ECX.RDPID[bit 22] = 0).
+    name = "cpu::rdpid_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn rdpid_absent() {
+        check_removed_from_table(7, 0, |c| c.ecx, RDPID_BIT);
+        check_exception!(catch!("rdpid {0}", out(reg) _), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// As cpu::rdpid_absent::long64, from CPL3.
+    name = "cpu::rdpid_absent::cpl3", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn rdpid_absent_cpl3() {
+        check_removed_from_table(7, 0, |c| c.ecx, RDPID_BIT);
+        check_exception!(call_at_cpl3(rdpid_at_cpl3, 0), exception::UD, None);
+    }
+}
+
+test_case! {
+    /// Without XSAVE in the vCPU's CPUID (the host hook clears CPUID.1:ECX[26]), setting
+    /// CR4.OSXSAVE raises #GP(0) (SDM Vol. 3A 2.5: setting a CR4 bit the processor does not
+    /// support), and with CR4.OSXSAVE clear XSETBV and XGETBV raise #UD at CPL0 and CPL3
+    /// (SDM Vol. 2C XSETBV/XGETBV: #UD if CR4.OSXSAVE[bit 18] = 0).
+    name = "cpu::xsave_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn xsave_absent() {
+        check_removed_from_table(1, 0, |c| c.ecx, XSAVE_BIT);
+        let cr4 = cpu::read_cr4();
+        let e = catch!("mov cr4, {0}", in(reg) cr4 | 1 << 18);
+        if e.is_none() {
+            // SAFETY: restores CR4 after the write that should have faulted.
+            unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+        }
+        check!(e.is_some(), "setting CR4.OSXSAVE without XSAVE in CPUID raised no #GP");
+        check_exception!(e, exception::GP, Some(0));
+        check_exception!(catch!("xsetbv", in("ecx") 0, in("eax") 1, in("edx") 0), exception::UD, None);
+        check_exception!(catch!("xgetbv", in("ecx") 0, out("eax") _, out("edx") _), exception::UD, None);
+        check_exception!(call_at_cpl3(xgetbv_at_cpl3, 0), exception::UD, None);
+    }
 }

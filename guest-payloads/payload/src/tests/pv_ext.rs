@@ -159,18 +159,10 @@ test_case! {
     }
 }
 
-/// A hypercall stub in writable RAM, so that a rewrite by the hypervisor is visible:
-/// the instruction, then RET.
-static mut STUB: [u8; 4] = [0x0f, 0x01, 0xc1, 0xc3];
-
-/// Calls the stub with RAX = `nr` at CPL3; returns RAX.
-extern "C" fn call_stub(nr: u64) {
-    let ret: u64;
-    // SAFETY: the stub is the hypercall instruction and RET; it changes RAX only.
-    unsafe { asm!("call {s}", s = in(reg) &raw const STUB, inlateout("rax") nr => ret) };
-    STUB_RESULT.store(ret, SeqCst);
-}
-static STUB_RESULT: AtomicU64 = AtomicU64::new(0);
+/// A hypercall stub in writable RAM, so that a rewrite by the hypervisor is visible: the
+/// instruction, then JMP R11 back to the caller. Reached by a jump, not a CALL, so that an
+/// exception at the instruction finds the stack as `catch!` armed it.
+static mut STUB: [u8; 6] = [0x0f, 0x01, 0xc1, 0x41, 0xff, 0xe3];
 
 /// The hypercall instruction of the other vendor: VMCALL (0f 01 c1) on AMD, VMMCALL
 /// (0f 01 d9) on Intel.
@@ -178,44 +170,66 @@ fn other_vendor_insn() -> [u8; 3] {
     if cpu::is_amd() { [0x0f, 0x01, 0xc1] } else { [0x0f, 0x01, 0xd9] }
 }
 
+/// The host vendor's hypercall instruction.
+fn host_vendor_insn() -> [u8; 3] {
+    if cpu::is_amd() { [0x0f, 0x01, 0xd9] } else { [0x0f, 0x01, 0xc1] }
+}
+
 fn stub_bytes() -> [u8; 3] {
     // SAFETY: reads the stub, which only this case writes.
     unsafe { [STUB[0], STUB[1], STUB[2]] }
 }
 
+/// Runs the stub at CPL0 with RAX = KVM_HC_VAPIC_POLL_IRQ: the exception it raised, if
+/// any, and RAX after it.
+fn run_stub_cpl0() -> (Option<exception::Exception>, u64) {
+    const KVM_HC_VAPIC_POLL_IRQ: u64 = 1;
+    let mut rax = KVM_HC_VAPIC_POLL_IRQ;
+    let e = catch!(
+        "lea r11, [rip + 9f]",
+        "jmp {s}",
+        s = in(reg) &raw const STUB,
+        inout("rax") rax,
+        out("r11") _
+    );
+    (e, rax)
+}
+
 test_case! {
-    /// The other vendor's hypercall instruction at CPL3 still reaches KVM, which returns
-    /// -KVM_EPERM, and KVM rewrites it in guest memory to the host vendor's instruction
-    /// (api.rst 8.x KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_FIX_HYPERCALL_INSN, on by
-    /// default: "KVM rewrites guest VMMCALL/VMCALL instructions to match the vendor's
-    /// hypercall instruction").
-    name = "pv::hypercall_other_vendor::cpl3", mode = Long64, path = Para, requires = requires::KVM_PV,
+    /// With KVM_X86_QUIRK_FIX_HYPERCALL_INSN on (the default), the other vendor's
+    /// hypercall instruction at CPL0 is rewritten in guest memory to the host vendor's
+    /// and carried out (api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2: "KVM rewrites guest
+    /// VMMCALL/VMCALL instructions to match the vendor's hypercall instruction"):
+    /// KVM_HC_VAPIC_POLL_IRQ returns 0. At CPL3 neither api.rst nor the manuals define
+    /// what the other vendor's instruction does (on AMD, KVM's emulator refuses VMCALL
+    /// above CPL0 with #GP(0) before any rewrite), so this case runs at CPL0.
+    name = "pv::hypercall_other_vendor::long64", mode = Long64, path = Para, requires = requires::KVM_PV,
         timeout_ms = 1000;
     fn hypercall_other_vendor() {
         let other = other_vendor_insn();
         // SAFETY: only this case uses the stub.
         unsafe { (&raw mut STUB).cast::<[u8; 3]>().write_volatile(other) };
-        check_no_exception!(call_at_cpl3(call_stub, KVM_HC_SCHED_YIELD));
-        check_eq!(STUB_RESULT.load(SeqCst), KVM_EPERM, "RAX from CPL3");
+        let (e, rax) = run_stub_cpl0();
+        check_no_exception!(e);
+        check_eq!(rax, 0, "RAX of KVM_HC_VAPIC_POLL_IRQ");
         let now = stub_bytes();
         metric("rewritten", "bool", (now != other).into());
-        check!(now != other, "the instruction {:02x?} was not rewritten", now);
+        check_eq!(now, host_vendor_insn(), "the stub after the hypercall: rewritten to the host vendor's instruction");
     }
 }
 
 test_case! {
     /// With KVM_X86_QUIRK_FIX_HYPERCALL_INSN disabled, the other vendor's instruction at
-    /// CPL3 raises #UD and is left as it is (api.rst, KVM_CAP_DISABLE_QUIRKS2: "Executing
-    /// the incorrect hypercall instruction will generate a #UD within the guest").
-    name = "pv::hypercall_quirk_off::cpl3", mode = Long64, path = Para, requires = requires::KVM_PV,
+    /// CPL0 raises #UD and is left as it is (api.rst 7.31 KVM_CAP_DISABLE_QUIRKS2:
+    /// "Executing the incorrect hypercall instruction will generate a #UD within the
+    /// guest").
+    name = "pv::hypercall_quirk_off::long64", mode = Long64, path = Para, requires = requires::KVM_PV,
         timeout_ms = 1000, flags = abi::flags::HOST_HOOK;
     fn hypercall_quirk_off() {
         let other = other_vendor_insn();
         // SAFETY: only this case uses the stub.
         unsafe { (&raw mut STUB).cast::<[u8; 3]>().write_volatile(other) };
-        let e = call_at_cpl3(call_stub, KVM_HC_SCHED_YIELD);
-        check!(e.is_some(), "no exception; RAX {:#x}", STUB_RESULT.load(SeqCst));
-        let e = check_exception!(e, exception::UD, None);
+        let e = check_exception!(run_stub_cpl0().0, exception::UD, None);
         check_eq!(e.rip, &raw const STUB as u64, "#UD at the instruction");
         check_eq!(stub_bytes(), other, "the instruction after the #UD");
     }
