@@ -9,5 +9,6 @@ pub mod judge;
 pub mod migrate;
 pub mod profile;
 pub mod runner;
+pub mod stability;
 
 pub use runner::{Context, Phases, run_case, run_case_timed};
