@@ -7,7 +7,7 @@ ARGS ?=
 # `make run` measures the benchmarks too; `make run BENCH=` leaves them out.
 BENCH ?= --bench
 
-.PHONY: all setup setup-browser build test run bench bench-criterion report lint fmt host list clean
+.PHONY: all setup setup-browser build test run run-nested bench bench-criterion report lint fmt host list clean
 
 all: build
 
@@ -38,6 +38,13 @@ test: setup setup-browser
 # results/runs/*.json: the nightly job.
 run: setup
 	$(CARGO) run --release --quiet -p hvprobe-suites --bin hvprobe -- run $(BENCH) $(ARGS)
+
+# The second backend: the suite inside a Linux guest under QEMU TCG with an emulated AMD
+# SVM CPU, against that guest's kvm_amd; writes results/runs/*-nested-kvm_amd.json, e.g.
+# make run-nested ARGS="--filter cpu::". Fetches Debian's kernel into target/nested once;
+# NESTED_TIMEOUT, NESTED_STALL, NESTED_RETRIES... are in suites/nested/run-nested.sh.
+run-nested: build
+	bash suites/nested/run-nested.sh $(ARGS)
 
 # The benchmarks alone, e.g. make bench ARGS="--filter ioeventfd --samples 30".
 bench: setup
