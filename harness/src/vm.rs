@@ -157,6 +157,7 @@ impl Vm {
         };
 
         let mut cpuid = kvm.supported_cpuid.clone();
+        set_hypervisor_present(&mut cpuid);
         if let Some(edit) = config.cpuid_edit {
             edit(&mut cpuid);
         }
@@ -262,6 +263,16 @@ impl Vm {
 
 /// The table for one vCPU: its initial APIC ID in CPUID.1:EBX[31:24] and its x2APIC ID in
 /// EDX of leaves 0xB and 0x1F (SDM Vol. 2A, CPUID).
+/// CPUID.1:ECX[31], "hypervisor present": KVM_GET_SUPPORTED_CPUID leaves it to the VMM
+/// (clear on kvm_amd of Linux 6.1, set on PVM), and every VMM sets it, so that a guest
+/// knows to look for leaf 0x40000000. hvprobe sets it too, so the guest's view is the same
+/// on every backend.
+fn set_hypervisor_present(table: &mut [kvm_cpuid_entry2]) {
+    for e in table.iter_mut().filter(|e| e.function == 1) {
+        e.ecx |= 1 << 31;
+    }
+}
+
 fn cpuid_for_vcpu(table: &[kvm_cpuid_entry2], id: u32) -> Vec<kvm_cpuid_entry2> {
     let mut t = table.to_vec();
     for e in &mut t {
