@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hvprobe_abi::layout::{STATE_REGION, STATE_REGION_SIZE};
+use hvprobe_abi::layout::HOST_DONE_FLAG;
 use hvprobe_harness::migrate::Plan;
 use hvprobe_harness::{
     Error, GuestVerdict, Kvm, Metric, Payload, RunEnd, RunOptions, RunReport, TestCase, VerdictStatus, Vm, VmConfig,
@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::Migrate;
 
-/// Where the guest of a live migration looks for the host's "done".
-const MIGRATED_FLAG: u64 = STATE_REGION + STATE_REGION_SIZE - 4096;
 /// How the live-migration cases migrate: a few rounds 10 ms apart, converged below 16
 /// pages (the guest's working set is 64 pages, so it seldom converges: the rounds stop).
 const LIVE: Plan = Plan { max_rounds: 5, converged_pages: 16, round_gap: Duration::from_millis(10) };
@@ -125,7 +123,7 @@ pub fn drive(
                 return Ok((total, Some(vm)));
             }
             vm = dest;
-            vm.memory().write_u64(MIGRATED_FLAG, 1)?;
+            vm.memory().write_u64(HOST_DONE_FLAG, 1)?;
             continue;
         } else {
             vm.run(opts)?
@@ -151,6 +149,9 @@ pub fn drive(
                 drop(vm);
                 let (restored, applied) = Vm::restore(t.kvm, t.payload, t.case, (t.config)(), &snap)?;
                 vm = restored;
+                if end == RunEnd::Paused && pauses_left == 0 {
+                    vm.memory().write_u64(HOST_DONE_FLAG, 1)?;
+                }
                 moves += 1;
                 let save_us = (saved.vcpus + saved.devices + saved.memory).as_micros() as u64;
                 let restore_us = (applied.vcpus + applied.devices + applied.memory).as_micros() as u64;

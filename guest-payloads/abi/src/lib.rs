@@ -95,6 +95,9 @@ pub mod layout {
     /// Nothing else uses it, so its dirty pages are exactly the ones those cases write.
     pub const STATE_REGION: u64 = 0x300000;
     pub const STATE_REGION_SIZE: u64 = 0x100000;
+    /// The last page of the state region: the host writes 1 here when it has finished
+    /// moving a running guest (a live migration is over, every random pause was taken).
+    pub const HOST_DONE_FLAG: u64 = STATE_REGION + STATE_REGION_SIZE - 0x1000;
     /// Stacks of the application processors (vCPUs 1 to [`MAX_VCPUS`] - 1), 16 KiB each,
     /// above the RSP0 stack.
     pub const AP_STACKS: u64 = 0x90000;
