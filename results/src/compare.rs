@@ -5,7 +5,8 @@
 //! improvement, and any other change of outcome or failure signature (see
 //! [`crate::signature`]: live values never count) is a change. A benchmark differs only
 //! when a rank-sum test over both runs' samples says so, the medians are further apart
-//! than both spreads together, and the change is at least [`MIN_EFFECT`]; a record with
+//! than both spreads together, and the change is at least the minimum effect
+//! ([`DEFAULT_MIN_EFFECT`] unless the caller states another); a record with
 //! too few samples is shown but never called a difference. Every benchmark unit hvprobe
 //! uses (cycles, nanoseconds, seconds) is lower-is-better. Host facts that change with
 //! every boot or vCPU (APIC IDs in CPUID) are left out.
@@ -100,6 +101,8 @@ pub struct Comparison {
     pub untested_benchmarks: Vec<BenchChange>,
     pub host: Vec<HostChange>,
     pub paths: Vec<PathChange>,
+    /// The smallest benchmark change reported (a factor less one).
+    pub min_effect: f64,
     /// Tests and benchmarks present and equal on both sides.
     pub unchanged_tests: usize,
     pub unchanged_benchmarks: usize,
@@ -127,16 +130,24 @@ fn label(r: &Results) -> RunLabel {
     }
 }
 
+/// `before` and `after` compared with the default minimum effect.
 pub fn compare(before: &Results, after: &Results) -> Comparison {
+    compare_with(before, after, DEFAULT_MIN_EFFECT)
+}
+
+/// `before` and `after` compared; a benchmark must change by at least `min_effect` (a
+/// factor less one) to count.
+pub fn compare_with(before: &Results, after: &Results, min_effect: f64) -> Comparison {
     let (tests, unchanged_tests) = compare_tests(&before.tests, &after.tests);
     let (benchmarks, untested_benchmarks, unchanged_benchmarks) =
-        compare_benchmarks(&before.benchmarks, &after.benchmarks);
+        compare_benchmarks(&before.benchmarks, &after.benchmarks, min_effect);
     Comparison {
         before: label(before),
         after: label(after),
         tests,
         benchmarks,
         untested_benchmarks,
+        min_effect,
         host: compare_hosts(before, after),
         paths: compare_paths(&before.paths, &after.paths),
         unchanged_tests,
@@ -185,9 +196,13 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
     (changes, unchanged)
 }
 
-/// The smallest change of a median `compare` reports, relative to the earlier median:
-/// below it a difference is not worth a reader's time even where it is real.
-pub const MIN_EFFECT: f64 = 0.10;
+/// The smallest change of a median `compare` reports by default, as a factor less one in
+/// either direction (1.0: the figure doubled or halved). The samples of one run are taken
+/// within a second, so they cannot show how much a figure moves between runs; on the
+/// shared development machines one figure moved by up to 1.62x between back-to-back runs
+/// of the same build (20 ordered pairs of 5 runs), so a smaller change there is not
+/// evidence. On a quiet, dedicated host state a smaller minimum (`--min-effect 0.05`).
+pub const DEFAULT_MIN_EFFECT: f64 = 1.0;
 /// The significance level of the rank-sum test: two runs of the same build compared
 /// pairwise must not raise false alarms.
 pub const ALPHA: f64 = 0.001;
@@ -195,15 +210,17 @@ pub const ALPHA: f64 = 0.001;
 pub const MIN_SAMPLES: usize = 5;
 
 /// Whether two benchmark records differ: a Mann-Whitney rank-sum test over their samples
-/// says so at [`ALPHA`], the medians are further apart than both spreads, and the change
-/// is at least [`MIN_EFFECT`]. `None` when either side has too few samples to test.
-pub fn benchmark_differs(x: &Benchmark, y: &Benchmark) -> Option<bool> {
+/// says so at [`ALPHA`], the medians are further apart than both spreads, and the larger
+/// median is at least `1 + min_effect` times the smaller. `None` when either side has too
+/// few samples to test.
+pub fn benchmark_differs(x: &Benchmark, y: &Benchmark, min_effect: f64) -> Option<bool> {
     if x.sample_values.len() < MIN_SAMPLES || y.sample_values.len() < MIN_SAMPLES {
         return None;
     }
     let gap = (y.median - x.median).abs();
     let beyond_spread = gap > x.spread.abs() + y.spread.abs();
-    let large = gap > MIN_EFFECT * x.median.abs();
+    let (lo, hi) = (x.median.abs().min(y.median.abs()), x.median.abs().max(y.median.abs()));
+    let large = hi >= (1.0 + min_effect) * lo;
     Some(beyond_spread && large && rank_sum_p(&x.sample_values, &y.sample_values) < ALPHA)
 }
 
@@ -252,7 +269,11 @@ fn erfc(x: f64) -> f64 {
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
-fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchChange>, Vec<BenchChange>, usize) {
+fn compare_benchmarks(
+    before: &[Benchmark],
+    after: &[Benchmark],
+    min_effect: f64,
+) -> (Vec<BenchChange>, Vec<BenchChange>, usize) {
     // A benchmark is its name and unit: one operation is reported in cycles and in ns.
     let key = |b: &Benchmark| (b.name.clone(), b.unit.clone());
     let a: BTreeMap<(String, String), &Benchmark> = before.iter().map(|b| (key(b), b)).collect();
@@ -275,7 +296,7 @@ fn compare_benchmarks(before: &[Benchmark], after: &[Benchmark]) -> (Vec<BenchCh
             ratio,
         };
         match (x, y) {
-            (Some(x), Some(y)) => match benchmark_differs(x, y) {
+            (Some(x), Some(y)) => match benchmark_differs(x, y, min_effect) {
                 None => untested.push(record(Change::Changed)),
                 Some(false) => unchanged += 1,
                 Some(true) => {
@@ -483,8 +504,8 @@ impl Comparison {
         if !self.benchmarks.is_empty() {
             let _ = writeln!(
                 s,
-                "benchmarks that changed (rank-sum p < {ALPHA}, beyond both spreads, at least {:.0}%; {} did not):",
-                MIN_EFFECT * 100.0,
+                "benchmarks that changed (rank-sum p < {ALPHA}, beyond both spreads, by x{:.2} or more; {} did not):",
+                1.0 + self.min_effect,
                 self.unchanged_benchmarks
             );
             render_bench_lines(&mut s, &self.benchmarks);
@@ -629,17 +650,23 @@ mod tests {
         let get = |n: &str| c.benchmarks.iter().find(|x| x.name == n).map(|x| x.change);
         assert_eq!(get("cpuid"), None, "a 50-cycle gap is within 30 + 30 of spread");
         assert_eq!(get("small"), None, "5% is below the minimum effect, however clear");
-        assert_eq!(get("hlt"), Some(Change::Improvement));
+        assert_eq!(get("hlt"), None, "x1.25 is within the default minimum effect");
         assert_eq!(get("gone"), Some(Change::Removed));
         assert_eq!(get("new"), Some(Change::Added));
         assert_eq!(get("suite::wall_time"), None, "one sample is never significant");
         assert_eq!(c.untested_benchmarks.len(), 1);
         assert!(c.render().contains("too few samples"), "{}", c.render());
-        b.benchmarks[0] = sampled("cpuid", 1200.0, 30.0, 15);
+        let c = compare_with(&a, &b, 0.10);
+        let get = |n: &str| c.benchmarks.iter().find(|x| x.name == n).map(|x| x.change);
+        assert_eq!(get("hlt"), Some(Change::Improvement), "x1.25 with a stated minimum of 10%");
+        assert_eq!(get("small"), None);
+        b.benchmarks[0] = sampled("cpuid", 2500.0, 30.0, 15);
         let c = compare(&a, &b);
         let cpuid = c.benchmarks.iter().find(|x| x.name == "cpuid").unwrap();
         assert_eq!(cpuid.change, Change::Regression);
-        assert!((cpuid.ratio.unwrap() - 1.2).abs() < 1e-9);
+        assert!((cpuid.ratio.unwrap() - 2.5).abs() < 1e-9);
+        b.benchmarks[0] = sampled("cpuid", 400.0, 30.0, 15);
+        assert_eq!(compare(&a, &b).benchmarks[0].change, Change::Improvement, "halved or better");
         // Only the one-sample record differs: nothing for --fail-on any.
         let mut same = a.clone();
         same.benchmarks[3].median = 99.0;

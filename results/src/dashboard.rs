@@ -271,6 +271,7 @@ fn index_page(runs: &[Run]) -> String {
     let mut facts = vec![
         ("Hostname", esc(&h.hostname)),
         ("Backend", esc(&h.backend)),
+        ("Platform", esc(h.platform.as_deref().unwrap_or("unknown"))),
         ("Kernel", esc(&h.kernel)),
         ("CPU", format!("{} ({})", esc(&h.cpu_model), esc(&h.cpu_vendor))),
         ("KVM API version", opt(h.kvm_api_version.map(|v| v.to_string()))),
@@ -278,6 +279,9 @@ fn index_page(runs: &[Run]) -> String {
         ("Capabilities recorded", h.capabilities.len().to_string()),
         ("CPUID leaves recorded", h.cpuid.len().to_string()),
     ];
+    for note in &h.platform_notes {
+        facts.push(("Platform note", esc(note)));
+    }
     if let Some(e) = &h.kvm_error {
         facts.push(("KVM unavailable", esc(e)));
     }
@@ -453,7 +457,7 @@ fn compat_page(runs: &[Run]) -> String {
             b,
             "<th class=\"host\"><div>{}</div><div>{}</div><div>{}</div><div class=\"muted\">{}</div></th>",
             esc(&h.hostname),
-            esc(&h.backend),
+            esc(&crate::crossref::column(&run.results)),
             esc(&h.kernel),
             esc(&run.results.started)
         );
@@ -743,8 +747,8 @@ mod tests {
         assert!(trends.contains("run start (UTC)") && trends.contains("<polygon"), "axis label and spread band");
 
         let compat = read(&dir, "compat.html");
-        assert!(compat.contains("<div>alpha</div><div>kvm_intel</div><div>6.18.0-alpha</div>"));
-        assert!(compat.contains("<div>beta</div><div>kvm_pvm</div><div>6.12.9-beta</div>"));
+        assert!(compat.contains("<div>alpha</div><div>kvm_intel on kvm</div><div>6.18.0-alpha</div>"));
+        assert!(compat.contains("<div>beta</div><div>kvm_pvm on kvm</div><div>6.12.9-beta</div>"));
         assert_eq!(compat.matches("<tr><th scope=\"row\">").count(), 7);
         assert!(compat.contains("<td class=\"o-xfail dev\" title=\"PVM lacks the feature\">xfail</td>"));
         assert!(compat.contains("<td class=\"o-timeout-expected\" title=\"because\">timeout (expected)</td>"));

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub mod compare;
+pub mod crossref;
 pub mod dashboard;
 pub mod export;
 pub mod paths;

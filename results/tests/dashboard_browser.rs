@@ -389,7 +389,7 @@ fn the_dashboard_renders_in_headless_chromium() {
     };
     let (class, title) = cell("svm::vmmcall::long64", 1);
     assert_eq!(class, "o-xfail dev");
-    assert!(title.contains("VMMCALL is intercepted differently") && title.contains("insn: 0f 01 d9"), "{title}");
+    assert!(title.contains("VMMCALL is intercepted differently") && title.contains("insn=0f 01 d9"), "{title}");
     assert_eq!(cell("irq::lapic_timer::long64", 1).0, "o-xpass dev");
     assert_eq!(cell("svm::vmmcall::long64", 0).0, "o-pass", "alpha's latest run passed");
     assert_eq!(cell("watchdog::hang::long64", 0).0, "o-timeout-expected", "the watchdog's own timeout is fine");

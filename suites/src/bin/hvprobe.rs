@@ -131,6 +131,22 @@ enum Command {
         /// bad one, or a benchmark got slower beyond both spreads), any difference, or never.
         #[arg(long, value_enum, default_value_t = FailOnArg::Regressions)]
         fail_on: FailOnArg,
+        /// The smallest benchmark change reported, as a factor less one in either
+        /// direction (default 1.0: doubled or halved, what the shared development machines
+        /// can tell from noise; 0.05 suits a quiet, dedicated host).
+        #[arg(long, default_value_t = hvprobe_results::compare::DEFAULT_MIN_EFFECT)]
+        min_effect: f64,
+    },
+    /// The cross-backend table: every case that is not a plain pass on one of the runs,
+    /// with each run's outcome and failure signature side by side (markdown).
+    Crossref {
+        /// Results files, one column each (e.g. results/reference/*.json).
+        #[arg(required = true, num_args = 1..)]
+        results: Vec<PathBuf>,
+        /// Write the table into this markdown file, between its crossref markers, instead
+        /// of printing it.
+        #[arg(long)]
+        readme: Option<PathBuf>,
     },
     /// Convert a results file for CI systems: JUnit XML, KTAP, Bencher Metric Format, KCIDB.
     Export {
@@ -205,12 +221,34 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Compare { before, after, json, fail_on } => return compare(before, after, *json, *fail_on),
+        Command::Compare { before, after, json, fail_on, min_effect } => {
+            if !(min_effect.is_finite() && (0.0..=1000.0).contains(min_effect)) {
+                bail!("--min-effect must be a number from 0 to 1000, not {min_effect}");
+            }
+            return compare(before, after, *json, *fail_on, *min_effect);
+        }
         Command::Export { results, format, out } => {
             let text = hvprobe_results::export::export(&Results::read(results)?, *format);
             match out {
                 Some(path) => hvprobe_results::write_text_atomic(path, &text)?,
                 None => print!("{text}"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Crossref { results, readme } => {
+            let runs = results.iter().map(|p| Results::read(p)).collect::<Result<Vec<_>, _>>()?;
+            let table = hvprobe_results::crossref::table(&runs.iter().collect::<Vec<_>>());
+            match readme {
+                Some(path) => {
+                    let doc =
+                        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let Some(new) = hvprobe_results::crossref::splice(&doc, &table) else {
+                        bail!("{} has no crossref markers ({})", path.display(), hvprobe_results::crossref::BEGIN);
+                    };
+                    hvprobe_results::write_text_atomic(path, &new)?;
+                    println!("crossref: {} updated", path.display());
+                }
+                None => print!("{table}"),
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -290,7 +328,7 @@ fn real_main() -> Result<ExitCode> {
             println!("results: {}", path.display());
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } => {
+        Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } | Command::Crossref { .. } => {
             unreachable!("handled before the catalogue is loaded")
         }
         Command::Host { json, kvm } => {
@@ -380,10 +418,16 @@ fn real_main() -> Result<ExitCode> {
 
 /// Needs no catalogue and no KVM: results files from any host and any hvprobe version of
 /// the same schema compare.
-fn compare(before: &std::path::Path, after: &std::path::Path, json: bool, fail_on: FailOnArg) -> Result<ExitCode> {
+fn compare(
+    before: &std::path::Path,
+    after: &std::path::Path,
+    json: bool,
+    fail_on: FailOnArg,
+    min_effect: f64,
+) -> Result<ExitCode> {
     let a = Results::read(before)?;
     let b = Results::read(after)?;
-    let c = hvprobe_results::compare::compare(&a, &b);
+    let c = hvprobe_results::compare::compare_with(&a, &b, min_effect);
     if json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {
