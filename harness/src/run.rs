@@ -543,6 +543,13 @@ impl Vm {
                     .ok_or(()),
                 id => devices.sinks.get(id as usize).map(|s| s.packed()).ok_or(()),
             }),
+            service::KVM_STAT => Some(
+                hvprobe_abi::kvm_stat::NAMES
+                    .get(args[0] as usize)
+                    .zip(self.stats.as_ref())
+                    .and_then(|(name, stats)| stats.read().ok().and_then(|r| stats.value(&r, name)))
+                    .ok_or(()),
+            ),
             service::HOST_SLEEP => {
                 let t = Instant::now();
                 std::thread::sleep(Duration::from_micros(args[0].min(100_000)));

@@ -93,6 +93,11 @@ impl Stats {
             .collect())
     }
 
+    /// The value of counter `name` in `reading` (from [`Stats::read`]).
+    pub fn value(&self, reading: &[u64], name: &str) -> Option<u64> {
+        self.descs.iter().zip(reading).find(|(d, _)| d.name == name).map(|(_, v)| *v)
+    }
+
     /// Non-zero changes of cumulative counters between two readings; instantaneous and
     /// peak values are reported as their value after the run.
     pub fn deltas(&self, before: &[u64], after: &[u64]) -> Vec<StatDelta> {

@@ -70,6 +70,34 @@ fn remove_xsave(table: &mut Vec<kvm_cpuid_entry2>) {
     clear_bit(table, 1, |e| &mut e.ecx, 1 << 26 | 1 << 27);
 }
 
+/// The table cut to the maxima of `hvprobe_abi::cpuid_removed`: leaves above them are
+/// dropped and leaf 0 and 0x80000000 name the new maxima.
+fn cut_max_leaves(table: &mut Vec<kvm_cpuid_entry2>) {
+    use hvprobe_abi::cpuid_removed::{MAX_BASIC_LEAF, MAX_EXTENDED_LEAF};
+    table.retain(|e| match e.function {
+        f if f < 0x4000_0000 => f <= MAX_BASIC_LEAF,
+        f if f >= 0x8000_0000 => f <= MAX_EXTENDED_LEAF,
+        _ => true,
+    });
+    for e in table.iter_mut() {
+        match e.function {
+            0 => e.eax = MAX_BASIC_LEAF,
+            0x8000_0000 => e.eax = MAX_EXTENDED_LEAF,
+            _ => {}
+        }
+    }
+}
+
+/// CPUID.1:ECX[31] set to the inverse of this CPU's own bit: whatever the host is (a VM
+/// or bare metal), the table then differs from it there.
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn flip_hypervisor_bit(table: &mut Vec<kvm_cpuid_entry2>) {
+    let host = std::arch::x86_64::__cpuid(1).ecx & (1 << 31);
+    for e in table.iter_mut().filter(|e| e.function == 1) {
+        e.ecx = (e.ecx & !(1 << 31)) | (host ^ (1 << 31));
+    }
+}
+
 /// A hook that only edits the CPUID table.
 const fn cpuid(name: &'static str, edit: fn(&mut Vec<kvm_cpuid_entry2>)) -> Hook {
     Hook { name, cpuid_edit: Some(edit), migrate: None, quirks_off: 0 }
@@ -81,6 +109,11 @@ pub const HOOKS: &[Hook] = &[
     cpuid("cpu::rdpid_absent::long64", remove_rdpid),
     cpuid("cpu::rdpid_absent::cpl3", remove_rdpid),
     cpuid("cpu::xsave_absent::long64", remove_xsave),
+    cpuid("cpu::cpuid_vendor::long64", cut_max_leaves),
+    cpuid("cpu::cpuid_vendor::user64", cut_max_leaves),
+    cpuid("cpu::cpuid_max_leaf::long64", cut_max_leaves),
+    cpuid("cpu::cpuid_max_leaf::user64", cut_max_leaves),
+    cpuid("cpu::cpuid_hypervisor_bit_flipped::user64", flip_hypervisor_bit),
     cpuid("cpu::cpuid_removed_feature::long64", remove_leaf1_features),
     Hook {
         name: "pv::hypercall_quirk_off::long64",

@@ -111,6 +111,18 @@ pub mod layout {
 }
 
 /// Segment selectors of the harness-built GDT.
+/// The per-vCPU KVM statistics the KVM_STAT service reads, by number.
+pub mod kvm_stat {
+    /// Hypercalls KVM handled (`hypercalls`), whatever their result.
+    pub const HYPERCALLS: u64 = 0;
+    /// Exits to KVM (`exits`).
+    pub const EXITS: u64 = 1;
+    /// Instructions KVM's emulator ran (`insn_emulation`).
+    pub const INSN_EMULATION: u64 = 2;
+    /// The statistics' names in KVM_GET_STATS_FD, indexed by the numbers above.
+    pub const NAMES: [&str; 3] = ["hypercalls", "exits", "insn_emulation"];
+}
+
 /// CPUID bits that host hooks clear from the table, so that a case can check the guest
 /// stops seeing them.
 pub mod cpuid_removed {
@@ -119,6 +131,11 @@ pub mod cpuid_removed {
     /// are always there, a guest that still sees any of them shows the table was ignored
     /// whatever the host CPU model.
     pub const LEAF1_ECX: u32 = 1 << 0 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 30;
+    /// The maximum basic and extended leaves a hook cuts the table to: below those of any
+    /// CPU KVM runs on (leaf 0xd for XSAVE, 0x8000001f and up on current AMD and Intel),
+    /// so a guest that reads the host's maxima shows the table was ignored.
+    pub const MAX_BASIC_LEAF: u32 = 0x7;
+    pub const MAX_EXTENDED_LEAF: u32 = 0x8000_0008;
 }
 
 pub mod selector {
@@ -608,6 +625,10 @@ pub mod proto {
         /// KVM_SET_CLOCK to KVM_GET_CLOCK plus `args[0]` (signed) nanoseconds (api.rst
         /// 4.59); returns the value set.
         pub const SET_CLOCK: u32 = 27;
+        /// The current value of the vCPU's KVM statistic `args[0]` (see [`crate::kvm_stat`];
+        /// KVM_GET_STATS_FD, api.rst 4.133), so that a case can show KVM handled what it
+        /// did. Fails where the host has no such statistic.
+        pub const KVM_STAT: u32 = 28;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

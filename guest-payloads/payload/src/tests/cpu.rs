@@ -59,8 +59,10 @@ fn vendor_of(r: Cpuid) -> [u8; 12] {
 
 test_case! {
     /// CPUID leaf 0 returns the maximum leaf and vendor string the host set with
-    /// KVM_SET_CPUID2 (KVM API 4.46; SDM Vol. 2A, CPUID).
-    name = "cpu::cpuid_vendor::long64", mode = Long64, path = Full;
+    /// KVM_SET_CPUID2 (KVM API 4.46; SDM Vol. 2A, CPUID). The host hook lowers the maximum
+    /// leaves below any real CPU's (abi::cpuid_removed), so the host's own leaf 0 leaking
+    /// through would show.
+    name = "cpu::cpuid_vendor::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
     fn cpuid_vendor() {
         let set = cpuid_as_set(0, 0);
         check!(set.is_some(), "the host set no CPUID leaf 0");
@@ -75,7 +77,7 @@ test_case! {
 
 test_case! {
     /// CPUID at CPL3 is intercepted just the same (SDM Vol. 3C, 26.1.2: CPUID always exits).
-    name = "cpu::cpuid_vendor::user64", mode = User64, path = Full;
+    name = "cpu::cpuid_vendor::user64", mode = User64, path = Full, flags = abi::flags::HOST_HOOK;
     entry = cpuid_vendor
 }
 
@@ -390,8 +392,9 @@ test_case! {
 
 test_case! {
     /// The maximum basic and extended leaves (CPUID.0:EAX, CPUID.80000000H:EAX) are the
-    /// highest leaves in the table the host set (SDM Vol. 2A, CPUID).
-    name = "cpu::cpuid_max_leaf::long64", mode = Long64, path = Full;
+    /// highest leaves in the table the host set (SDM Vol. 2A, CPUID). The host hook cuts
+    /// the table below any real CPU's maxima, so the host's own leaves would show.
+    name = "cpu::cpuid_max_leaf::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
     fn cpuid_max_leaf() {
         let (mut basic, mut extended) = (0u32, 0u32);
         for i in 0.. {
@@ -426,7 +429,19 @@ test_case! {
 }
 
 test_case! {
+    /// CPUID.1:ECX[31] reads from CPL3 as the table holds it, where the host hook set it to
+    /// the inverse of the host CPU's own bit (set in a VM, clear on bare metal): the bit is
+    /// the table's, so a leak of the host's CPUID shows on any host (KVM API 4.46).
+    name = "cpu::cpuid_hypervisor_bit_flipped::user64", mode = User64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn cpuid_hypervisor_bit_flipped() {
+        let set = cpuid_as_set(1, 0).map(|c| c.ecx >> 31);
+        check!(set.is_some(), "the host set no CPUID leaf 1");
+        check_eq!(cpu::cpuid(1, 0).ecx >> 31, set.unwrap_or(0), "CPUID.1:ECX.hypervisor as the table holds it");
+    }
+}
+
+test_case! {
     /// The maximum basic and extended leaves read the same from CPL3.
-    name = "cpu::cpuid_max_leaf::user64", mode = User64, path = Full;
+    name = "cpu::cpuid_max_leaf::user64", mode = User64, path = Full, flags = abi::flags::HOST_HOOK;
     entry = cpuid_max_leaf
 }

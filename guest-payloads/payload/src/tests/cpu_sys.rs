@@ -302,11 +302,11 @@ extern "C" fn sgdt_at_cpl3(buf: u64) {
     unsafe { core::arch::asm!("sgdt [{0}]", in(reg) buf) };
 }
 
-/// Runs `f` at CPL3 with CR4.UMIP set, where CPUID advertises UMIP, and returns what
-/// CPL3 raised.
+/// Runs `f` at CPL3 with CR4.UMIP set, where KVM offers UMIP, and returns what CPL3
+/// raised.
 fn with_umip_at_cpl3(f: extern "C" fn(u64), arg: u64) -> Option<hvprobe_rt::Exception> {
-    if cpu::cpuid(7, 0).ecx & (1 << 2) == 0 {
-        skip!("CPUID.7.0:ECX.UMIP[2] is clear");
+    if cpuid_as_set(7, 0).is_none_or(|c| c.ecx & (1 << 2) == 0) {
+        skip!("KVM does not offer UMIP (KVM_GET_SUPPORTED_CPUID.7.0:ECX[2] is clear)");
     }
     let cr4 = cpu::read_cr4();
     // SAFETY: UMIP only restricts CPL3 descriptor-table stores; restored below.
@@ -318,12 +318,17 @@ fn with_umip_at_cpl3(f: extern "C" fn(u64), arg: u64) -> Option<hvprobe_rt::Exce
 }
 
 test_case! {
-    /// With CR4.UMIP set, SGDT at CPL3 raises #GP(0); without it SGDT works at CPL3
-    /// (SDM Vol. 3A, 2.5 "UMIP"), where CPUID.7.0:ECX.UMIP[2] advertises it.
+    /// With CR4.UMIP set, SGDT at CPL3 raises #GP(0); without it SGDT works at CPL3 and
+    /// stores the GDTR the VMM loaded (SDM Vol. 3A, 2.5 "UMIP"; Vol. 2B SGDT), where KVM
+    /// offers UMIP.
     name = "cpu::umip::long64", mode = Long64, path = Hw;
     fn umip() {
         let mut buf = [0u8; 10];
         check_eq!(call_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64), None, "SGDT at CPL3 without UMIP");
+        let limit = u16::from_le_bytes([buf[0], buf[1]]);
+        let base = u64::from_le_bytes(core::array::from_fn(|i| buf[2 + i]));
+        check_eq!(limit, (8 * abi::selector::GDT_ENTRIES - 1) as u16, "GDTR limit SGDT stored at CPL3");
+        check_values!(base == abi::layout::GDT, abi::layout::GDT, base, "SGDT at CPL3 stored another GDT base than the VMM loaded");
         let e = with_umip_at_cpl3(sgdt_at_cpl3, buf.as_mut_ptr() as u64);
         check!(e.is_some(), "SGDT at CPL3 with CR4.UMIP raised nothing");
         check_exception!(e, exception::GP, Some(0));
