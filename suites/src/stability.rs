@@ -1,5 +1,6 @@
 //! Proving that verdicts are stable: the same cases run several times under changed
-//! conditions (jobs, the order of cases, busy host threads beside them), and every case
+//! conditions (jobs, the order of cases, busy host threads beside them, another seed for
+//! the generated cases), and every case
 //! whose outcome or failure signature changed between passes is reported
 //! (`hvprobe run --repeat N --perturb`).
 
@@ -63,32 +64,39 @@ pub struct Pass {
     pub order: Order,
     /// Busy host threads spinning beside the cases, one per CPU.
     pub load: bool,
+    /// Another seed for the generated cases (`$HVPROBE_SEED`'s role); None keeps the run's.
+    pub seed: Option<u64>,
 }
+
+/// The seed of the pass that changes it: any fixed value other than the default will do.
+pub const OTHER_SEED: u64 = 0x5eed_0fa1_1ed0_0003;
 
 impl Pass {
     pub fn describe(&self) -> String {
         format!(
-            "{} job{}, {}{}",
+            "{} job{}, {}{}{}",
             self.jobs,
             if self.jobs == 1 { "" } else { "s" },
             self.order.describe(),
-            if self.load { ", busy host threads on every CPU" } else { "" }
+            if self.load { ", busy host threads on every CPU" } else { "" },
+            self.seed.map_or(String::new(), |s| format!(", generated cases with seed {s:#x}"))
         )
     }
 }
 
 /// `n` passes. Without `perturb` every pass is the first one again. With it, the passes
 /// cycle through: as asked; one job in reversed order with the host loaded; `jobs` in
-/// shuffled order; one job, shuffled, loaded; `jobs`, reversed, loaded. Every plan of two
-/// passes or more has at least one loaded pass and one with another order.
+/// shuffled order with another seed for the generated cases; one job, shuffled, loaded;
+/// `jobs`, reversed, loaded. Every plan of two passes or more has at least one loaded
+/// pass and one with another order; from three on, one with another seed.
 pub fn plan(n: usize, perturb: bool, jobs: usize) -> Vec<Pass> {
-    let first = Pass { jobs, order: Order::Catalogue, load: false };
+    let first = Pass { jobs, order: Order::Catalogue, load: false, seed: None };
     let cycle = [
         first,
-        Pass { jobs: 1, order: Order::Reversed, load: true },
-        Pass { jobs, order: Order::Shuffled(0x5eed_0001), load: false },
-        Pass { jobs: 1, order: Order::Shuffled(0x5eed_0002), load: true },
-        Pass { jobs, order: Order::Reversed, load: true },
+        Pass { jobs: 1, order: Order::Reversed, load: true, seed: None },
+        Pass { jobs, order: Order::Shuffled(0x5eed_0001), load: false, seed: Some(OTHER_SEED) },
+        Pass { jobs: 1, order: Order::Shuffled(0x5eed_0002), load: true, seed: None },
+        Pass { jobs, order: Order::Reversed, load: true, seed: None },
     ];
     (0..n).map(|i| if perturb { cycle[i % cycle.len()] } else { first }).collect()
 }
@@ -215,7 +223,8 @@ mod tests {
     fn a_plan_of_perturbed_passes_changes_jobs_order_and_load() {
         let p = plan(5, true, 2);
         assert_eq!(p.len(), 5);
-        assert_eq!(p[0], Pass { jobs: 2, order: Order::Catalogue, load: false });
+        assert_eq!(p[0], Pass { jobs: 2, order: Order::Catalogue, load: false, seed: None });
+        assert!(p.iter().any(|x| x.seed.is_some()), "one pass changes the generated cases' seed");
         assert!(p.iter().any(|x| x.load) && p.iter().any(|x| !x.load));
         assert!(p.iter().any(|x| x.jobs == 1) && p.iter().any(|x| x.jobs == 2));
         assert!(p.iter().any(|x| x.order == Order::Reversed));

@@ -360,7 +360,8 @@ fn real_main() -> Result<ExitCode> {
             if cases.is_empty() {
                 bail!("no test case matches the filters {filter:?}");
             }
-            let (ctx, facts) = context(kvm, profile.as_deref(), timeout, payload)?;
+            let kvm_dev = kvm.clone().unwrap_or_else(hvprobe_harness::host::kvm_path);
+            let (ctx, facts) = context(Some(kvm_dev.clone()), profile.as_deref(), timeout, payload)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
             let started = SystemTime::now();
             let t0 = Instant::now();
@@ -381,7 +382,16 @@ fn real_main() -> Result<ExitCode> {
                 let mut passes = vec![tests.clone()];
                 for (i, pass) in plan.iter().enumerate().skip(1) {
                     println!("\npass {} of {}: {}", i + 1, plan.len(), pass.describe());
-                    passes.push(run_all(&ctx, &cases, *pass, verbose).0);
+                    let reseeded;
+                    let pass_ctx = match pass.seed {
+                        None => &ctx,
+                        Some(seed) => {
+                            reseeded =
+                                Context { kvm: Kvm::open_path(&kvm_dev)?, profile: ctx.profile.clone(), seed, ..ctx };
+                            &reseeded
+                        }
+                    };
+                    passes.push(run_all(pass_ctx, &cases, *pass, verbose).0);
                 }
                 let flips = stability::flips(&passes);
                 println!("\n{}", stability::render(&plan, &passes, &flips));
