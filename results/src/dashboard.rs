@@ -22,6 +22,8 @@ pub enum DashboardError {
     List { path: PathBuf, source: std::io::Error },
     #[error("{path} has no results files (*.json), so there is nothing to show")]
     NoResults { path: PathBuf },
+    #[error("{path} has no readable results file, so there is nothing to show; the first problem: {first}")]
+    NoReadableResults { path: PathBuf, first: Box<DashboardError> },
     /// An unreadable or malformed results file; the message names it and the position.
     #[error(transparent)]
     Results(#[from] ResultsError),
@@ -44,6 +46,9 @@ pub struct Site {
     pub hosts: usize,
     /// SVG plots on the trends page.
     pub plots: usize,
+    /// Files left out, each with why (malformed, foreign, a bad start time): one bad file
+    /// in a nightly directory does not take the dashboard down.
+    pub skipped: Vec<String>,
 }
 
 /// One results file and when its run started, in seconds since the Unix epoch.
@@ -65,7 +70,7 @@ impl Run {
 
 /// Builds the site from every `*.json` in `input_dir` into `out_dir` (created if needed).
 pub fn build_site(input_dir: &Path, out_dir: &Path) -> Result<Site, DashboardError> {
-    let runs = load(input_dir)?;
+    let (runs, skipped) = load(input_dir)?;
     let (trends, plots) = trends_page(&runs)?;
     let pages = [("index.html", index_page(&runs)), ("trends.html", trends), ("compat.html", compat_page(&runs))];
     std::fs::create_dir_all(out_dir).map_err(|source| DashboardError::Write { path: out_dir.into(), source })?;
@@ -76,11 +81,12 @@ pub fn build_site(input_dir: &Path, out_dir: &Path) -> Result<Site, DashboardErr
         written.push(path);
     }
     let hosts = runs.iter().map(Run::host_key).collect::<BTreeSet<_>>().len();
-    Ok(Site { pages: written, runs: runs.len(), hosts, plots })
+    Ok(Site { pages: written, runs: runs.len(), hosts, plots, skipped })
 }
 
-/// Reads the results files in name order, then orders the runs by start time (name breaks ties).
-fn load(input_dir: &Path) -> Result<Vec<Run>, DashboardError> {
+/// Reads the results files in name order, then orders the runs by start time (name breaks
+/// ties). A file that cannot be read is left out with the reason; none readable is an error.
+fn load(input_dir: &Path) -> Result<(Vec<Run>, Vec<String>), DashboardError> {
     let list_err = |source| DashboardError::List { path: input_dir.into(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(input_dir).map_err(list_err)? {
@@ -93,16 +99,27 @@ fn load(input_dir: &Path) -> Result<Vec<Run>, DashboardError> {
     if files.is_empty() {
         return Err(DashboardError::NoResults { path: input_dir.into() });
     }
-    let mut runs = Vec::new();
+    let (mut runs, mut skipped, mut first_error) = (Vec::new(), Vec::new(), None);
     for file in files {
-        let results = Results::read(&file)?;
-        let Some(at) = parse_rfc3339(&results.started) else {
-            return Err(DashboardError::Started { path: file, started: results.started });
-        };
-        runs.push(Run { file, at, results });
+        let read = Results::read(&file).map_err(DashboardError::from).and_then(|results| {
+            match parse_rfc3339(&results.started) {
+                Some(at) => Ok(Run { file: file.clone(), at, results }),
+                None => Err(DashboardError::Started { path: file.clone(), started: results.started }),
+            }
+        });
+        match read {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                skipped.push(e.to_string());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let (true, Some(first)) = (runs.is_empty(), first_error) {
+        return Err(DashboardError::NoReadableResults { path: input_dir.into(), first: Box::new(first) });
     }
     runs.sort_by(|a, b| (a.at, &a.file).cmp(&(b.at, &b.file)));
-    Ok(runs)
+    Ok((runs, skipped))
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 timestamp (any offset, optional fraction).
@@ -787,21 +804,31 @@ mod tests {
         assert!(matches!(e, DashboardError::NoResults { .. }));
         assert!(e.to_string().contains("no results files"), "{e}");
 
+        // One bad file among good ones is left out with its reason, never fatal.
         fixture(input.path());
+        let good = build_site(input.path(), out.path()).unwrap();
         let bad = input.path().join("broken.json");
-        std::fs::write(&bad, "{\"schema\": \"hvprobe.results/1\", \"tests\": [").unwrap();
-        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
-        assert!(e.contains("broken.json") && e.contains("line 1 column"), "{e}");
-
-        std::fs::write(&bad, "{\"schema\": \"other/2\"}").unwrap();
-        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
-        assert!(e.contains("broken.json") && e.contains("other/2"), "{e}");
-
+        for (text, words) in [
+            ("{\"schema\": \"hvprobe.results/1\", \"tests\": [", ["broken.json", "line 1 column"]),
+            ("{\"schema\": \"other/2\"}", ["broken.json", "other/2"]),
+        ] {
+            std::fs::write(&bad, text).unwrap();
+            let site = build_site(input.path(), out.path()).unwrap();
+            assert_eq!(site.runs, good.runs, "the good runs are all there");
+            assert_eq!(site.skipped.len(), 1);
+            assert!(words.iter().all(|w| site.skipped[0].contains(w)), "{:?}", site.skipped);
+        }
         let mut r = crate::tests::sample();
         r.started = "yesterday".into();
         r.write_atomic(&bad).unwrap();
-        let e = build_site(input.path(), out.path()).unwrap_err().to_string();
-        assert!(e.contains("broken.json") && e.contains("yesterday"), "{e}");
+        let site = build_site(input.path(), out.path()).unwrap();
+        assert!(site.skipped[0].contains("broken.json") && site.skipped[0].contains("yesterday"), "{:?}", site.skipped);
+
+        // Nothing readable at all is an error that names the first problem.
+        let lonely = tempfile::tempdir().unwrap();
+        std::fs::write(lonely.path().join("only.json"), "{").unwrap();
+        let e = build_site(lonely.path(), out.path()).unwrap_err().to_string();
+        assert!(e.contains("no readable results file") && e.contains("only.json"), "{e}");
 
         let e = build_site(&input.path().join("absent"), out.path()).unwrap_err().to_string();
         assert!(e.contains("absent"), "{e}");

@@ -278,16 +278,54 @@ impl Results {
 
     /// Writes atomically (see [`write_text_atomic`]).
     pub fn write_atomic(&self, path: &Path) -> Result<(), ResultsError> {
+        write_text_atomic(path, &self.to_text(path)?)
+    }
+
+    /// Writes atomically to `path`, which must not exist yet: a run's own file, which no
+    /// other run may overwrite (see [`write_text_new`]).
+    pub fn write_new(&self, path: &Path) -> Result<(), ResultsError> {
+        write_text_new(path, &self.to_text(path)?)
+    }
+
+    fn to_text(&self, path: &Path) -> Result<String, ResultsError> {
         let mut text = serde_json::to_string_pretty(self)
             .map_err(|e| ResultsError::Write { path: path.into(), source: e.into() })?;
         text.push('\n');
-        write_text_atomic(path, &text)
+        Ok(text)
     }
 }
 
-/// Writes `text` to a temporary file in the same directory, syncs it, then renames it
-/// over `path`: a crash leaves either the old file or the new one, never half.
+/// Writes `text` to `path` without ever leaving half a file or destroying what is not a
+/// regular file:
+/// - a regular file (or none) is replaced atomically: a temporary file in the same
+///   directory, synced, then renamed over `path`, so a crash leaves the old file or the
+///   new one;
+/// - a device, pipe or socket (`/dev/stdout`, a FIFO) is written through, never replaced;
+/// - a symlink is followed and its target written as above; a dangling one is refused;
+/// - a directory is refused.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), ResultsError> {
+    let err = |source| ResultsError::Write { path: path.into(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path).map_err(err)?;
+            write_text_atomic(&target, text)
+        }
+        Ok(m) if m.is_dir() => Err(err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "it is a directory"))),
+        Ok(m) if !m.is_file() => {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(err)?;
+            f.write_all(text.as_bytes()).map_err(err)
+        }
+        _ => persist(path, text, false),
+    }
+}
+
+/// Like [`write_text_atomic`] for a regular file, but fails if `path` exists, even when
+/// another process creates it meanwhile: the rename is `renameat2(RENAME_NOREPLACE)`.
+pub fn write_text_new(path: &Path, text: &str) -> Result<(), ResultsError> {
+    persist(path, text, true)
+}
+
+fn persist(path: &Path, text: &str, exclusive: bool) -> Result<(), ResultsError> {
     let err = |source| ResultsError::Write { path: path.into(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -306,8 +344,23 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<(), ResultsError> {
     let mut tmp = builder.tempfile_in(dir).map_err(err)?;
     tmp.write_all(text.as_bytes()).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
+    if exclusive {
+        tmp.persist_noclobber(path).map_err(|e| err(e.error))?;
+    } else {
+        tmp.persist(path).map_err(|e| err(e.error))?;
+    }
     Ok(())
+}
+
+/// Checks, before a run starts, that a results file can be written into `dir`: it is (or
+/// can be made) a directory, and a file can be created there and removed.
+pub fn check_writable_dir(dir: &Path) -> Result<(), ResultsError> {
+    let err = |source| ResultsError::Write { path: dir.into(), source };
+    if dir.exists() && !dir.is_dir() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory")));
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    tempfile::Builder::new().prefix(".hvprobe-probe-").tempfile_in(dir).map(drop).map_err(err)
 }
 
 /// RFC 3339 UTC timestamp of `t` (seconds precision).
@@ -327,10 +380,15 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// A file name for a run started at `t` on `host`, for results/runs/.
-pub fn run_file_name(t: SystemTime, hostname: &str, backend: &str) -> String {
+/// A file name for a run started at `t` on `host` by process `pid`, for results/runs/:
+/// the time to the nanosecond and the process id, so that no two runs share one, even
+/// in the same second (and [`Results::write_new`] refuses to overwrite one that does).
+pub fn run_file_name(t: SystemTime, pid: u32, hostname: &str, backend: &str) -> String {
     let safe: String = hostname.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    format!("{}-{safe}-{backend}.json", rfc3339(t).replace(':', ""))
+    let nanos = t.duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let stamp = rfc3339(t).replace(':', "");
+    let stamp = stamp.trim_end_matches('Z');
+    format!("{stamp}.{nanos:09}Z-{pid}-{safe}-{backend}.json")
 }
 
 #[cfg(test)]
@@ -408,6 +466,57 @@ mod tests {
     }
 
     #[test]
+    fn a_run_file_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let r = sample();
+        r.write_new(&path).unwrap();
+        let e = r.write_new(&path).unwrap_err().to_string();
+        assert!(e.contains("run.json"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn writes_go_through_devices_and_symlinks_and_never_replace_them() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO stands for a device: written through, still a FIFO afterwards.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path and a mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        write_text_atomic(&fifo, "through\n").unwrap();
+        assert_eq!(reader.join().unwrap(), "through\n");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        // A symlink is followed: the target changes, the link stays a link.
+        let target = dir.path().join("target.txt");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_text_atomic(&link, "new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        // A dangling link and a directory are refused.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(write_text_atomic(&dangling, "x").is_err());
+        assert!(write_text_atomic(dir.path(), "x").is_err());
+    }
+
+    #[test]
+    fn an_output_directory_is_checked_before_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        check_writable_dir(&dir.path().join("new/sub")).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(check_writable_dir(&file).unwrap_err().to_string().contains("not a directory"));
+    }
+
+    #[test]
     fn malformed_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.json");
@@ -454,6 +563,7 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
         assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
-        assert_eq!(run_file_name(UNIX_EPOCH, "a b", "kvm_pvm"), "1970-01-01T000000Z-a_b-kvm_pvm.json");
+        let t = UNIX_EPOCH + std::time::Duration::new(1, 5);
+        assert_eq!(run_file_name(t, 42, "a b", "kvm_pvm"), "1970-01-01T000001.000000005Z-42-a_b-kvm_pvm.json");
     }
 }

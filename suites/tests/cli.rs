@@ -293,3 +293,77 @@ fn bench_refuses_bad_arguments() {
     let out = hvprobe().args(["bench", "--budget-ms", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn numbers_out_of_range_are_refused_before_anything_runs() {
+    for args in [
+        &["run", "--jobs", "0"][..],
+        &["run", "--jobs", "18446744073709551615"],
+        &["run", "--timeout", "1e30", "--filter", "cpu::boot"],
+        &["run", "--timeout", "1e19", "--filter", "cpu::boot"],
+        &["run", "--repeat", "0"],
+        &["bench", "--budget-ms", "1e300"],
+        &["bench", "--budget-ms", "1e15"],
+        &["bench", "--samples", "99999999999"],
+        &["bench", "--samples", "4294967296"],
+        &["compare", "a.json", "b.json", "--min-effect", "-1"],
+    ] {
+        let out = hvprobe().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if args.contains(&"--timeout") && !kvm_usable() {
+            continue; // the KVM error comes first
+        }
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_run_checks_its_output_before_the_first_case_and_never_overwrites_another() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the results directory should be: refused at once, nothing runs.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let out = hvprobe().args(["run", "--filter", "cpu::boot::real16", "--results-dir"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad input: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a directory") && err.contains("--results-dir"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cpu::boot::real16"), "no case ran");
+    // Runs started within the same second each keep their own file.
+    let runs = dir.path().join("runs");
+    for _ in 0..3 {
+        let out = hvprobe()
+            .args(["run", "--filter", "cpu::boot::real16", "--exact", "--results-dir"])
+            .arg(&runs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 3);
+}
+
+#[test]
+fn export_writes_through_a_device_and_to_standard_output() {
+    let out = hvprobe().args(["export", "-f", "ktap", "--out", "/dev/null"]).arg(reference()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta = std::fs::metadata("/dev/null").unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "/dev/null is still a device");
+    let out = hvprobe().args(["export", "-f", "ktap", "--out", "-"]).arg(reference()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("KTAP version 1"));
+}
+
+#[test]
+fn a_report_leaves_out_a_bad_file_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(reference(), dir.path().join("good.json")).unwrap();
+    std::fs::write(dir.path().join("truncated.json"), "{\"schema\": \"hvprobe.results/1\", \"te").unwrap();
+    let out = hvprobe().arg("report").arg(dir.path()).arg("--out").arg(dir.path().join("site")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning") && err.contains("truncated.json"), "{err}");
+    assert!(dir.path().join("site/index.html").exists());
+}

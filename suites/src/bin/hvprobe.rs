@@ -52,9 +52,9 @@ enum Command {
         /// Filters must match whole names.
         #[arg(long)]
         exact: bool,
-        /// Cases run at once (each in its own VM). Default: the number of CPUs.
-        #[arg(long, short)]
-        jobs: Option<usize>,
+        /// Cases run at once (each in its own VM), 1 to 1024. Default: the number of CPUs.
+        #[arg(long, short, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        jobs: Option<u16>,
         /// Write the results here instead of results/runs/<time>-<host>-<backend>.json.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -155,7 +155,8 @@ enum Command {
         /// junit, ktap, bmf or kcidb.
         #[arg(long, short)]
         format: hvprobe_results::export::Format,
-        /// Write here (atomically) instead of to standard output.
+        /// Write here instead of to standard output ("-" is standard output): a regular file
+        /// is replaced atomically, a device or pipe written through, a symlink followed.
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
@@ -229,7 +230,7 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Export { results, format, out } => {
             let text = hvprobe_results::export::export(&Results::read(results)?, *format);
-            match out {
+            match out.as_deref().filter(|p| *p != std::path::Path::new("-")) {
                 Some(path) => hvprobe_results::write_text_atomic(path, &text)?,
                 None => print!("{text}"),
             }
@@ -254,6 +255,9 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Report { dir, out } => {
             let site = hvprobe_results::dashboard::build_site(dir, out)?;
+            for why in &site.skipped {
+                eprintln!("hvprobe: warning: left out of the dashboard: {why}");
+            }
             println!(
                 "dashboard: {} runs from {} hosts, {} plots: {}",
                 site.runs,
@@ -293,11 +297,11 @@ fn real_main() -> Result<ExitCode> {
             let cfg = if quick {
                 BenchConfig::quick()
             } else {
-                if !(budget_ms.is_finite() && budget_ms > 0.0) {
-                    bail!("--budget-ms must be a positive number");
+                if !(budget_ms.is_finite() && (0.01..=10_000.0).contains(&budget_ms)) {
+                    bail!("--budget-ms must be a number from 0.01 to 10000, not {budget_ms}");
                 }
-                if samples < BenchConfig::MIN_SAMPLES {
-                    bail!("--samples must be at least {}", BenchConfig::MIN_SAMPLES);
+                if !(BenchConfig::MIN_SAMPLES..=10_000).contains(&samples) {
+                    bail!("--samples must be from {} to 10000, not {samples}", BenchConfig::MIN_SAMPLES);
                 }
                 BenchConfig { budget: Duration::from_secs_f64(budget_ms / 1e3), samples, ..BenchConfig::standard() }
             };
@@ -307,6 +311,7 @@ fn real_main() -> Result<ExitCode> {
             }
             let (ctx, facts) = context(kvm, profile.as_deref(), runner::DEFAULT_TIMEOUT.as_secs_f64(), payload)?;
             let started = SystemTime::now();
+            let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
             let mut results = Results::new(host_record(&facts), started);
             println!(
@@ -321,11 +326,7 @@ fn real_main() -> Result<ExitCode> {
             let failed = benchmarks(&ctx, &guest, host, &cfg, &mut results);
             results.duration_s = t0.elapsed().as_secs_f64();
             println!("wall time {:.1} s", results.duration_s);
-            let path = json.unwrap_or_else(|| {
-                results_dir.join(hvprobe_results::run_file_name(started, &facts.hostname, facts.backend.name()))
-            });
-            results.write_atomic(&path)?;
-            println!("results: {}", path.display());
+            out.write(&results)?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Compare { .. } | Command::Report { .. } | Command::Export { .. } | Command::Crossref { .. } => {
@@ -362,8 +363,9 @@ fn real_main() -> Result<ExitCode> {
             }
             let kvm_dev = kvm.clone().unwrap_or_else(hvprobe_harness::host::kvm_path);
             let (ctx, facts) = context(Some(kvm_dev.clone()), profile.as_deref(), timeout, payload)?;
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let jobs = jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
             let started = SystemTime::now();
+            let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
             println!(
                 "hvprobe: {} cases on {} ({}), {} jobs, profile {}, seed {:#x}",
@@ -415,14 +417,56 @@ fn real_main() -> Result<ExitCode> {
                 bench_failed = benchmarks(&ctx, &guest, host, &BenchConfig::standard(), &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
-            let path = json.unwrap_or_else(|| {
-                results_dir.join(hvprobe_results::run_file_name(started, &facts.hostname, facts.backend.name()))
-            });
-            results.write_atomic(&path)?;
-            println!("results: {}", path.display());
+            out.write(&results)?;
             let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
             Ok(if failed + bench_failed + flipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+    }
+}
+
+/// Where a run's results go, checked before the first case runs so that a run never ends
+/// with its results unwritable: `--json PATH` (replaced atomically, or written through
+/// when it is a device or pipe), else a file of its own in the results directory, named
+/// by time, process and host, which no other run can overwrite.
+enum Output {
+    Given(PathBuf),
+    New(PathBuf),
+}
+
+impl Output {
+    fn checked(json: Option<PathBuf>, dir: &std::path::Path, started: SystemTime, facts: &HostFacts) -> Result<Output> {
+        match json {
+            Some(path) => {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                if !path.exists() || path.is_file() {
+                    hvprobe_results::check_writable_dir(parent)
+                        .with_context(|| format!("--json {}: its directory cannot be written", path.display()))?;
+                }
+                Ok(Output::Given(path))
+            }
+            None => {
+                hvprobe_results::check_writable_dir(dir)
+                    .with_context(|| format!("--results-dir {}: cannot write results there", dir.display()))?;
+                let name =
+                    hvprobe_results::run_file_name(started, std::process::id(), &facts.hostname, facts.backend.name());
+                Ok(Output::New(dir.join(name)))
+            }
+        }
+    }
+
+    fn write(&self, results: &Results) -> Result<()> {
+        let path = match self {
+            Output::Given(path) => {
+                results.write_atomic(path)?;
+                path
+            }
+            Output::New(path) => {
+                results.write_new(path)?;
+                path
+            }
+        };
+        println!("results: {}", path.display());
+        Ok(())
     }
 }
 
@@ -468,8 +512,8 @@ fn context(
         Some(path) => Profile::load(path, &host, payload)?,
         None => Profile::builtin(&host, payload)?,
     };
-    if !(timeout.is_finite() && timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
+        bail!("--timeout must be a number of seconds above 0 and at most 86400, not {timeout}");
     }
     let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
     Ok((Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case }, facts))

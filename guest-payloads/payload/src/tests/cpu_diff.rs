@@ -15,7 +15,7 @@ use core::arch::global_asm;
 use hvprobe_rt::abi::proto::service;
 use hvprobe_rt::proto::MessageBuf;
 use hvprobe_rt::user::call_at_cpl3;
-use hvprobe_rt::{check_no_exception, log, metric, test_case};
+use hvprobe_rt::{check, check_no_exception, log, metric, test_case};
 
 /// The registers a stub reads and writes, and RFLAGS before and after.
 #[repr(C)]
@@ -376,6 +376,7 @@ test_case! {
                 first.get_or_insert(index);
             }
         }
+        check!(ran > 0, "HVPROBE_CASE {} is not one of the {} generated cases", only, CASES);
         metric("cases", "count", ran);
         let total: u32 = differing.iter().sum();
         metric("differing_cases", "count", total as u64);
@@ -457,6 +458,7 @@ test_case! {
                 first.get_or_insert(index - 1);
             }
         }
+        check!(ran > 0, "HVPROBE_CASE {} is not one of the {} generated cases", only, CASES);
         metric("cases", "count", ran);
         metric("differing_cases", "count", differing);
         if let Some(index) = first {
