@@ -266,8 +266,8 @@ impl Vm {
         // SAFETY: run_ptr points into vCPU 0's kvm_run mapping, live for as long as `self`.
         let immediate_exit = ImmediateExit(unsafe { &raw mut (*run_ptr).immediate_exit });
         let start = Instant::now();
-        let watchdog = Watchdog::arm(options.timeout, immediate_exit)?;
-        let pause = options.pause_after.map(|after| Watchdog::arm(after, immediate_exit)).transpose()?;
+        let watchdog = Watchdog::arm(options.timeout, immediate_exit, options.stop.clone())?;
+        let pause = options.pause_after.map(|after| Watchdog::arm(after, immediate_exit, None)).transpose()?;
         let max_exits = options.max_exits.unwrap_or(u64::MAX);
         let mut exits = 0u64;
         // The application processors run on their own threads for as long as vCPU 0 does.

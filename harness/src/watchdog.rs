@@ -83,8 +83,13 @@ impl ImmediateExit {
 }
 
 impl Watchdog {
-    /// Starts watching the calling thread's next KVM_RUN calls.
-    pub fn arm(limit: Duration, immediate_exit: ImmediateExit) -> Result<Watchdog, Error> {
+    /// Starts watching the calling thread's next KVM_RUN calls: kicks it out at `limit`,
+    /// or as soon as `stop` is raised (an interrupted run; then `fired` stays false).
+    pub fn arm(
+        limit: Duration,
+        immediate_exit: ImmediateExit,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<Watchdog, Error> {
         install_handler()?;
         // SAFETY: pthread_self has no preconditions.
         let vcpu_thread = unsafe { libc::pthread_self() };
@@ -97,12 +102,19 @@ impl Watchdog {
                 let mut done = s.done.lock().unwrap_or_else(|e| e.into_inner());
                 while !*done {
                     let now = Instant::now();
-                    let wait = if now < deadline { deadline - now } else { Duration::from_millis(20) };
-                    if now >= deadline {
-                        s.fired.store(true, Ordering::SeqCst);
+                    let mut wait = if now < deadline { deadline - now } else { Duration::from_millis(20) };
+                    let stopped = stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+                    if now >= deadline || stopped {
+                        if !stopped {
+                            s.fired.store(true, Ordering::SeqCst);
+                        }
                         // The vCPU thread is alive until it drops this watchdog, which
                         // waits for this thread to end first.
                         immediate_exit.kick(vcpu_thread);
+                    }
+                    if stop.is_some() {
+                        // Looks at the stop flag every 20 ms.
+                        wait = wait.min(Duration::from_millis(20));
                     }
                     done = s.wake.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
                 }

@@ -283,6 +283,14 @@ fn index_page(runs: &[Run]) -> String {
         esc(&latest.file_name())
     );
 
+    if let Some(i) = &r.incomplete {
+        let _ = writeln!(
+            b,
+            "<p class=\"incomplete\"><strong>Incomplete run</strong>: {}; {} selected cases did not finish.</p>",
+            esc(&i.reason),
+            i.cases_not_run
+        );
+    }
     b.push_str("<h2 id=\"host\">Host</h2>\n<table class=\"facts\">\n");
     let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
     let mut facts = vec![

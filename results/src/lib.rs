@@ -47,6 +47,20 @@ pub struct Results {
     /// The path table built from `tests` (see [`paths`]); absent in older files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<paths::PathBehaviour>,
+    /// Present when the run was stopped before every selected case ran: `tests` then holds
+    /// the cases that finished, and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
+}
+
+/// Why a run's results are partial, and how much is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incomplete {
+    /// What stopped it, e.g. "interrupted by SIGINT".
+    pub reason: String,
+    /// Selected cases that did not finish (never started, or stopped while running).
+    pub cases_not_run: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +265,7 @@ impl Results {
             tests: Vec::new(),
             benchmarks: Vec::new(),
             paths: Vec::new(),
+            incomplete: None,
         }
     }
 

@@ -21,6 +21,9 @@ const LIVE: Plan = Plan { max_rounds: 5, converged_pages: 16, round_gap: Duratio
 /// The environment variable that makes a hvprobe process a restorer (see [`serve_if_asked`]).
 pub const RESUME_ENV: &str = "HVPROBE_RESUME_SNAPSHOT";
 const RESUME_TIMEOUT_ENV: &str = "HVPROBE_RESUME_TIMEOUT_MS";
+/// The pid of the hvprobe that started the restoring process: the entry point serves
+/// only a child of that process, never a user who happens to set [`RESUME_ENV`].
+const RESUME_PARENT_ENV: &str = "HVPROBE_RESUME_PARENT";
 
 fn host_metric(report: &mut RunReport, name: &str, unit: &str, value: u64) {
     report.metrics.push(Metric { name: format!("host_{name}"), unit: unit.into(), value });
@@ -79,6 +82,8 @@ pub fn drive(
     let deadline = Instant::now() + options.timeout;
     let (seed, only_case) = (options.seed, options.only_case);
     let mut services = options.services;
+    let stop = options.stop;
+    let stopped = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
     let mut total = RunReport::default();
     let mut rng = seed | 1;
     let (mut pauses_left, mut migrated, mut moves) = (0u32, false, 0u64);
@@ -95,7 +100,7 @@ pub fn drive(
             only_case,
             max_exits: None,
             pause_after,
-            stop: None,
+            stop: stop.clone(),
         };
         let part = if how == Some(Migrate::Live) && !migrated {
             migrated = true;
@@ -130,6 +135,10 @@ pub fn drive(
         };
         let end = part.end().clone();
         merge(&mut total, part);
+        if end == RunEnd::Paused && stopped() {
+            // Interrupted: no save, no restore; the caller drops the case.
+            return Ok((total, Some(vm)));
+        }
         match (&end, how) {
             (RunEnd::Checkpoint { tag }, Some(Migrate::CrossProcess)) => {
                 let (snap, _) = vm.save(&t.case.name)?;
@@ -203,6 +212,7 @@ fn in_another_process(snap: &hvprobe_harness::Snapshot, deadline: Instant) -> Re
     let out = Command::new(exe)
         .env(RESUME_ENV, &path)
         .env(RESUME_TIMEOUT_ENV, left.as_millis().to_string())
+        .env(RESUME_PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -226,13 +236,29 @@ fn in_another_process(snap: &hvprobe_harness::Snapshot, deadline: Instant) -> Re
 /// standard output, and exit.
 pub fn serve_if_asked() {
     let Some(path) = std::env::var_os(RESUME_ENV) else { return };
-    let r = resume(std::path::Path::new(&path)).unwrap_or_else(|e| Resumed {
+    // Dies with the hvprobe that started it, so that no restoring process outlives a run
+    // that was killed (PR_SET_PDEATHSIG), and serves only that parent.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and no pointers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let ours = std::env::var(RESUME_PARENT_ENV).ok().and_then(|p| p.parse::<libc::pid_t>().ok()) == Some(parent);
+    if !ours {
+        eprintln!(
+            "hvprobe: {RESUME_ENV} is set, but this process was not started by hvprobe to restore a snapshot: \
+             it is internal to the state cases; unset it"
+        );
+        std::process::exit(2);
+    }
+    let r = resume(std::path::Path::new(&path));
+    let failed = r.is_err();
+    let r = r.unwrap_or_else(|e| Resumed {
         pid: std::process::id(),
         end: format!("restore failed: {e}"),
         ..Resumed::default()
     });
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
-    std::process::exit(0);
+    std::process::exit(i32::from(failed));
 }
 
 fn resume(path: &std::path::Path) -> Result<Resumed, String> {

@@ -29,6 +29,9 @@ pub struct Context {
     /// The seed of generated cases, and the one case to run alone, if any.
     pub seed: u64,
     pub only_case: Option<u64>,
+    /// Raised when the run is interrupted (SIGINT, SIGTERM): running cases are stopped
+    /// where they are (`RunEnd::Paused`) and their VMs torn down.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Reads $HVPROBE_SEED (a number, or "random" for one from the clock) and $HVPROBE_CASE
@@ -156,6 +159,7 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
             timeout: timeout_of(case, ctx.default_timeout),
             seed: ctx.seed,
             only_case: ctx.only_case,
+            stop: ctx.stop.clone(),
             ..RunOptions::default()
         };
         let driven = crate::migrate::drive(&target, vm, hook.and_then(|h| h.migrate), options);

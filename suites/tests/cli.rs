@@ -367,3 +367,76 @@ fn a_report_leaves_out_a_bad_file_and_says_which() {
     assert!(err.contains("warning") && err.contains("truncated.json"), "{err}");
     assert!(dir.path().join("site/index.html").exists());
 }
+
+/// Starts `hvprobe run` on `filter` writing `json`, waits until it has reported its first
+/// case, and returns the child with its output reader.
+fn start_run(
+    filter: &str,
+    json: &std::path::Path,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead as _;
+    let mut child = hvprobe()
+        .args(["run", "--jobs", "1", "--filter", filter, "--json"])
+        .arg(json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("pass ") || line.starts_with("xfail ") || line.starts_with("skip ") {
+            break;
+        }
+        line.clear();
+    }
+    (child, out)
+}
+
+#[test]
+fn an_interrupted_run_writes_what_finished_marked_incomplete() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let json = dir.path().join(format!("run-{signal}.json"));
+        let (mut child, _out) = start_run("irq::", &json);
+        // SAFETY: kill with the pid of our own live child.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "signal {signal}");
+        let results = hvprobe_results::Results::read(&json).unwrap();
+        let incomplete = results.incomplete.as_ref().expect("marked incomplete");
+        assert!(incomplete.cases_not_run > 0 && !results.tests.is_empty(), "{incomplete:?}");
+        assert!(results.tests.iter().all(|t| t.failure.as_ref().is_none_or(|f| f.end != "paused")), "no cut case");
+        validate_schema(&json);
+    }
+}
+
+#[test]
+fn a_closed_pipe_stops_the_run_and_keeps_its_results() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is unusable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("piped.json");
+    let (mut child, out) = start_run("irq::", &json);
+    drop(out); // the reader goes away, as `| head` does
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141), "exit 141, not a death by SIGPIPE");
+    let results = hvprobe_results::Results::read(&json).unwrap();
+    assert_eq!(results.incomplete.map(|i| i.reason), Some("standard output was closed".to_string()));
+}
+
+#[test]
+fn the_restore_entry_point_serves_only_its_parent() {
+    for args in [&["run"][..], &["list"], &["--help"]] {
+        let out = hvprobe().args(args).env("HVPROBE_RESUME_SNAPSHOT", "/x").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("internal"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing pretends to have run");
+    }
+}

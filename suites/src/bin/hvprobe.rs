@@ -20,6 +20,79 @@ use hvprobe_suites::profile::{Profile, ProfileHost};
 use hvprobe_suites::stability::{self, BusyLoad, Pass};
 use hvprobe_suites::{Context, Phases, catalog, hooks, run_case_timed, runner};
 
+/// What stops a run early: SIGINT, SIGTERM, or standard output closed under us (`hvprobe
+/// run | head`). The first stops the running cases and writes what finished; a second
+/// SIGINT or SIGTERM ends the process at once.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    static SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+    static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+    /// Installs the handlers; returns the flag a run's cases watch.
+    pub fn install() -> std::io::Result<Arc<AtomicBool>> {
+        let stop = Arc::clone(STOP.get_or_init(|| Arc::new(AtomicBool::new(false))));
+        let signal = Arc::clone(SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0))));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Registered first, so it sees the flag as the previous signal left it.
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))?;
+            signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+            signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        }
+        Ok(stop)
+    }
+
+    pub fn stopped() -> bool {
+        STOP.get().is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Called when a write to standard output failed: the reader is gone.
+    pub fn stdout_closed() {
+        STDOUT_CLOSED.store(true, Ordering::SeqCst);
+        if let Some(s) = STOP.get() {
+            s.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn is_stdout_closed() -> bool {
+        STDOUT_CLOSED.load(Ordering::SeqCst)
+    }
+
+    /// Why the run stopped and the exit code that says so: 128 + the signal, as a shell
+    /// reports a process the signal ended (130 SIGINT, 143 SIGTERM, 141 a closed pipe).
+    pub fn reason() -> Option<(String, u8)> {
+        if !stopped() {
+            return None;
+        }
+        Some(match SIGNAL.get().map_or(0, |s| s.load(Ordering::SeqCst)) as i32 {
+            signal_hook::consts::SIGINT => ("interrupted by SIGINT".into(), 130),
+            signal_hook::consts::SIGTERM => ("stopped by SIGTERM".into(), 143),
+            _ => ("standard output was closed".into(), 141),
+        })
+    }
+}
+
+/// `println!` that never panics: once standard output is gone (a closed pipe), it stops
+/// the run instead (see [`interrupt`]) and writes nothing more.
+macro_rules! say {
+    () => { say_raw!("\n") };
+    ($($arg:tt)*) => {{
+        say_raw!("{}\n", format_args!($($arg)*))
+    }};
+}
+
+/// `print!` that never panics (see [`say!`]).
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if !interrupt::is_stdout_closed() && write!(std::io::stdout().lock(), $($arg)*).is_err() {
+            interrupt::stdout_closed();
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "hvprobe", version, about = "Hypervisor conformance and performance probes on KVM")]
 struct Cli {
@@ -190,10 +263,10 @@ enum FailOnArg {
 fn main() -> ExitCode {
     // A state case restores its snapshot in a second process: this executable, again.
     hvprobe_suites::migrate::serve_if_asked();
-    // Like other Unix tools, end quietly when the reader of our output goes away
-    // (`hvprobe list | head`) instead of panicking on EPIPE.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // A closed pipe is an EPIPE that `say!` turns into a stop of the run (whose finished
+    // cases are still written), never a death by SIGPIPE that loses them.
+    // SAFETY: setting SIGPIPE's disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -232,7 +305,7 @@ fn real_main() -> Result<ExitCode> {
             let text = hvprobe_results::export::export(&Results::read(results)?, *format);
             match out.as_deref().filter(|p| *p != std::path::Path::new("-")) {
                 Some(path) => hvprobe_results::write_text_atomic(path, &text)?,
-                None => print!("{text}"),
+                None => say_raw!("{text}"),
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -247,9 +320,9 @@ fn real_main() -> Result<ExitCode> {
                         bail!("{} has no crossref markers ({})", path.display(), hvprobe_results::crossref::BEGIN);
                     };
                     hvprobe_results::write_text_atomic(path, &new)?;
-                    println!("crossref: {} updated", path.display());
+                    say!("crossref: {} updated", path.display());
                 }
-                None => print!("{table}"),
+                None => say_raw!("{table}"),
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -258,7 +331,7 @@ fn real_main() -> Result<ExitCode> {
             for why in &site.skipped {
                 eprintln!("hvprobe: warning: left out of the dashboard: {why}");
             }
-            println!(
+            say!(
                 "dashboard: {} runs from {} hosts, {} plots: {}",
                 site.runs,
                 site.hosts,
@@ -276,18 +349,18 @@ fn real_main() -> Result<ExitCode> {
             let cases =
                 if bench { bench::select(payload, &filter, exact).0 } else { catalog::select(payload, &filter, exact) };
             if count {
-                println!("{}", cases.len());
+                say!("{}", cases.len());
             } else {
                 for c in cases {
                     let req = c.requirement_names();
                     let req = if req.is_empty() { String::new() } else { format!("  requires: {}", req.join(", ")) };
-                    println!("{:<44} {:<4} {:<6}{req}", c.name, c.path.name(), c.mode.name());
+                    say!("{:<44} {:<4} {:<6}{req}", c.name, c.path.name(), c.mode.name());
                 }
                 if bench {
                     for h in
                         bench::select(payload, &filter, exact).1.then_some(bench::HOST_BENCHES).into_iter().flatten()
                     {
-                        println!("{h:<44} host");
+                        say!("{h:<44} host");
                     }
                 }
             }
@@ -314,7 +387,7 @@ fn real_main() -> Result<ExitCode> {
             let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
             let mut results = Results::new(host_record(&facts), started);
-            println!(
+            say!(
                 "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {} samples",
                 guest.len(),
                 if host { bench::HOST_BENCHES.len() } else { 0 },
@@ -325,7 +398,7 @@ fn real_main() -> Result<ExitCode> {
             );
             let failed = benchmarks(&ctx, &guest, host, &cfg, &mut results);
             results.duration_s = t0.elapsed().as_secs_f64();
-            println!("wall time {:.1} s", results.duration_s);
+            say!("wall time {:.1} s", results.duration_s);
             out.write(&results)?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -337,7 +410,7 @@ fn real_main() -> Result<ExitCode> {
             let facts = HostFacts::gather(opened.as_ref());
             let host = host_record(&facts);
             if json {
-                println!("{}", serde_json::to_string_pretty(&host)?);
+                say!("{}", serde_json::to_string_pretty(&host)?);
             } else {
                 print_host(&host);
             }
@@ -362,17 +435,18 @@ fn real_main() -> Result<ExitCode> {
                 bail!("no test case matches the filters {filter:?}");
             }
             let kvm_dev = kvm.clone().unwrap_or_else(hvprobe_harness::host::kvm_path);
-            let (ctx, facts) = context(Some(kvm_dev.clone()), profile.as_deref(), timeout, payload)?;
+            let (mut ctx, facts) = context(Some(kvm_dev.clone()), profile.as_deref(), timeout, payload)?;
+            ctx.stop = Some(interrupt::install().context("cannot install the SIGINT/SIGTERM handlers")?);
             let jobs = jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
             let started = SystemTime::now();
             let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
-            println!(
-                "hvprobe: {} cases on {} ({}), {} jobs, profile {}, seed {:#x}",
+            say!(
+                "hvprobe: {} cases on {} ({}), {jobs} job{}, profile {}, seed {:#x}",
                 cases.len(),
                 facts.hostname,
                 facts.backend.name(),
-                jobs,
+                if jobs == 1 { "" } else { "s" },
                 ctx.profile.source,
                 ctx.seed
             );
@@ -383,29 +457,55 @@ fn real_main() -> Result<ExitCode> {
             if plan.len() > 1 {
                 let mut passes = vec![tests.clone()];
                 for (i, pass) in plan.iter().enumerate().skip(1) {
-                    println!("\npass {} of {}: {}", i + 1, plan.len(), pass.describe());
+                    if interrupt::stopped() {
+                        break;
+                    }
+                    say!("\npass {} of {}: {}", i + 1, plan.len(), pass.describe());
                     let reseeded;
                     let pass_ctx = match pass.seed {
                         None => &ctx,
                         Some(seed) => {
-                            reseeded =
-                                Context { kvm: Kvm::open_path(&kvm_dev)?, profile: ctx.profile.clone(), seed, ..ctx };
+                            reseeded = Context {
+                                kvm: Kvm::open_path(&kvm_dev)?,
+                                profile: ctx.profile.clone(),
+                                seed,
+                                stop: ctx.stop.clone(),
+                                ..ctx
+                            };
                             &reseeded
                         }
                     };
                     passes.push(run_all(pass_ctx, &cases, *pass, verbose).0);
                 }
-                let flips = stability::flips(&passes);
-                println!("\n{}", stability::render(&plan, &passes, &flips));
-                flipped = flips.len();
+                if !interrupt::stopped() {
+                    let flips = stability::flips(&passes);
+                    say!("\n{}", stability::render(&plan, &passes, &flips));
+                    flipped = flips.len();
+                }
             }
             let mut results = Results::new(host_record(&facts), started);
+            let finished = tests.len();
             results.tests = tests;
             results.paths = hvprobe_results::paths::table(&results.tests);
+            if let Some((reason, code)) = interrupt::reason() {
+                // What finished is written, marked incomplete; nothing else starts.
+                results.incomplete = Some(hvprobe_results::Incomplete {
+                    reason: reason.clone(),
+                    cases_not_run: (cases.len() - finished) as u64,
+                });
+                results.duration_s = t0.elapsed().as_secs_f64();
+                out.write(&results)?;
+                eprintln!(
+                    "hvprobe: {reason}: the {finished} of {} cases that finished are in {}, marked incomplete",
+                    cases.len(),
+                    out.path().display()
+                );
+                return Ok(ExitCode::from(code));
+            }
             print_failures(&results);
             let table = hvprobe_results::paths::render(&results.paths);
             if !table.is_empty() {
-                println!("\n{table}");
+                say!("\n{table}");
             }
             print_summary(&results, wall, jobs, &phases);
             results.benchmarks.extend(suite_benchmarks(wall, &phases));
@@ -413,7 +513,7 @@ fn real_main() -> Result<ExitCode> {
             let (guest, host) = bench::select(payload, &filter, exact);
             if bench && (!guest.is_empty() || host) {
                 let hosts = if host { bench::HOST_BENCHES.len() } else { 0 };
-                println!("\nbenchmarks: {} guest and {hosts} host, one at a time", guest.len());
+                say!("\nbenchmarks: {} guest and {hosts} host, one at a time", guest.len());
                 bench_failed = benchmarks(&ctx, &guest, host, &BenchConfig::standard(), &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
@@ -454,6 +554,12 @@ impl Output {
         }
     }
 
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Output::Given(path) | Output::New(path) => path,
+        }
+    }
+
     fn write(&self, results: &Results) -> Result<()> {
         let path = match self {
             Output::Given(path) => {
@@ -465,7 +571,7 @@ impl Output {
                 path
             }
         };
-        println!("results: {}", path.display());
+        say!("results: {}", path.display());
         Ok(())
     }
 }
@@ -483,9 +589,9 @@ fn compare(
     let b = Results::read(after)?;
     let c = hvprobe_results::compare::compare_with(&a, &b, min_effect);
     if json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+        say!("{}", serde_json::to_string_pretty(&c)?);
     } else {
-        print!("{}", c.render());
+        say_raw!("{}", c.render());
     }
     let on = match fail_on {
         FailOnArg::Regressions => FailOn::Regressions,
@@ -516,13 +622,16 @@ fn context(
         bail!("--timeout must be a number of seconds above 0 and at most 86400, not {timeout}");
     }
     let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
-    Ok((Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case }, facts))
+    Ok((
+        Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case, stop: None },
+        facts,
+    ))
 }
 
 /// Runs the benchmarks, printing each as it finishes, and adds their figures to
 /// `results`. Returns how many failed (skips and known deviations do not count).
 fn benchmarks(ctx: &Context, guest: &[&TestCase], host: bool, cfg: &BenchConfig, results: &mut Results) -> usize {
-    let done = bench::run_all(ctx, guest, host, cfg, |r| println!("{}", bench::line(r)));
+    let done = bench::run_all(ctx, guest, host, cfg, |r| say!("{}", bench::line(r)));
     for r in &done {
         results.benchmarks.extend(r.records());
     }
@@ -531,7 +640,7 @@ fn benchmarks(ctx: &Context, guest: &[&TestCase], host: bool, cfg: &BenchConfig,
         .filter_map(|r| r.floor_ratio().map(|x| format!("{} {x:.2}", r.name.trim_start_matches("host::"))))
         .collect();
     if !ratios.is_empty() {
-        println!("hvprobe / bare-ioctl floor: {}", ratios.join(", "));
+        say!("hvprobe / bare-ioctl floor: {}", ratios.join(", "));
     }
     done.iter().filter(|r| bench::is_failure(r)).count()
 }
@@ -573,8 +682,15 @@ fn run_all(ctx: &Context, cases: &[&TestCase], pass: Pass, verbose: bool) -> (Ve
         for _ in 0..jobs.min(cases.len()) {
             s.spawn(|| {
                 while let Some(case) = cases.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    if interrupt::stopped() {
+                        break;
+                    }
                     bar.set_message(case.name.clone());
                     let (r, phases) = run_case_timed(ctx, case);
+                    if interrupt::stopped() && r.failure.as_ref().is_some_and(|f| f.end == "paused") {
+                        // Stopped where it was by the interrupt: not a result.
+                        continue;
+                    }
                     let mut line = format!("{:<8} {} ({:.0} ms)", r.outcome.name(), r.name, r.duration_ms);
                     let noteworthy = is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail;
                     if let (Some(reason), true) = (&r.reason, verbose || noteworthy) {
@@ -582,7 +698,7 @@ fn run_all(ctx: &Context, cases: &[&TestCase], pass: Pass, verbose: bool) -> (Ve
                     }
                     // A hidden bar (output is not a terminal) would swallow println.
                     if bar.is_hidden() {
-                        println!("{line}");
+                        say!("{line}");
                     } else {
                         bar.println(line);
                     }
@@ -625,30 +741,30 @@ fn host_record(f: &HostFacts) -> Host {
 }
 
 fn print_host(h: &Host) {
-    println!("hostname        {}", h.hostname);
-    println!("kernel          {}", h.kernel);
+    say!("hostname        {}", h.hostname);
+    say!("kernel          {}", h.kernel);
     let signature = h.cpu_signature.map_or(String::new(), |s| format!(", CPUID.1:EAX {s:#x}"));
-    println!("cpu             {} ({}{signature})", h.cpu_model, h.cpu_vendor);
-    println!("backend         {}", h.backend);
+    say!("cpu             {} ({}{signature})", h.cpu_model, h.cpu_vendor);
+    say!("backend         {}", h.backend);
     if let Some(p) = &h.platform {
         let signature = h.platform_signature.as_ref().map_or(String::new(), |s| format!(" (signature {s:?})"));
-        println!("platform        {p}{signature}");
+        say!("platform        {p}{signature}");
     }
     for note in &h.platform_notes {
-        println!("                {note}");
+        say!("                {note}");
     }
     if !h.backend_params.is_empty() {
         let params: Vec<String> = h.backend_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("parameters      {}", params.join(" "));
+        say!("parameters      {}", params.join(" "));
     }
     match (&h.kvm_api_version, &h.kvm_error) {
-        (Some(v), _) => println!("KVM API         {v}"),
-        (None, Some(e)) => println!("KVM             unusable: {e}"),
-        (None, None) => println!("KVM             unusable"),
+        (Some(v), _) => say!("KVM API         {v}"),
+        (None, Some(e)) => say!("KVM             unusable: {e}"),
+        (None, None) => say!("KVM             unusable"),
     }
-    println!("TSC             {}", h.tsc_khz.map_or("unknown".into(), |k| format!("{k} kHz")));
+    say!("TSC             {}", h.tsc_khz.map_or("unknown".into(), |k| format!("{k} kHz")));
     for (cap, v) in &h.capabilities {
-        println!("  {cap:<36} {v}");
+        say!("  {cap:<36} {v}");
     }
 }
 
@@ -657,18 +773,18 @@ fn print_failures(r: &Results) {
     if bad.is_empty() {
         return;
     }
-    println!("\nfailures:");
+    say!("\nfailures:");
     for t in bad {
-        println!("\n--- {} [{}] ({} {})", t.name, t.outcome.name(), t.path, t.mode);
-        println!("    {}", t.reason.as_deref().unwrap_or(""));
+        say!("\n--- {} [{}] ({} {})", t.name, t.outcome.name(), t.path, t.mode);
+        say!("    {}", t.reason.as_deref().unwrap_or(""));
         if let Some(cpu) = t.failure.as_ref().and_then(|f| f.cpu.as_ref()) {
-            println!("    cpu: {cpu}");
+            say!("    cpu: {cpu}");
         }
         for l in &t.log {
-            println!("    log: {l}");
+            say!("    log: {l}");
         }
         if let Some(c) = &t.console {
-            println!("    console: {c}");
+            say!("    console: {c}");
         }
     }
 }
@@ -678,18 +794,18 @@ fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
     for t in &r.tests {
         *rows.entry((t.area.clone(), t.path.clone())).or_default().entry(t.outcome).or_default() += 1;
     }
-    println!();
-    print!("{:<6} {:<5} {:>5}", "area", "path", "total");
+    say!();
+    say_raw!("{:<6} {:<5} {:>5}", "area", "path", "total");
     for o in Outcome::ALL {
-        print!(" {:>7}", o.name());
+        say_raw!(" {:>7}", o.name());
     }
-    println!();
+    say!();
     let row = |area: &str, path: &str, counts: &BTreeMap<Outcome, usize>| {
-        print!("{area:<6} {path:<5} {:>5}", counts.values().sum::<usize>());
+        say_raw!("{area:<6} {path:<5} {:>5}", counts.values().sum::<usize>());
         for o in Outcome::ALL {
-            print!(" {:>7}", counts.get(&o).copied().unwrap_or(0));
+            say_raw!(" {:>7}", counts.get(&o).copied().unwrap_or(0));
         }
-        println!();
+        say!();
     };
     for ((area, path), counts) in &rows {
         row(area, path, counts);
@@ -697,15 +813,15 @@ fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
     row("all", "", &r.counts());
     let expected = r.tests.iter().filter(|t| t.expected_timeout && t.outcome == Outcome::Timeout).count();
     if expected > 0 {
-        println!("({expected} timeout(s) expected: the watchdog's own cases)");
+        say!("({expected} timeout(s) expected: the watchdog's own cases)");
     }
-    println!("wall time {:.1} s for {} cases on {jobs} jobs", wall.as_secs_f64(), r.tests.len());
+    say!("wall time {:.1} s for {} cases on {jobs} jobs", wall.as_secs_f64(), r.tests.len());
     if !phases.is_empty() {
         let med = |f: fn(&Phases) -> Duration| {
             bench::summarize(&phases.iter().map(|p| f(p).as_secs_f64() * 1e3).collect::<Vec<_>>()).median
         };
         let total: f64 = phases.iter().map(|p| (p.boot + p.run + p.judge + p.teardown).as_secs_f64()).sum();
-        println!(
+        say!(
             "per case (median): boot {:.2} ms, run {:.2} ms, judge {:.3} ms, teardown {:.2} ms; {:.1} s of case time in all",
             med(|p| p.boot),
             med(|p| p.run),
