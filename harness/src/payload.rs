@@ -39,7 +39,7 @@ pub enum PayloadError {
 }
 
 /// The areas test names may start with (design.md).
-pub const AREAS: [&str; 5] = ["cpu", "irq", "io", "pv", "state"];
+pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
 /// The area of benchmarks, which are not conformance cases.
 pub const BENCH_AREA: &str = "bench";
 

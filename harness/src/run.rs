@@ -731,6 +731,9 @@ impl Vm {
     fn signal_irqfd(&mut self, gsi: u64, resample: bool) -> Result<u64, ()> {
         let gsi = u32::try_from(gsi).map_err(|_| ())?;
         if !self.irqfds.iter().any(|(g, ..)| *g == gsi) {
+            if self.irqfds.len() >= hvprobe_abi::limits::MAX_IRQFDS {
+                return Err(());
+            }
             let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;
             let resample_fd = if resample {
                 let r = EventFd::new(EFD_NONBLOCK).map_err(|_| ())?;

@@ -196,15 +196,23 @@ impl Snapshot {
         let bad = |what: String| Error::Snapshot(format!("{}: {what}", path.display()));
         let f = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
         let mut r = std::io::BufReader::new(f);
+        // Bounded reads: a header line of at most MAX_HEADER bytes, then exactly the
+        // guest's RAM, so that a huge or endless file (/dev/zero) is an error, not an OOM.
+        const MAX_HEADER: u64 = 16 << 20;
         let mut header = String::new();
-        r.read_line(&mut header).map_err(|e| bad(format!("cannot read: {e}")))?;
+        (&mut r).take(MAX_HEADER).read_line(&mut header).map_err(|e| bad(format!("cannot read: {e}")))?;
+        if !header.ends_with('\n') {
+            return Err(bad(format!("no header line within {MAX_HEADER} bytes: not a snapshot file")));
+        }
         let probe: serde_json::Value =
             serde_json::from_str(&header).map_err(|e| bad(format!("not a snapshot file: {e}")))?;
         if probe.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(bad(format!("format is {}, expected {FORMAT}", probe.get("format").unwrap_or(&"none".into()))));
         }
         let mut snap: Snapshot = serde_json::from_value(probe).map_err(|e| bad(format!("malformed state: {e}")))?;
-        r.read_to_end(&mut snap.memory).map_err(|e| bad(format!("cannot read memory: {e}")))?;
+        r.take(hvprobe_abi::layout::RAM_SIZE + 1)
+            .read_to_end(&mut snap.memory)
+            .map_err(|e| bad(format!("cannot read memory: {e}")))?;
         if snap.memory.len() as u64 != hvprobe_abi::layout::RAM_SIZE {
             return Err(bad(format!(
                 "memory is {} bytes, expected {} (a truncated file?)",

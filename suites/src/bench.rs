@@ -563,13 +563,18 @@ pub const HOST_BENCHES: [&str; 5] = [
 
 /// The guest benchmarks that pass the filters, and whether any host benchmark does (they
 /// are measured together).
-pub fn select<'a>(payload: &'a hvprobe_harness::Payload, filters: &[String], exact: bool) -> (Vec<&'a TestCase>, bool) {
+/// The guest benchmarks and the names of the host benchmarks that pass the filters.
+pub fn select<'a>(
+    payload: &'a hvprobe_harness::Payload,
+    filters: &[String],
+    exact: bool,
+) -> (Vec<&'a TestCase>, Vec<&'static str>) {
     let guest = payload
         .benches
         .iter()
         .filter(|b| b.name != "bench::exit_loop::long64" && crate::catalog::matches(&b.name, filters, exact))
         .collect();
-    (guest, HOST_BENCHES.iter().any(|h| crate::catalog::matches(h, filters, exact)))
+    (guest, HOST_BENCHES.iter().copied().filter(|h| crate::catalog::matches(h, filters, exact)).collect())
 }
 
 /// Runs the benchmarks one at a time (two at once would measure each other), calling
@@ -577,7 +582,7 @@ pub fn select<'a>(payload: &'a hvprobe_harness::Payload, filters: &[String], exa
 pub fn run_all(
     ctx: &Context,
     guest: &[&TestCase],
-    host: bool,
+    host: &[&str],
     cfg: &BenchConfig,
     mut progress: impl FnMut(&BenchResult),
 ) -> Vec<BenchResult> {
@@ -587,8 +592,10 @@ pub fn run_all(
         progress(&r);
         out.push(r);
     }
-    if host {
-        for r in run_host(ctx, cfg) {
+    if !host.is_empty() {
+        // Host operations are measured in pairs (create and destroy, save and restore);
+        // only the selected ones are reported.
+        for r in run_host(ctx, cfg).into_iter().filter(|r| host.contains(&r.name.as_str())) {
             progress(&r);
             out.push(r);
         }

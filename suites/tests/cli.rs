@@ -237,7 +237,11 @@ fn list_bench_shows_guest_and_host_benchmarks() {
     let payload = hvprobe_suites::catalog::payload().unwrap();
     let out = hvprobe().args(["list", "--bench", "--count"]).output().unwrap();
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert_eq!(n, payload.benches.len() - 1, "every guest benchmark but the exit loop the host ones drive");
+    assert_eq!(
+        n,
+        payload.benches.len() - 1 + hvprobe_suites::bench::HOST_BENCHES.len(),
+        "every guest benchmark but the exit loop the host ones drive, and the host ones"
+    );
     assert!(n >= 20, "{n} guest benchmarks");
     let out = hvprobe().args(["list", "--bench"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -439,4 +443,16 @@ fn the_restore_entry_point_serves_only_its_parent() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("internal"), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing pretends to have run");
     }
+}
+
+#[test]
+fn list_and_bench_select_what_their_filters_name() {
+    let out = hvprobe().args(["list", "-f", "nomatch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "as run does");
+    let out = hvprobe().args(["list", "--bench", "--count"]).output().unwrap();
+    let count: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let rows = hvprobe().args(["list", "--bench"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout).lines().count(), count, "--count counts the rows list prints");
+    let out = hvprobe().args(["list", "--bench", "-f", "host::vm_destroy", "--exact"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host::vm_destroy                             host");
 }

@@ -174,7 +174,44 @@ fn a_snapshot_file_round_trips_and_bad_files_are_clear_errors() {
     std::fs::write(&junk, b"{\"format\":\"something/9\"}\n").unwrap();
     let e = hvprobe_harness::Snapshot::read(&junk).err().unwrap().to_string();
     assert!(e.contains("something/9"), "{e}");
+    // Endless or huge input is refused after a bounded read, not read into memory.
+    let e = hvprobe_harness::Snapshot::read(std::path::Path::new("/dev/zero")).err().unwrap().to_string();
+    assert!(e.contains("no header line within"), "{e}");
+    let long = dir.path().join("long.snapshot");
+    std::fs::write(&long, vec![b'x'; (16 << 20) + 10]).unwrap();
+    let e = hvprobe_harness::Snapshot::read(&long).err().unwrap().to_string();
+    assert!(e.contains("no header line within"), "{e}");
+    let mut grown = bytes.clone();
+    grown.extend_from_slice(&[0; 4096]);
+    std::fs::write(&long, &grown).unwrap();
+    let e = hvprobe_harness::Snapshot::read(&long).err().unwrap().to_string();
+    assert!(e.contains("memory is"), "memory beyond the guest's RAM is refused: {e}");
     // A snapshot of one case does not restore as another.
     let other = payload().unwrap().test("state::fresh_vm::long64").unwrap();
     assert!(Vm::restore(&kvm, payload().unwrap(), other, VmConfig::default(), &back).is_err());
+}
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn an_irqfd_storm_is_capped_and_its_fds_return() {
+    let Some(kvm) = kvm() else { return };
+    let payload = payload().unwrap();
+    let case = payload.test("hostile::irqfd_storm::long64").unwrap();
+    // Other tests of this binary run in parallel and open fds too: compare the most
+    // this run could add with what the cap allows.
+    let before = open_fds();
+    let mut vm = Vm::boot(&kvm, payload, case, VmConfig { irqchip: true, ..VmConfig::default() }).unwrap();
+    let report = vm.run(RunOptions { timeout: Duration::from_secs(30), ..RunOptions::default() }).unwrap();
+    let during = open_fds();
+    assert_eq!(report.verdict.as_ref().map(|v| v.status), Some(hvprobe_harness::VerdictStatus::Pass), "{report:?}");
+    assert!(
+        during < before + 2 * hvprobe_abi::limits::MAX_IRQFDS + 64,
+        "{during} fds open during the storm, {before} before"
+    );
+    drop(vm);
+    assert!(open_fds() < during, "the VM's fds are closed with it");
 }

@@ -111,6 +111,14 @@ pub mod layout {
 }
 
 /// Segment selectors of the harness-built GDT.
+/// Caps on what a guest can make the host create on its behalf (ARCHITECTURE,
+/// "a guest can never hang, crash or corrupt the host side").
+pub mod limits {
+    /// Distinct GSIs with an irqfd per VM (IRQFD, IRQFD_RESAMPLE): two eventfds each at
+    /// most. The IOAPIC has 24 pins; routed MSIs add a few.
+    pub const MAX_IRQFDS: usize = 64;
+}
+
 /// The per-vCPU KVM statistics the KVM_STAT service reads, by number.
 pub mod kvm_stat {
     /// Hypercalls KVM handled (`hypercalls`), whatever their result.

@@ -346,22 +346,25 @@ fn real_main() -> Result<ExitCode> {
     hooks::check(payload).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::List { filter, exact, count, bench } => {
-            let cases =
-                if bench { bench::select(payload, &filter, exact).0 } else { catalog::select(payload, &filter, exact) };
+            let (cases, hosts) = if bench {
+                bench::select(payload, &filter, exact)
+            } else {
+                (catalog::select(payload, &filter, exact), Vec::new())
+            };
+            if cases.is_empty() && hosts.is_empty() {
+                // As `run` and `bench` do: a filter that selects nothing is a mistake.
+                bail!("no {} matches the filters {filter:?}", if bench { "benchmark" } else { "test case" });
+            }
             if count {
-                say!("{}", cases.len());
+                say!("{}", cases.len() + hosts.len());
             } else {
                 for c in cases {
                     let req = c.requirement_names();
                     let req = if req.is_empty() { String::new() } else { format!("  requires: {}", req.join(", ")) };
                     say!("{:<44} {:<4} {:<6}{req}", c.name, c.path.name(), c.mode.name());
                 }
-                if bench {
-                    for h in
-                        bench::select(payload, &filter, exact).1.then_some(bench::HOST_BENCHES).into_iter().flatten()
-                    {
-                        say!("{h:<44} host");
-                    }
+                for h in hosts {
+                    say!("{h:<44} host");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -379,7 +382,7 @@ fn real_main() -> Result<ExitCode> {
                 BenchConfig { budget: Duration::from_secs_f64(budget_ms / 1e3), samples, ..BenchConfig::standard() }
             };
             let (guest, host) = bench::select(payload, &filter, exact);
-            if guest.is_empty() && !host {
+            if guest.is_empty() && host.is_empty() {
                 bail!("no benchmark matches the filters {filter:?}");
             }
             let (ctx, facts) = context(kvm, profile.as_deref(), runner::DEFAULT_TIMEOUT.as_secs_f64(), payload)?;
@@ -390,13 +393,13 @@ fn real_main() -> Result<ExitCode> {
             say!(
                 "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {} samples",
                 guest.len(),
-                if host { bench::HOST_BENCHES.len() } else { 0 },
+                host.len(),
                 facts.hostname,
                 facts.backend.name(),
                 cfg.budget.as_secs_f64() * 1e3,
                 cfg.samples.max(BenchConfig::MIN_SAMPLES)
             );
-            let failed = benchmarks(&ctx, &guest, host, &cfg, &mut results);
+            let failed = benchmarks(&ctx, &guest, &host, &cfg, &mut results);
             results.duration_s = t0.elapsed().as_secs_f64();
             say!("wall time {:.1} s", results.duration_s);
             out.write(&results)?;
@@ -511,10 +514,10 @@ fn real_main() -> Result<ExitCode> {
             results.benchmarks.extend(suite_benchmarks(wall, &phases));
             let mut bench_failed = 0;
             let (guest, host) = bench::select(payload, &filter, exact);
-            if bench && (!guest.is_empty() || host) {
-                let hosts = if host { bench::HOST_BENCHES.len() } else { 0 };
+            if bench && (!guest.is_empty() || !host.is_empty()) {
+                let hosts = host.len();
                 say!("\nbenchmarks: {} guest and {hosts} host, one at a time", guest.len());
-                bench_failed = benchmarks(&ctx, &guest, host, &BenchConfig::standard(), &mut results);
+                bench_failed = benchmarks(&ctx, &guest, &host, &BenchConfig::standard(), &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
             out.write(&results)?;
@@ -630,7 +633,7 @@ fn context(
 
 /// Runs the benchmarks, printing each as it finishes, and adds their figures to
 /// `results`. Returns how many failed (skips and known deviations do not count).
-fn benchmarks(ctx: &Context, guest: &[&TestCase], host: bool, cfg: &BenchConfig, results: &mut Results) -> usize {
+fn benchmarks(ctx: &Context, guest: &[&TestCase], host: &[&str], cfg: &BenchConfig, results: &mut Results) -> usize {
     let done = bench::run_all(ctx, guest, host, cfg, |r| say!("{}", bench::line(r)));
     for r in &done {
         results.benchmarks.extend(r.records());
@@ -745,7 +748,11 @@ fn print_host(h: &Host) {
     say!("kernel          {}", h.kernel);
     let signature = h.cpu_signature.map_or(String::new(), |s| format!(", CPUID.1:EAX {s:#x}"));
     say!("cpu             {} ({}{signature})", h.cpu_model, h.cpu_vendor);
-    say!("backend         {}", h.backend);
+    match &h.kvm_error {
+        // The module is loaded, but this device is not the one it serves (or not usable).
+        Some(_) => say!("backend         {} (the loaded module; the KVM device itself is unusable)", h.backend),
+        None => say!("backend         {}", h.backend),
+    }
     if let Some(p) = &h.platform {
         let signature = h.platform_signature.as_ref().map_or(String::new(), |s| format!(" (signature {s:?})"));
         say!("platform        {p}{signature}");
