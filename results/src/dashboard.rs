@@ -267,7 +267,9 @@ fn opt_code(v: Option<&String>) -> String {
 
 fn index_page(runs: &[Run]) -> String {
     let mut b = String::new();
-    let Some(latest) = runs.last() else {
+    // A benchmark-only run (`hvprobe bench`) has no tests: the page shows the latest run
+    // that has some, and the trends page carries the benchmarks.
+    let Some(latest) = runs.iter().rev().find(|r| !r.results.tests.is_empty()).or(runs.last()) else {
         return page("Latest run", "index.html", "<p>No runs.</p>\n");
     };
     let r = &latest.results;
@@ -459,9 +461,10 @@ fn failure_table(b: &mut String, tests: &[&TestResult]) {
 
 fn compat_page(runs: &[Run]) -> String {
     let mut b = String::new();
-    // Runs are in start order, so the last insert per host is its latest run.
+    // Runs are in start order, so the last insert per host is its latest run with tests
+    // (a benchmark-only run has nothing to show here).
     let mut latest: BTreeMap<(&str, &str), &Run> = BTreeMap::new();
-    for run in runs {
+    for run in runs.iter().filter(|r| !r.results.tests.is_empty()) {
         latest.insert(run.host_key(), run);
     }
     let columns: Vec<(&Run, BTreeMap<&str, &TestResult>)> =
@@ -792,6 +795,25 @@ mod tests {
         }
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "no temporary files are left: {left:?}");
+    }
+
+    #[test]
+    fn a_benchmark_only_run_does_not_hide_the_latest_tests() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fixture(input.path());
+        let before = build_site(input.path(), out.path()).unwrap();
+        let index_before = read(out.path(), "index.html");
+        let compat_before = read(out.path(), "compat.html");
+        let mut bench_only = crate::tests::sample();
+        bench_only.tests.clear();
+        bench_only.started = "2099-01-01T00:00:00Z".into();
+        bench_only.write_atomic(&input.path().join("zz-bench.json")).unwrap();
+        let after = build_site(input.path(), out.path()).unwrap();
+        assert_eq!(after.runs, before.runs + 1);
+        let index = read(out.path(), "index.html");
+        assert!(!index.contains("Outcomes (0 tests)"), "the latest run with tests is shown");
+        assert_eq!(index.matches("Outcomes (").count(), index_before.matches("Outcomes (").count());
+        assert_eq!(read(out.path(), "compat.html"), compat_before, "the matrix ignores the benchmark-only run");
     }
 
     #[test]
