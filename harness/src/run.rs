@@ -550,6 +550,12 @@ impl Vm {
                     .and_then(|(name, stats)| stats.read().ok().and_then(|r| stats.value(&r, name)))
                     .ok_or(()),
             ),
+            service::HOST_CLOCK => {
+                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: clock_gettime writes the timespec it is given.
+                let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
+                Some(if ok { Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) } else { Err(()) })
+            }
             service::HOST_SLEEP => {
                 let t = Instant::now();
                 std::thread::sleep(Duration::from_micros(args[0].min(100_000)));

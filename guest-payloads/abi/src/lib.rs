@@ -637,6 +637,10 @@ pub mod proto {
         /// KVM_GET_STATS_FD, api.rst 4.133), so that a case can show KVM handled what it
         /// did. Fails where the host has no such statistic.
         pub const KVM_STAT: u32 = 28;
+        /// The host's CLOCK_MONOTONIC in nanoseconds, read while the vCPU is stopped in
+        /// userspace: two readings bracketed by guest clock readings bound the guest's
+        /// measurement of an interval from both sides, however long the exits took.
+        pub const HOST_CLOCK: u32 = 29;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
