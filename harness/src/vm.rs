@@ -261,8 +261,6 @@ impl Vm {
     }
 }
 
-/// The table for one vCPU: its initial APIC ID in CPUID.1:EBX[31:24] and its x2APIC ID in
-/// EDX of leaves 0xB and 0x1F (SDM Vol. 2A, CPUID).
 /// CPUID.1:ECX[31], "hypervisor present": KVM_GET_SUPPORTED_CPUID leaves it to the VMM
 /// (clear on kvm_amd of Linux 6.1, set on PVM), and every VMM sets it, so that a guest
 /// knows to look for leaf 0x40000000. hvprobe sets it too, so the guest's view is the same
@@ -273,6 +271,8 @@ fn set_hypervisor_present(table: &mut [kvm_cpuid_entry2]) {
     }
 }
 
+/// The table for one vCPU: its initial APIC ID in CPUID.1:EBX[31:24] and its x2APIC ID in
+/// EDX of leaves 0xB and 0x1F (SDM Vol. 2A, CPUID).
 fn cpuid_for_vcpu(table: &[kvm_cpuid_entry2], id: u32) -> Vec<kvm_cpuid_entry2> {
     let mut t = table.to_vec();
     for e in &mut t {

@@ -54,8 +54,14 @@ impl BenchConfig {
 pub struct Summary {
     pub median: f64,
     pub mad: f64,
-    pub n: usize,
     pub values: Vec<f64>,
+}
+
+impl Summary {
+    /// How many samples it summarizes.
+    pub fn n(&self) -> usize {
+        self.values.len()
+    }
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -72,7 +78,7 @@ pub fn summarize(xs: &[f64]) -> Summary {
     let mut v = xs.to_vec();
     let m = median(&mut v);
     let mut dev: Vec<f64> = xs.iter().map(|x| (x - m).abs()).collect();
-    Summary { median: m, mad: median(&mut dev), n: xs.len(), values: xs.to_vec() }
+    Summary { median: m, mad: median(&mut dev), values: xs.to_vec() }
 }
 
 /// The largest batch the driver asks for (bit 63 of BENCH_NEXT is the baseline flag).
@@ -277,7 +283,7 @@ impl BenchResult {
         let mut out = Vec::new();
         for (unit, fig) in [("cycles", &self.cycles), ("ns", &self.ns)] {
             let Some((op, base)) = fig else { continue };
-            let mut b = Benchmark::new(&self.name, unit, op.median, op.mad, op.n as u64);
+            let mut b = Benchmark::new(&self.name, unit, op.median, op.mad, op.n() as u64);
             b.sample_values = op.values.clone();
             b.path = path.clone();
             b.iterations = Some(self.iterations);
@@ -452,7 +458,7 @@ pub fn run_host(ctx: &Context, cfg: &BenchConfig) -> Vec<BenchResult> {
     match created {
         Ok((a, b, n)) => {
             // The calibration and warm-up destroyed VMs too; keep the samples only.
-            let k = a.n;
+            let k = a.n();
             create.ns = Some((a.clone(), a));
             create.floor = Some(b);
             create.iterations = n;
@@ -757,7 +763,7 @@ mod tests {
         assert!(d.done());
         assert!(d.n * 30 >= 50_000, "batch {} is under half the budget", d.n);
         let [(cycles, base), (ns, _)] = d.figures();
-        assert_eq!(cycles.n, 12, "warm-up batches are dropped");
+        assert_eq!(cycles.n(), 12, "warm-up batches are dropped");
         assert_eq!(cycles.median, 20.0);
         assert_eq!(cycles.mad, 0.0);
         assert_eq!(base.median, 10.0);
@@ -769,7 +775,7 @@ mod tests {
     #[test]
     fn fewer_samples_than_the_minimum_are_raised_to_it() {
         let cfg = BenchConfig { budget: Duration::from_micros(10), samples: 3, warmup: 0 };
-        assert_eq!(play(cfg, 5, 1).figures()[0].0.n, BenchConfig::MIN_SAMPLES);
+        assert_eq!(play(cfg, 5, 1).figures()[0].0.n(), BenchConfig::MIN_SAMPLES);
     }
 
     #[test]
@@ -784,7 +790,7 @@ mod tests {
 
     #[test]
     fn records_carry_baseline_floor_and_ratio() {
-        let s = |m| Summary { median: m, mad: 1.0, n: 10, values: Vec::new() };
+        let s = |m| Summary { median: m, mad: 1.0, values: vec![m; 10] };
         let mut g = BenchResult::new("bench::cpuid::long64", "full");
         g.cycles = Some((s(100.0), s(5.0)));
         g.ns = Some((s(40.0), s(2.0)));

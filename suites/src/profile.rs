@@ -118,7 +118,16 @@ pub struct ProfileHost {
 }
 
 impl ProfileHost {
-    /// This machine.
+    /// The host the facts describe (what `hvprobe run` has gathered anyway).
+    pub fn of(facts: &hvprobe_harness::HostFacts) -> ProfileHost {
+        ProfileHost {
+            backend: facts.backend,
+            platform: facts.platform.name.clone(),
+            cpu_family: display_family(facts.cpu_signature),
+        }
+    }
+
+    /// This machine, without gathering the other host facts (the cargo test runner).
     pub fn detect() -> ProfileHost {
         ProfileHost {
             backend: Backend::detect_in(Path::new("/sys/module")),

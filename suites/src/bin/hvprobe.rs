@@ -611,19 +611,19 @@ fn context(
     timeout: f64,
     payload: &'static hvprobe_harness::Payload,
 ) -> Result<(Context, HostFacts)> {
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
+        bail!("--timeout must be a number of seconds above 0 and at most 86400, not {timeout}");
+    }
     let kvm_dev = kvm.unwrap_or_else(hvprobe_harness::host::kvm_path);
     let kvm = Kvm::open_path(&kvm_dev).with_context(|| {
         format!("hvprobe needs a usable {} (is KVM loaded, and may this user open it?)", kvm_dev.display())
     })?;
     let facts = HostFacts::gather(Ok(&kvm));
-    let host = ProfileHost::detect();
+    let host = ProfileHost::of(&facts);
     let profile = match profile {
         Some(path) => Profile::load(path, &host, payload)?,
         None => Profile::builtin(&host, payload)?,
     };
-    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
-        bail!("--timeout must be a number of seconds above 0 and at most 86400, not {timeout}");
-    }
     let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
     Ok((
         Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case, stop: None },
@@ -654,7 +654,7 @@ fn suite_benchmarks(wall: Duration, phases: &[Phases]) -> Vec<Benchmark> {
     let phase = |name: &str, f: fn(&Phases) -> Duration| {
         let ms: Vec<f64> = phases.iter().map(|p| f(p).as_secs_f64() * 1e3).collect();
         let s = bench::summarize(&ms);
-        Benchmark::new(format!("suite::case_{name}"), "ms", s.median, s.mad, s.n as u64)
+        Benchmark::new(format!("suite::case_{name}"), "ms", s.median, s.mad, s.n() as u64)
     };
     if !phases.is_empty() {
         out.push(phase("boot", |p| p.boot));
