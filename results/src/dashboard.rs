@@ -51,28 +51,136 @@ pub struct Site {
     pub skipped: Vec<String>,
 }
 
-/// One results file and when its run started, in seconds since the Unix epoch.
+/// One results file as the run list shows it, with when its run started (seconds since
+/// the Unix epoch). The whole results are kept only where a page shows them ([`Full`]).
 struct Run {
+    file: PathBuf,
+    at: i64,
+    started: String,
+    hostname: String,
+    backend: String,
+    kernel: String,
+    tests: usize,
+    deviations: usize,
+}
+
+impl Run {
+    fn of(file: PathBuf, at: i64, r: &Results) -> Run {
+        Run {
+            file,
+            at,
+            started: r.started.clone(),
+            hostname: r.host.hostname.clone(),
+            backend: r.host.backend.clone(),
+            kernel: r.host.kernel.clone(),
+            tests: r.tests.len(),
+            deviations: r.tests.iter().filter(|t| is_deviation(t)).count(),
+        }
+    }
+
+    fn host_key(&self) -> (&str, &str) {
+        (&self.hostname, &self.backend)
+    }
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A run kept whole: the latest run of each host (the compatibility matrix) and the latest
+/// run of all (the first page).
+struct Full {
     file: PathBuf,
     at: i64,
     results: Results,
 }
 
-impl Run {
-    fn host_key(&self) -> (&str, &str) {
-        (&self.results.host.hostname, &self.results.host.backend)
+impl Full {
+    fn file_name(&self) -> String {
+        file_name(&self.file)
     }
 
-    fn file_name(&self) -> String {
-        self.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    /// Later than `other` in the order runs are shown (start time, then file name).
+    fn is_after(&self, other: &Full) -> bool {
+        (self.at, &self.file) > (other.at, &other.file)
+    }
+}
+
+/// What the site is built from. Files are read one at a time and reduced as they come, so
+/// a directory of a thousand runs costs the trend points and a few whole runs, not a
+/// thousand parsed files.
+#[derive(Default)]
+struct Loaded {
+    /// Every readable run, in start order.
+    runs: Vec<Run>,
+    /// The latest run with tests of each host.
+    latest: BTreeMap<(String, String), Full>,
+    /// The latest run of all, kept when no run has tests.
+    last: Option<Full>,
+    trends: Trends,
+    skipped: Vec<String>,
+}
+
+impl Loaded {
+    fn add(&mut self, file: PathBuf, at: i64, results: Results) {
+        let host = (results.host.hostname.clone(), results.host.backend.clone());
+        self.trends.add(at, &host, &results);
+        self.runs.push(Run::of(file.clone(), at, &results));
+        let full = Full { file, at, results };
+        if full.results.tests.is_empty() {
+            if self.latest.is_empty() && self.last.as_ref().is_none_or(|l| full.is_after(l)) {
+                self.last = Some(full);
+            }
+            return;
+        }
+        self.last = None;
+        if self.latest.get(&host).is_none_or(|l| full.is_after(l)) {
+            self.latest.insert(host, full);
+        }
+    }
+
+    /// The run the first page shows: the latest that has tests (a benchmark-only run has
+    /// none to show; the trends page carries its benchmarks), or the latest of all.
+    fn front(&self) -> Option<&Full> {
+        self.latest.values().reduce(|a, b| if b.is_after(a) { b } else { a }).or(self.last.as_ref())
+    }
+}
+
+/// The trend series, gathered run by run. Plots are keyed by (name, unit): a unit change
+/// starts a new plot instead of mixing scales.
+#[derive(Default)]
+struct Trends {
+    benches: BTreeMap<(String, String), Series>,
+    metrics: BTreeMap<(String, String), Series>,
+}
+
+impl Trends {
+    fn add(&mut self, at: i64, host: &(String, String), r: &Results) {
+        let push = |map: &mut BTreeMap<(String, String), Series>, name: String, unit: &str, point: Point| {
+            map.entry((name, unit.to_string())).or_default().entry(host.clone()).or_default().push(point);
+        };
+        for bench in &r.benchmarks {
+            let point = Point { at, value: bench.median, spread: Some(bench.spread.abs()) };
+            push(&mut self.benches, bench.name.clone(), &bench.unit, point);
+        }
+        for t in &r.tests {
+            for (metric, v) in &t.metrics {
+                push(
+                    &mut self.metrics,
+                    format!("{} / {metric}", t.name),
+                    &v.unit,
+                    Point { at, value: v.value, spread: None },
+                );
+            }
+        }
     }
 }
 
 /// Builds the site from every `*.json` in `input_dir` into `out_dir` (created if needed).
 pub fn build_site(input_dir: &Path, out_dir: &Path) -> Result<Site, DashboardError> {
-    let (runs, skipped) = load(input_dir)?;
-    let (trends, plots) = trends_page(&runs)?;
-    let pages = [("index.html", index_page(&runs)), ("trends.html", trends), ("compat.html", compat_page(&runs))];
+    let loaded = load(input_dir)?;
+    let (trends, plots) = trends_page(&loaded)?;
+    let pages = [("index.html", index_page(&loaded)), ("trends.html", trends), ("compat.html", compat_page(&loaded))];
     std::fs::create_dir_all(out_dir).map_err(|source| DashboardError::Write { path: out_dir.into(), source })?;
     let mut written = Vec::new();
     for (name, html) in pages {
@@ -80,13 +188,14 @@ pub fn build_site(input_dir: &Path, out_dir: &Path) -> Result<Site, DashboardErr
         write_atomic(&path, &html)?;
         written.push(path);
     }
-    let hosts = runs.iter().map(Run::host_key).collect::<BTreeSet<_>>().len();
-    Ok(Site { pages: written, runs: runs.len(), hosts, plots, skipped })
+    let hosts = loaded.runs.iter().map(Run::host_key).collect::<BTreeSet<_>>().len();
+    Ok(Site { pages: written, runs: loaded.runs.len(), hosts, plots, skipped: loaded.skipped })
 }
 
-/// Reads the results files in name order, then orders the runs by start time (name breaks
-/// ties). A file that cannot be read is left out with the reason; none readable is an error.
-fn load(input_dir: &Path) -> Result<(Vec<Run>, Vec<String>), DashboardError> {
+/// Reads the results files one at a time in name order, then orders the runs by start time
+/// (name breaks ties). A file that cannot be read is left out with the reason; none
+/// readable is an error.
+fn load(input_dir: &Path) -> Result<Loaded, DashboardError> {
     let list_err = |source| DashboardError::List { path: input_dir.into(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(input_dir).map_err(list_err)? {
@@ -99,27 +208,27 @@ fn load(input_dir: &Path) -> Result<(Vec<Run>, Vec<String>), DashboardError> {
     if files.is_empty() {
         return Err(DashboardError::NoResults { path: input_dir.into() });
     }
-    let (mut runs, mut skipped, mut first_error) = (Vec::new(), Vec::new(), None);
+    let (mut loaded, mut first_error) = (Loaded::default(), None);
     for file in files {
         let read = Results::read(&file).map_err(DashboardError::from).and_then(|results| {
             match parse_rfc3339(&results.started) {
-                Some(at) => Ok(Run { file: file.clone(), at, results }),
+                Some(at) => Ok((at, results)),
                 None => Err(DashboardError::Started { path: file.clone(), started: results.started }),
             }
         });
         match read {
-            Ok(run) => runs.push(run),
+            Ok((at, results)) => loaded.add(file, at, results),
             Err(e) => {
-                skipped.push(e.to_string());
+                loaded.skipped.push(e.to_string());
                 first_error.get_or_insert(e);
             }
         }
     }
-    if let (true, Some(first)) = (runs.is_empty(), first_error) {
+    if let (true, Some(first)) = (loaded.runs.is_empty(), first_error) {
         return Err(DashboardError::NoReadableResults { path: input_dir.into(), first: Box::new(first) });
     }
-    runs.sort_by(|a, b| (a.at, &a.file).cmp(&(b.at, &b.file)));
-    Ok((runs, skipped))
+    loaded.runs.sort_by(|a, b| (a.at, &a.file).cmp(&(b.at, &b.file)));
+    Ok(loaded)
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 timestamp (any offset, optional fraction).
@@ -265,11 +374,9 @@ fn opt_code(v: Option<&String>) -> String {
     v.map_or(String::new(), |v| format!("<code>{}</code>", esc(v)))
 }
 
-fn index_page(runs: &[Run]) -> String {
+fn index_page(loaded: &Loaded) -> String {
     let mut b = String::new();
-    // A benchmark-only run (`hvprobe bench`) has no tests: the page shows the latest run
-    // that has some, and the trends page carries the benchmarks.
-    let Some(latest) = runs.iter().rev().find(|r| !r.results.tests.is_empty()).or(runs.last()) else {
+    let Some(latest) = loaded.front() else {
         return page("Latest run", "index.html", "<p>No runs.</p>\n");
     };
     let r = &latest.results;
@@ -398,19 +505,18 @@ fn index_page(runs: &[Run]) -> String {
 
     b.push_str("<h2 id=\"runs\">All runs</h2>\n<table class=\"runs\">\n<thead><tr><th>Started</th><th>Host</th>");
     b.push_str("<th>Backend</th><th>Kernel</th><th>Tests</th><th>Failures and deviations</th><th>File</th></tr></thead>\n<tbody>\n");
-    for run in runs.iter().rev() {
-        let r = &run.results;
+    for run in loaded.runs.iter().rev() {
         let _ = writeln!(
             b,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td><code>{}</code></td></tr>",
-            esc(&r.started),
-            esc(&r.host.hostname),
-            esc(&r.host.backend),
-            esc(&r.host.kernel),
-            r.tests.len(),
-            r.tests.iter().filter(|t| is_deviation(t)).count(),
-            esc(&run.file_name())
+            esc(&run.started),
+            esc(&run.hostname),
+            esc(&run.backend),
+            esc(&run.kernel),
+            run.tests,
+            run.deviations,
+            esc(&file_name(&run.file))
         );
     }
     b.push_str("</tbody>\n</table>\n");
@@ -459,16 +565,14 @@ fn failure_table(b: &mut String, tests: &[&TestResult]) {
     b.push_str("</tbody>\n</table>\n");
 }
 
-fn compat_page(runs: &[Run]) -> String {
+fn compat_page(loaded: &Loaded) -> String {
     let mut b = String::new();
-    // Runs are in start order, so the last insert per host is its latest run with tests
-    // (a benchmark-only run has nothing to show here).
-    let mut latest: BTreeMap<(&str, &str), &Run> = BTreeMap::new();
-    for run in runs.iter().filter(|r| !r.results.tests.is_empty()) {
-        latest.insert(run.host_key(), run);
-    }
-    let columns: Vec<(&Run, BTreeMap<&str, &TestResult>)> =
-        latest.values().map(|run| (*run, run.results.tests.iter().map(|t| (t.name.as_str(), t)).collect())).collect();
+    // Each host's latest run with tests (a benchmark-only run has nothing to show here).
+    let columns: Vec<(&Full, BTreeMap<&str, &TestResult>)> = loaded
+        .latest
+        .values()
+        .map(|run| (run, run.results.tests.iter().map(|t| (t.name.as_str(), t)).collect()))
+        .collect();
     let names: BTreeSet<&str> = columns.iter().flat_map(|(_, tests)| tests.keys().copied()).collect();
     b.push_str("<h1>Compatibility matrix</h1>\n");
     let _ = writeln!(
@@ -539,27 +643,14 @@ struct Point {
 }
 
 /// A plot's series, by host (hostname, backend).
-type Series<'a> = BTreeMap<(&'a str, &'a str), Vec<Point>>;
+type Series = BTreeMap<(String, String), Vec<Point>>;
 
-fn trends_page(runs: &[Run]) -> Result<(String, usize), DashboardError> {
-    let hosts: BTreeSet<(&str, &str)> = runs.iter().map(Run::host_key).collect();
-    let color_of = |key: &(&str, &str)| PALETTE[hosts.iter().position(|h| h == key).unwrap_or(0) % PALETTE.len()];
-    // Plots are keyed by (name, unit): a unit change starts a new plot instead of mixing scales.
-    let mut benches: BTreeMap<(&str, &str), Series> = BTreeMap::new();
-    let mut metrics: BTreeMap<(String, &str), Series> = BTreeMap::new();
-    for run in runs {
-        for bench in &run.results.benchmarks {
-            let point = Point { at: run.at, value: bench.median, spread: Some(bench.spread.abs()) };
-            benches.entry((&bench.name, &bench.unit)).or_default().entry(run.host_key()).or_default().push(point);
-        }
-        for t in &run.results.tests {
-            for (metric, v) in &t.metrics {
-                let point = Point { at: run.at, value: v.value, spread: None };
-                let key = (format!("{} / {metric}", t.name), v.unit.as_str());
-                metrics.entry(key).or_default().entry(run.host_key()).or_default().push(point);
-            }
-        }
-    }
+fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
+    let hosts: BTreeSet<(&str, &str)> = loaded.runs.iter().map(Run::host_key).collect();
+    let color_of = |key: &(String, String)| {
+        PALETTE[hosts.iter().position(|h| *h == (key.0.as_str(), key.1.as_str())).unwrap_or(0) % PALETTE.len()]
+    };
+    let (benches, metrics) = (&loaded.trends.benches, &loaded.trends.metrics);
 
     let mut b = String::new();
     let mut toc = String::new();
@@ -570,8 +661,10 @@ fn trends_page(runs: &[Run]) -> Result<(String, usize), DashboardError> {
     b.push_str("x: when the run started (UTC); y: the median in the benchmark's unit; the shaded band and the ");
     b.push_str("error bars span median ± spread (median absolute deviation). One line per host; metrics are ");
     b.push_str("single values with no spread.</p>\n");
-    let bench_items: Vec<(String, &str, &Series)> = benches.iter().map(|((n, u), s)| (n.to_string(), *u, s)).collect();
-    let metric_items: Vec<(String, &str, &Series)> = metrics.iter().map(|((n, u), s)| (n.clone(), *u, s)).collect();
+    let bench_items: Vec<(String, &str, &Series)> =
+        benches.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s)).collect();
+    let metric_items: Vec<(String, &str, &Series)> =
+        metrics.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s)).collect();
     for (heading, empty, items) in [
         ("Benchmarks", "No run has benchmarks yet.", bench_items),
         ("Guest test metrics", "No test recorded a metric.", metric_items),
@@ -607,8 +700,8 @@ fn trends_page(runs: &[Run]) -> Result<(String, usize), DashboardError> {
                 let _ = write!(
                     figures,
                     "<span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} / {} ({} runs)",
-                    esc(key.0),
-                    esc(key.1),
+                    esc(&key.0),
+                    esc(&key.1),
                     points.len()
                 );
             }
@@ -625,7 +718,7 @@ fn trends_page(runs: &[Run]) -> Result<(String, usize), DashboardError> {
 fn draw_plot(
     series: &Series,
     unit: &str,
-    color_of: &dyn Fn(&(&str, &str)) -> RGBColor,
+    color_of: &dyn Fn(&(String, String)) -> RGBColor,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let points = || series.values().flatten();
     let hours = |at: i64| at as f64 / 3600.0;
