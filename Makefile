@@ -7,7 +7,7 @@ ARGS ?=
 # `make run` measures the benchmarks too; `make run BENCH=` leaves them out.
 BENCH ?= --bench
 
-.PHONY: all setup setup-browser build test run run-nested bench bench-criterion report lint fmt host list clean
+.PHONY: all setup setup-browser build test run run-nested bench bench-criterion report lint fmt host list clean fuzz fuzz-smoke
 
 all: build
 
@@ -33,6 +33,17 @@ build: setup
 test: setup setup-browser
 	$(CARGO) test --workspace
 	cd guest-payloads && $(CARGO) test -p hvprobe-abi --target x86_64-unknown-linux-gnu --target-dir ../target/guest-host
+
+# Coverage-guided fuzzing of every parser of outside input (AFL++ through cargo-afl, which
+# it installs once): 10 million executions per target; the grown corpora land in
+# suites/fuzz/corpus/ to be committed. FUZZ_ARGS="--seconds 60 results" for one target.
+FUZZ_ARGS ?=
+fuzz: setup
+	suites/fuzz/run.sh $(FUZZ_ARGS)
+
+# CI's short form: 10 seconds per target, the committed corpora left as they are.
+fuzz-smoke: setup
+	suites/fuzz/run.sh --seconds 10 --keep-corpus
 
 # Runs the whole suite and the benchmarks on this host, prints the report, writes
 # results/runs/*.json: the nightly job.

@@ -193,9 +193,14 @@ impl Snapshot {
 
     /// Reads a snapshot file, checking its format name and that its memory is whole.
     pub fn read(path: &Path) -> Result<Snapshot, Error> {
-        let bad = |what: String| Error::Snapshot(format!("{}: {what}", path.display()));
-        let f = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-        let mut r = std::io::BufReader::new(f);
+        let f =
+            std::fs::File::open(path).map_err(|e| Error::Snapshot(format!("{}: cannot open: {e}", path.display())))?;
+        Self::from_reader(std::io::BufReader::new(f), &path.display().to_string())
+    }
+
+    /// Reads a snapshot from `r`, naming it `name` in errors (see [`Snapshot::read`]).
+    pub fn from_reader(mut r: impl std::io::BufRead, name: &str) -> Result<Snapshot, Error> {
+        let bad = |what: String| Error::Snapshot(format!("{name}: {what}"));
         // Bounded reads: a header line of at most MAX_HEADER bytes, then exactly the
         // guest's RAM, so that a huge or endless file (/dev/zero) is an error, not an OOM.
         const MAX_HEADER: u64 = 16 << 20;

@@ -282,13 +282,24 @@ impl Results {
     /// for JSON errors, the line and column.
     pub fn read(path: &Path) -> Result<Results, ResultsError> {
         let text = std::fs::read_to_string(path).map_err(|source| ResultsError::Read { path: path.into(), source })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ResultsError::Parse { path: path.into(), source })?;
-        let found = value.get("schema").and_then(|s| s.as_str()).unwrap_or("<missing>");
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a results file read from `path` (named in errors). The schema
+    /// is checked first, so that a file of another version is named as such; every other
+    /// error (syntax, a missing field, a wrong type) carries its line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<Results, ResultsError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: Option<serde_json::Value>,
+        }
+        let probe: Probe =
+            serde_json::from_str(text).map_err(|source| ResultsError::Parse { path: path.into(), source })?;
+        let found = probe.schema.as_ref().and_then(|s| s.as_str()).unwrap_or("<missing>");
         if found != SCHEMA_ID {
             return Err(ResultsError::Schema { path: path.into(), found: found.into() });
         }
-        serde_json::from_value(value).map_err(|source| ResultsError::Parse { path: path.into(), source })
+        serde_json::from_str(text).map_err(|source| ResultsError::Parse { path: path.into(), source })
     }
 
     /// Writes atomically (see [`write_text_atomic`]).
@@ -541,6 +552,14 @@ mod tests {
         std::fs::write(&path, "{\"schema\": \"other/9\"}").unwrap();
         assert!(matches!(Results::read(&path), Err(ResultsError::Schema { .. })));
         assert!(matches!(Results::read(&dir.path().join("missing.json")), Err(ResultsError::Read { .. })));
+        // A field of the wrong type far into a well-formed file: named with its line and
+        // column, not only as "invalid type".
+        let mut text = serde_json::to_string_pretty(&sample()).unwrap();
+        text = text.replacen("\"duration_ms\": ", "\"duration_ms\": \"slow\", \"x\": ", 1);
+        let line = text.lines().position(|l| l.contains("\"slow\"")).unwrap() + 1;
+        std::fs::write(&path, &text).unwrap();
+        let e = Results::read(&path).unwrap_err().to_string();
+        assert!(e.contains("invalid type") && e.contains(&format!("line {line} column")), "{e}");
     }
 
     #[test]
