@@ -8,9 +8,9 @@ use std::time::Instant;
 use hvprobe_abi::{FNV1A32_INIT, fnv1a32, layout, port, sink};
 
 /// Console text kept per run; a guest that floods the console is cut here, not the host.
-pub const CONSOLE_LIMIT: usize = 64 * 1024;
+pub const CONSOLE_LIMIT: usize = hvprobe_abi::limits::CONSOLE_CAPTURE;
 /// Notes about accesses to absent devices kept per run.
-pub const NOTE_LIMIT: usize = 64;
+pub const NOTE_LIMIT: usize = hvprobe_abi::limits::NOTES;
 
 /// Where a byte-moving path delivers: how many bytes arrived and their running FNV-1a
 /// digest, which the guest compares with its own.

@@ -16,7 +16,7 @@ mod machine;
 mod memory;
 pub mod migrate;
 pub mod payload;
-mod protocol;
+pub mod protocol;
 mod ring;
 mod run;
 pub mod snapshot;
@@ -30,7 +30,10 @@ pub use host::{Backend, HostFacts, Kvm};
 pub use memory::GuestMemory;
 pub use payload::{Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
-pub use run::{CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, Section, ServiceHandler, hex as run_hex};
+pub use run::{
+    CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, Section, ServiceHandler, code_bits, first_instruction,
+    hex as run_hex,
+};
 pub use snapshot::Snapshot;
 pub use state::VcpuState;
 pub use stats::StatDelta;

@@ -69,6 +69,20 @@ impl TestCase {
         self.flags & hvprobe_abi::flags::EXPECT_TIMEOUT != 0
     }
 
+    /// The run end other than a verdict that this case passes with, as
+    /// [`crate::RunEnd::kind`] names it: a hostile guest the host must stop in that way.
+    /// The watchdog's own cases ([`TestCase::expects_timeout`]) are judged apart.
+    pub fn expected_end(&self) -> Option<&'static str> {
+        use hvprobe_abi::flags::{EXPECT_PROTOCOL_ERROR, EXPECT_SHUTDOWN};
+        if self.flags & EXPECT_SHUTDOWN != 0 {
+            Some("shutdown")
+        } else if self.flags & EXPECT_PROTOCOL_ERROR != 0 {
+            Some("protocol_error")
+        } else {
+            None
+        }
+    }
+
     pub fn has_host_hook(&self) -> bool {
         self.flags & hvprobe_abi::flags::HOST_HOOK != 0
     }
@@ -227,6 +241,9 @@ fn decode_test(
     }
     if vcpus > 1 && raw.requires & hvprobe_abi::requires::IRQCHIP == 0 {
         return Err(bad(format!("{name}: application processors idle in HLT, which needs the in-kernel irqchip")));
+    }
+    if (raw.flags & hvprobe_abi::flags::EXPECT_ANY).count_ones() > 1 {
+        return Err(bad(format!("{name}: flags {:#x} name more than one expected end", raw.flags)));
     }
     let area = name.split("::").next().unwrap_or_default().to_string();
     Ok(TestCase {

@@ -167,6 +167,8 @@ pub struct CpuSnapshot {
     pub rflags: u64,
     pub cs: u16,
     pub cpl: u8,
+    /// The code size CS gives: 16, 32 or 64 bits.
+    pub bits: u32,
     pub cr0: u64,
     pub cr2: u64,
     pub cr3: u64,
@@ -231,6 +233,8 @@ pub struct RunReport {
     pub console_truncated: bool,
     pub log: Vec<String>,
     pub log_dropped: u64,
+    /// Metrics past [`hvprobe_abi::limits::METRICS`], counted and not kept.
+    pub metrics_dropped: u64,
     pub metrics: Vec<Metric>,
     /// Accesses to absent devices.
     pub notes: Vec<String>,
@@ -247,8 +251,8 @@ impl RunReport {
     }
 }
 
-const LOG_LIMIT: usize = 1000;
-const METRIC_LIMIT: usize = 1000;
+const LOG_LIMIT: usize = hvprobe_abi::limits::LOG_LINES;
+const METRIC_LIMIT: usize = hvprobe_abi::limits::METRICS;
 
 /// What the loop does after one exit.
 enum Step {
@@ -480,7 +484,8 @@ impl Vm {
                 Step::Stop(RunEnd::Verdict)
             }
             Ok(Message::Log(text)) => {
-                if report.log.len() < LOG_LIMIT {
+                let kept: usize = report.log.iter().map(String::len).sum();
+                if report.log.len() < LOG_LIMIT && kept + text.len() <= hvprobe_abi::limits::LOG_BYTES {
                     report.log.push(text);
                 } else {
                     report.log_dropped += 1;
@@ -490,6 +495,8 @@ impl Vm {
             Ok(Message::Metric(m)) => {
                 if report.metrics.len() < METRIC_LIMIT {
                     report.metrics.push(m);
+                } else {
+                    report.metrics_dropped += 1;
                 }
                 Step::Continue
             }
@@ -531,8 +538,11 @@ impl Vm {
         match id {
             service::COALESCED_COUNT => self.coalesced.as_ref().map(|r| Ok(r.drained)),
             service::GET_CLOCK => Some(self.vm_fd.get_clock().map(|c| c.clock).map_err(|_| ())),
+            // A change that would take the clock below zero or past i64::MAX nanoseconds is
+            // refused rather than wrapped.
             service::SET_CLOCK => Some(self.vm_fd.get_clock().map_err(|_| ()).and_then(|c| {
-                let clock = kvm_bindings::kvm_clock_data { clock: c.clock.wrapping_add(args[0]), ..Default::default() };
+                let set = c.clock.checked_add_signed(args[0] as i64).filter(|&n| i64::try_from(n).is_ok()).ok_or(())?;
+                let clock = kvm_bindings::kvm_clock_data { clock: set, ..Default::default() };
                 self.vm_fd.set_clock(&clock).map(|()| clock.clock).map_err(|_| ())
             })),
             service::SINK => Some(match args[0] {
@@ -635,10 +645,15 @@ impl Vm {
                     .map(|resample| resample.read().unwrap_or(0))
                     .ok_or(()),
             ),
-            service::INTERRUPT if !self.irqchip => {
-                self.pending_interrupt = Some(args[0] as u32);
-                Some(Ok(0))
-            }
+            // KVM_INTERRUPT takes vectors 0-255 (api.rst 4.16); anything else would stay
+            // pending forever, each interrupt window failing to inject it.
+            service::INTERRUPT if !self.irqchip => Some(match u8::try_from(args[0]) {
+                Ok(vector) => {
+                    self.pending_interrupt = Some(vector.into());
+                    Ok(0)
+                }
+                Err(_) => Err(()),
+            }),
             _ => None,
         }
     }
@@ -662,6 +677,7 @@ impl Vm {
             rflags: r.rflags,
             cs: s.cs.selector,
             cpl: s.cs.dpl,
+            bits: code_bits(s.cr0, s.efer, s.cs.l, s.cs.db),
             cr0: s.cr0,
             cr2: s.cr2,
             cr3: s.cr3,
@@ -673,6 +689,32 @@ impl Vm {
             insn_bytes,
         })
     }
+}
+
+/// The code size of a CS descriptor: 64 in long mode's 64-bit submode (EFER.LMA, CS.L),
+/// 32 with CS.D in protected mode, 16 otherwise (SDM Vol. 3A 3.4.5, APM Vol. 2 4.8).
+pub fn code_bits(cr0: u64, efer: u64, l: u8, db: u8) -> u32 {
+    match (cr0 & 1 != 0, efer & (1 << 10) != 0 && l != 0, db != 0) {
+        (false, ..) => 16,
+        (true, true, _) => 64,
+        (true, false, true) => 32,
+        (true, false, false) => 16,
+    }
+}
+
+/// The first instruction of `bytes`, decoded as `bits`-bit code: the bytes that define an
+/// instruction-level failure, without those after it (which change with the code's
+/// layout, not with the behaviour). An encoding the decoder cannot read keeps its first
+/// byte only; empty input stays empty.
+pub fn first_instruction(bytes: &[u8], bits: u32) -> &[u8] {
+    use iced_x86::{Decoder, DecoderOptions};
+    if bytes.is_empty() {
+        return bytes;
+    }
+    let bits = if matches!(bits, 16 | 32 | 64) { bits } else { 64 };
+    let insn = Decoder::new(bits, bytes, DecoderOptions::NONE).decode();
+    let len = if insn.is_invalid() { 1 } else { insn.len().clamp(1, bytes.len()) };
+    &bytes[..len]
 }
 
 ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
@@ -834,6 +876,25 @@ fn decode_internal(suberror: u32, ndata: u32, raw: &[u64]) -> InternalError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_signature_keeps_the_one_instruction_at_the_fault() {
+        let ldmxcsr = [0x0f, 0xae, 0x15, 0x0a, 0xe6, 0x03, 0x00, 0x48, 0xbb];
+        assert_eq!(first_instruction(&ldmxcsr, 64), &ldmxcsr[..7]);
+        assert_eq!(first_instruction(&[0xcc, 0x4c, 0x8d], 64), [0xcc]);
+        let far_call = [0x9a, 0, 0, 0, 0, 0x38, 0, 0x90];
+        assert_eq!(first_instruction(&far_call, 32), &far_call[..7]);
+        assert_eq!(first_instruction(&far_call, 64), [0x9a], "invalid in 64-bit mode: its first byte");
+        assert_eq!(first_instruction(&[0x37, 0x48], 64), [0x37]);
+        assert_eq!(first_instruction(&[0x0f], 64), [0x0f], "a cut window keeps what it has");
+        assert!(first_instruction(&[], 64).is_empty());
+        assert_eq!(code_bits(0, 0, 0, 0), 16);
+        assert_eq!(code_bits(1, 0, 0, 1), 32);
+        assert_eq!(code_bits(1, 1 << 10, 1, 0), 64);
+        assert_eq!(code_bits(1, 1 << 10, 0, 1), 32, "compatibility mode");
+        assert_eq!(code_bits(1, 1 << 10, 0, 0), 16);
+    }
+
     use super::*;
 
     #[test]

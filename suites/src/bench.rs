@@ -653,6 +653,8 @@ pub struct Session {
     hung: std::cell::Cell<bool>,
     /// How long a batch may take: the case's own limit when it declares one.
     limit: Duration,
+    /// Raised to stop a guest that hangs: the run's watchdog kicks the vCPU out of KVM_RUN.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Session {
@@ -673,11 +675,28 @@ impl Session {
             service::BENCH_RESULT => Some(cycles_tx.send(args[0]).map(|()| 0).map_err(|_| ())),
             _ => None,
         });
-        let options =
-            RunOptions { timeout: Duration::from_secs(24 * 3600), services: Some(handler), ..RunOptions::default() };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let options = RunOptions {
+            timeout: Duration::from_secs(24 * 3600),
+            services: Some(handler),
+            stop: Some(std::sync::Arc::clone(&stop)),
+            ..RunOptions::default()
+        };
         let thread = std::thread::spawn(move || vm.run(options));
         let limit = case.timeout.unwrap_or(Self::BATCH_LIMIT);
-        Ok(Session { next: Some(next_tx), cycles: cycles_rx, thread: Some(thread), hung: Default::default(), limit })
+        Ok(Session {
+            next: Some(next_tx),
+            cycles: cycles_rx,
+            thread: Some(thread),
+            hung: Default::default(),
+            limit,
+            stop,
+        })
+    }
+
+    /// Changes how long a batch may take before the guest counts as hung.
+    pub fn set_batch_limit(&mut self, limit: Duration) {
+        self.limit = limit;
     }
 
     /// Runs `n` iterations of the operation (or of the empty loop) and returns the TSC
@@ -697,15 +716,27 @@ impl Session {
         })
     }
 
-    /// Tells the guest to stop and waits for its run to end. A session whose guest hangs
-    /// is left to the process's exit instead (its watchdog limit is a day).
+    /// Tells the guest to stop and waits for its run to end. A guest that hangs is
+    /// stopped where it is (the run ends `Paused`) and its VM torn down before this returns,
+    /// so that it burns no CPU while the next benchmark is measured.
     pub fn finish(mut self) -> Option<Result<RunReport, Error>> {
         self.next = None;
         if self.hung.get() {
-            return None;
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let thread = self.thread.take()?;
         thread.join().ok()
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without `finish` (a panic, an early return) stops its guest too.
+    fn drop(&mut self) {
+        self.next = None;
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

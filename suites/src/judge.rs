@@ -1,7 +1,8 @@
 //! Turning what a run did into an outcome: the guest's verdict or the way the run ended,
 //! then the backend's expectation profile.
 
-use hvprobe_harness::{RunEnd, RunReport, TestCase, VerdictStatus, run_hex};
+use hvprobe_abi::Mode;
+use hvprobe_harness::{RunEnd, RunReport, TestCase, VerdictStatus, first_instruction, run_hex};
 use hvprobe_results::{Failure, Outcome};
 
 use crate::profile::Profile;
@@ -21,9 +22,18 @@ enum Raw {
     Fail(Failure),
     Timeout(Failure),
     ExpectedTimeout(String),
+    ExpectedEnd(String),
 }
 
-pub fn failure_of(report: &RunReport) -> Failure {
+/// The facts of a failed run of `case`. The signature's instruction bytes are the one
+/// instruction at the fault (decoded in the case's mode for a guest-reported fault, in
+/// the vCPU's CS mode otherwise); the description keeps the whole 15-byte window.
+pub fn failure_of(case: &TestCase, report: &RunReport) -> Failure {
+    let case_bits = match case.mode {
+        Mode::Real16 => 16,
+        Mode::Prot32 => 32,
+        Mode::Long64 | Mode::User64 => 64,
+    };
     let end = report.end();
     if let (RunEnd::Verdict, Some(v)) = (end, &report.verdict) {
         let mut description = format!("guest check failed at {}:{}: {}", v.file, v.line, v.message);
@@ -36,7 +46,11 @@ pub fn failure_of(report: &RunReport) -> Failure {
         return Failure {
             end: end.kind().into(),
             description,
-            insn_bytes: v.fault.as_ref().map(|(_, b)| run_hex(b)).filter(|b| !b.is_empty()),
+            insn_bytes: v
+                .fault
+                .as_ref()
+                .map(|(_, b)| run_hex(first_instruction(b, case_bits)))
+                .filter(|b| !b.is_empty()),
             message: Some(v.message.clone()),
             file: Some(v.file.clone()),
             line: Some(v.line),
@@ -56,10 +70,11 @@ pub fn failure_of(report: &RunReport) -> Failure {
     if let Some(b) = &insn_bytes {
         description += &format!(", instruction bytes {}", run_hex(b));
     }
+    let bits = report.snapshot.as_ref().map_or(case_bits, |s| s.bits);
     Failure {
         end: end.kind().into(),
         description,
-        insn_bytes: insn_bytes.map(|b| run_hex(&b)),
+        insn_bytes: insn_bytes.map(|b| run_hex(first_instruction(&b, bits))),
         message: None,
         file: None,
         line: None,
@@ -79,20 +94,28 @@ fn raw(case: &TestCase, report: &RunReport) -> Raw {
                 limit.as_secs_f64()
             )),
             _ => {
-                let mut f = failure_of(report);
+                let mut f = failure_of(case, report);
                 f.description = format!("expected the watchdog to stop this guest, but: {}", f.description);
                 Raw::Fail(f)
             }
         };
     }
+    if let Some(kind) = case.expected_end() {
+        if end.kind() == kind {
+            return Raw::ExpectedEnd(format!("the host ended this hostile guest as it must: {}", end.describe()));
+        }
+        let mut f = failure_of(case, report);
+        f.description = format!("expected the host to end this guest with {kind}, but: {}", f.description);
+        return Raw::Fail(f);
+    }
     match (end, &report.verdict) {
         (RunEnd::Verdict, Some(v)) => match v.status {
             VerdictStatus::Pass => Raw::Pass,
             VerdictStatus::Skip => Raw::Skip(format!("guest: {}", v.message)),
-            VerdictStatus::Fail => Raw::Fail(failure_of(report)),
+            VerdictStatus::Fail => Raw::Fail(failure_of(case, report)),
         },
-        (RunEnd::Timeout { .. }, _) => Raw::Timeout(failure_of(report)),
-        _ => Raw::Fail(failure_of(report)),
+        (RunEnd::Timeout { .. }, _) => Raw::Timeout(failure_of(case, report)),
+        _ => Raw::Fail(failure_of(case, report)),
     }
 }
 
@@ -102,7 +125,7 @@ pub fn judge(case: &TestCase, report: &RunReport, profile: &Profile) -> Judgemen
     let j = |outcome, reason: String, failure| Judgement { outcome, reason: Some(reason), failure };
     match (raw(case, report), deviation) {
         (Raw::Pass, None) => Judgement { outcome: Outcome::Pass, reason: None, failure: None },
-        (Raw::Pass, Some(d)) => j(
+        (Raw::Pass | Raw::ExpectedEnd(_), Some(d)) => j(
             Outcome::Xpass,
             format!(
                 "{} predicts a failure ({}; {}) but the test passed: the deviation is gone, update the profile",
@@ -114,6 +137,7 @@ pub fn judge(case: &TestCase, report: &RunReport, profile: &Profile) -> Judgemen
         ),
         (Raw::Skip(reason), _) => j(Outcome::Skip, reason, None),
         (Raw::ExpectedTimeout(reason), _) => j(Outcome::Timeout, reason, None),
+        (Raw::ExpectedEnd(reason), None) => j(Outcome::Pass, reason, None),
         (Raw::Fail(f) | Raw::Timeout(f), Some(d)) if d.matches(&f) => {
             j(Outcome::Xfail, format!("known deviation ({}): {}", d.deviates_from, f.description), Some(f))
         }

@@ -4,9 +4,11 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod fuzz;
 pub mod hooks;
 pub mod judge;
 pub mod migrate;
+pub mod process;
 pub mod profile;
 pub mod runner;
 pub mod stability;

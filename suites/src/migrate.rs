@@ -38,6 +38,7 @@ fn merge(total: &mut RunReport, part: RunReport) {
     total.console_truncated |= part.console_truncated;
     total.log.extend(part.log);
     total.log_dropped += part.log_dropped;
+    total.metrics_dropped += part.metrics_dropped;
     total.metrics.extend(part.metrics);
     total.notes.extend(part.notes);
     total.duration += part.duration;

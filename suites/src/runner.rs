@@ -200,6 +200,9 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
         r.console = Some(format!("{}{cut}", report.console));
     }
     r.log = report.log.clone();
+    if report.metrics_dropped > 0 {
+        r.log.push(format!("[{} more metrics dropped]", report.metrics_dropped));
+    }
     if report.log_dropped > 0 {
         r.log.push(format!("[{} more log lines dropped]", report.log_dropped));
     }

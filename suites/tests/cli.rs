@@ -352,11 +352,11 @@ fn a_run_checks_its_output_before_the_first_case_and_never_overwrites_another() 
 
 #[test]
 fn export_writes_through_a_device_and_to_standard_output() {
-    let out = hvprobe().args(["export", "-f", "ktap", "--out", "/dev/null"]).arg(reference()).output().unwrap();
+    let out = hvprobe().args(["export", "-F", "ktap", "--out", "/dev/null"]).arg(reference()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let meta = std::fs::metadata("/dev/null").unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "/dev/null is still a device");
-    let out = hvprobe().args(["export", "-f", "ktap", "--out", "-"]).arg(reference()).output().unwrap();
+    let out = hvprobe().args(["export", "-F", "ktap", "--out", "-"]).arg(reference()).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("KTAP version 1"));
 }
 
@@ -455,4 +455,20 @@ fn list_and_bench_select_what_their_filters_name() {
     assert_eq!(String::from_utf8_lossy(&rows.stdout).lines().count(), count, "--count counts the rows list prints");
     let out = hvprobe().args(["list", "--bench", "-f", "host::vm_destroy", "--exact"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host::vm_destroy                             host");
+}
+
+#[test]
+fn export_filters_like_every_other_command_and_formats_with_capital_f() {
+    let out =
+        hvprobe().args(["export", "-F", "ktap", "-f", "cpu::boot::", "--out", "-"]).arg(reference()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // One subtest (the area cpu) of the four cpu::boot cases.
+    let plans: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("1..")).collect();
+    assert_eq!(plans, ["1..1", "1..4"], "{text}");
+    let cases: Vec<&str> = text.lines().filter(|l| l.starts_with("  ok ") || l.starts_with("  not ok ")).collect();
+    assert!(cases.len() == 4 && cases.iter().all(|l| l.contains("cpu::boot::")), "{text}");
+    let out = hvprobe().args(["export", "-F", "ktap", "-f", "nomatch"]).arg(reference()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no test or benchmark"));
 }

@@ -191,9 +191,8 @@ fn a_snapshot_file_round_trips_and_bad_files_are_clear_errors() {
     assert!(Vm::restore(&kvm, payload().unwrap(), other, VmConfig::default(), &back).is_err());
 }
 
-/// Open file descriptors of this process.
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+    hvprobe_suites::process::open_fds().unwrap()
 }
 
 #[test]
@@ -214,4 +213,22 @@ fn an_irqfd_storm_is_capped_and_its_fds_return() {
     );
     drop(vm);
     assert!(open_fds() < during, "the VM's fds are closed with it");
+}
+
+#[test]
+fn a_hung_benchmark_session_is_stopped_before_finish_returns() {
+    let Some(kvm) = kvm() else { return };
+    let case = payload().unwrap().bench("bench::cpuid::long64").unwrap();
+    if !kvm.missing_requirements(case.requires).is_empty() {
+        return;
+    }
+    let mut session = hvprobe_suites::bench::Session::start(case).unwrap();
+    session.batch(1, false).expect("a first batch");
+    // A limit no batch can meet makes the session count its guest as hung.
+    session.set_batch_limit(Duration::ZERO);
+    assert!(session.batch(1_000_000, false).unwrap_err().contains("hangs"));
+    let t = std::time::Instant::now();
+    let report = session.finish().expect("the run thread is joined").expect("the run ended without error");
+    assert_eq!(report.end(), &RunEnd::Paused, "{}", report.end().describe());
+    assert!(t.elapsed() < Duration::from_secs(1), "stopping the hung guest took {:?}", t.elapsed());
 }

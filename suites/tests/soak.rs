@@ -8,17 +8,11 @@ use hvprobe_harness::{Kvm, RunOptions, Vm, VmConfig};
 use hvprobe_suites::catalog::payload;
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+    hvprobe_suites::process::open_fds().unwrap()
 }
 
-/// Resident set size in KiB (VmRSS of /proc/self/status).
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    hvprobe_suites::process::rss_kib().unwrap()
 }
 
 #[test]

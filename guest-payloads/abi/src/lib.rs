@@ -117,6 +117,15 @@ pub mod limits {
     /// Distinct GSIs with an irqfd per VM (IRQFD, IRQFD_RESAMPLE): two eventfds each at
     /// most. The IOAPIC has 24 pins; routed MSIs add a few.
     pub const MAX_IRQFDS: usize = 64;
+    /// Console bytes the host keeps per run; later bytes are counted, not kept.
+    pub const CONSOLE_CAPTURE: usize = 64 * 1024;
+    /// Notes about accesses to absent devices kept per run.
+    pub const NOTES: usize = 64;
+    /// Log lines kept per run, and their bytes in all; later lines are counted as dropped.
+    pub const LOG_LINES: usize = 1000;
+    pub const LOG_BYTES: usize = 256 * 1024;
+    /// Metrics kept per run; later ones are counted as dropped.
+    pub const METRICS: usize = 1000;
 }
 
 /// The per-vCPU KVM statistics the KVM_STAT service reads, by number.
@@ -349,6 +358,14 @@ pub mod flags {
     /// `result` (what the behaviour produced, equal across ways) and `cost` (guest cycles
     /// per operation). The path table of `hvprobe run` compares the ways of a behaviour.
     pub const PATH_TABLE: u32 = 1 << 4;
+    /// The host must end this (hostile) guest's run with a triple fault
+    /// (`KVM_EXIT_SHUTDOWN`): that end is the case's pass.
+    pub const EXPECT_SHUTDOWN: u32 = 1 << 5;
+    /// The host must refuse one of this (hostile) guest's protocol messages and end the
+    /// run with a protocol error: that end is the case's pass.
+    pub const EXPECT_PROTOCOL_ERROR: u32 = 1 << 6;
+    /// The flags that name a run end other than a verdict; a case sets at most one.
+    pub const EXPECT_ANY: u32 = EXPECT_TIMEOUT | EXPECT_SHUTDOWN | EXPECT_PROTOCOL_ERROR;
 }
 
 /// Maximum length of a test name, in bytes.
@@ -465,7 +482,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 6;
+    pub const ABI_VERSION: u32 = 7;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -597,7 +614,8 @@ pub mod proto {
         /// Signals an irqfd bound to GSI `args[0]` (registered at first use).
         pub const IRQFD: u32 = 15;
         /// KVM_INTERRUPT of vector `args[0]` (no in-kernel irqchip): the host injects it
-        /// when the vCPU can take it, asking KVM for an interrupt window until then.
+        /// when the vCPU can take it, asking KVM for an interrupt window until then. Fails
+        /// for a vector above 255.
         pub const INTERRUPT: u32 = 16;
         /// KVM_SET_GSI_ROUTING: the default irqchip routes (GSIs 0-15 to the PICs and the
         /// IOAPIC, 16-23 to the IOAPIC) plus GSI `args[0]` as an MSI with address
@@ -631,7 +649,7 @@ pub mod proto {
         /// KVM_GET_CLOCK: kvmclock's nanoseconds as the host reads them (api.rst 4.60).
         pub const GET_CLOCK: u32 = 26;
         /// KVM_SET_CLOCK to KVM_GET_CLOCK plus `args[0]` (signed) nanoseconds (api.rst
-        /// 4.59); returns the value set.
+        /// 4.59); returns the value set. Fails if the sum is below 0 or above i64::MAX.
         pub const SET_CLOCK: u32 = 27;
         /// The current value of the vCPU's KVM statistic `args[0]` (see [`crate::kvm_stat`];
         /// KVM_GET_STATS_FD, api.rst 4.133), so that a case can show KVM handled what it

@@ -225,9 +225,15 @@ enum Command {
     Export {
         /// The results file.
         results: PathBuf,
-        /// junit, ktap, bmf or kcidb.
-        #[arg(long, short)]
+        /// junit, ktap, bmf or kcidb. (`-F`: `-f` is `--filter`, as in every command.)
+        #[arg(long, short = 'F')]
         format: hvprobe_results::export::Format,
+        /// Only tests and benchmarks whose names contain one of these substrings.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Filters must match whole names.
+        #[arg(long)]
+        exact: bool,
         /// Write here instead of to standard output ("-" is standard output): a regular file
         /// is replaced atomically, a device or pipe written through, a symlink followed.
         #[arg(long, short)]
@@ -301,8 +307,17 @@ fn real_main() -> Result<ExitCode> {
             }
             return compare(before, after, *json, *fail_on, *min_effect);
         }
-        Command::Export { results, format, out } => {
-            let text = hvprobe_results::export::export(&Results::read(results)?, *format);
+        Command::Export { results, format, filter, exact, out } => {
+            let mut r = Results::read(results)?;
+            if !filter.is_empty() {
+                r.tests.retain(|t| catalog::matches(&t.name, filter, *exact));
+                r.benchmarks.retain(|b| catalog::matches(&b.name, filter, *exact));
+                r.paths.retain(|p| p.ways.iter().any(|w| catalog::matches(&w.test, filter, *exact)));
+                if r.tests.is_empty() && r.benchmarks.is_empty() {
+                    bail!("no test or benchmark in {} matches the filters {filter:?}", results.display());
+                }
+            }
+            let text = hvprobe_results::export::export(&r, *format);
             match out.as_deref().filter(|p| *p != std::path::Path::new("-")) {
                 Some(path) => hvprobe_results::write_text_atomic(path, &text)?,
                 None => say_raw!("{text}"),
@@ -787,13 +802,43 @@ fn print_failures(r: &Results) {
         if let Some(cpu) = t.failure.as_ref().and_then(|f| f.cpu.as_ref()) {
             say!("    cpu: {cpu}");
         }
-        for l in &t.log {
-            say!("    log: {l}");
+        let skipped = t.log.len().saturating_sub(TERMINAL_LOG_LINES);
+        if skipped > 0 {
+            say!("    log: ({skipped} earlier lines are in the results file)");
+        }
+        for l in &t.log[skipped..] {
+            say!("    log: {}", terminal_safe(tail_chars(l, TERMINAL_CONSOLE_CHARS)));
         }
         if let Some(c) = &t.console {
-            say!("    console: {c}");
+            let tail = tail_chars(c, TERMINAL_CONSOLE_CHARS);
+            if tail.len() < c.len() {
+                say!("    console: ({} earlier bytes are in the results file)", c.len() - tail.len());
+            }
+            say!("    console: {}", terminal_safe(tail));
         }
     }
+}
+
+/// What the failure listing shows of a guest's log and console: a flooding guest must not
+/// flood the terminal. The results file keeps everything the host captured.
+const TERMINAL_LOG_LINES: usize = 20;
+const TERMINAL_CONSOLE_CHARS: usize = 2048;
+
+/// The last `n` characters of `s` (on a character boundary).
+fn tail_chars(s: &str, n: usize) -> &str {
+    let count = s.chars().count();
+    match s.char_indices().nth(count.saturating_sub(n)) {
+        Some((start, _)) if count > n => &s[start..],
+        _ => s,
+    }
+}
+
+/// Guest text as the terminal may show it: control characters other than newline and tab
+/// (escape sequences among them) are printed escaped, never interpreted.
+fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
@@ -820,7 +865,7 @@ fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
     row("all", "", &r.counts());
     let expected = r.tests.iter().filter(|t| t.expected_timeout && t.outcome == Outcome::Timeout).count();
     if expected > 0 {
-        say!("({expected} timeout(s) expected: the watchdog's own cases)");
+        say!("({expected} timeout(s) expected: cases that never end by themselves)");
     }
     say!("wall time {:.1} s for {} cases on {jobs} jobs", wall.as_secs_f64(), r.tests.len());
     if !phases.is_empty() {
@@ -836,5 +881,18 @@ fn print_summary(r: &Results, wall: Duration, jobs: usize, phases: &[Phases]) {
             med(|p| p.teardown),
             total
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{tail_chars, terminal_safe};
+
+    #[test]
+    fn guest_text_reaches_the_terminal_bounded_and_inert() {
+        assert_eq!(tail_chars("abcdef", 3), "def");
+        assert_eq!(tail_chars("ab", 3), "ab");
+        assert_eq!(tail_chars("\u{e9}\u{e9}\u{e9}x", 2), "\u{e9}x");
+        assert_eq!(terminal_safe("a\x1b[2Jb\n\tc\r"), "a\\u{1b}[2Jb\n\tc\\r");
     }
 }
