@@ -40,7 +40,19 @@ pub struct RunOptions {
     /// Stop the guest wherever it is when this flag is raised and the vCPU thread kicked
     /// (see `Vm::live_migrate`).
     pub stop: Option<std::sync::Arc<AtomicBool>>,
+    /// Look for a livelock (see [`RunEnd::Livelock`]): from [`LIVELOCK_PROBE_AFTER`] on,
+    /// vCPU 0 is kicked out of KVM_RUN every [`LIVELOCK_PROBE_EVERY`] and its registers
+    /// and KVM statistics read. Off for the watchdog's own cases and for benchmarks.
+    pub livelock: bool,
 }
+
+/// When the livelock probe starts, how often it looks, and how long a vCPU must be stuck.
+pub const LIVELOCK_PROBE_AFTER: Duration = Duration::from_millis(100);
+pub const LIVELOCK_PROBE_EVERY: Duration = Duration::from_millis(20);
+pub const LIVELOCK_WINDOW: Duration = Duration::from_millis(100);
+/// Re-executions within the window that make a stuck vCPU a livelock rather than one
+/// waiting in the kernel (a HLT, a page fault being served).
+pub const LIVELOCK_MIN_REPEATS: u64 = 1000;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -52,6 +64,50 @@ impl Default for RunOptions {
             max_exits: None,
             pause_after: None,
             stop: None,
+            livelock: false,
+        }
+    }
+}
+
+/// What the livelock probe saw when vCPU 0 last looked stuck.
+struct Stuck {
+    regs: [u64; 18],
+    exits: u64,
+    repeats: u64,
+    since: Instant,
+}
+
+impl Vm {
+    /// One look at vCPU 0 for the livelock probe (see [`RunEnd::Livelock`]). `exits` is
+    /// the loop's count of returns from KVM_RUN other than the probes' own.
+    fn probe_livelock(&self, stuck: &mut Option<Stuck>, exits: u64) -> Option<RunEnd> {
+        let stats = self.stats.as_ref()?;
+        let r = self.vcpus[0].get_regs().ok()?;
+        let regs = [
+            r.rip, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
+            r.r13, r.r14, r.r15,
+        ];
+        let reading = stats.read().ok()?;
+        let repeats = ["insn_emulation", "exits"].iter().filter_map(|n| stats.value(&reading, n)).max()?;
+        match stuck {
+            Some(s) if s.regs == regs && s.exits == exits => {
+                let (over, times) = (s.since.elapsed(), repeats.wrapping_sub(s.repeats));
+                if over < LIVELOCK_WINDOW || times < LIVELOCK_MIN_REPEATS {
+                    return None;
+                }
+                // A jump to itself is the guest's own loop, executed as written.
+                let snap = self.snapshot().ok()?;
+                let insn = iced_x86::Decoder::new(snap.bits, &snap.insn_bytes, iced_x86::DecoderOptions::NONE).decode();
+                use iced_x86::FlowControl::{ConditionalBranch, IndirectBranch, UnconditionalBranch};
+                if matches!(insn.flow_control(), ConditionalBranch | IndirectBranch | UnconditionalBranch) {
+                    return None;
+                }
+                Some(RunEnd::Livelock { rip: r.rip, repeats: times, over })
+            }
+            _ => {
+                *stuck = Some(Stuck { regs, exits, repeats, since: Instant::now() });
+                None
+            }
         }
     }
 }
@@ -100,6 +156,12 @@ pub enum RunEnd {
     /// A check the host made around the guest failed (a migration that did not copy
     /// memory exactly, a restore in another process that did not finish, ...).
     HostCheck(String),
+    /// vCPU 0 never left KVM_RUN while KVM re-executed one instruction, not a branch, at
+    /// least [`LIVELOCK_MIN_REPEATS`] times over [`LIVELOCK_WINDOW`] with its registers
+    /// unchanged (its `insn_emulation` or `exits` statistic counting the attempts): a
+    /// livelock in the hypervisor, ended early instead of at the watchdog's limit. The
+    /// instruction is the snapshot's.
+    Livelock { rip: u64, repeats: u64, over: Duration },
 }
 
 impl RunEnd {
@@ -120,8 +182,28 @@ impl RunEnd {
             RunEnd::Checkpoint { .. } => "checkpoint",
             RunEnd::Paused => "paused",
             RunEnd::HostCheck(_) => "host_check",
+            RunEnd::Livelock { .. } => "livelock",
         }
     }
+
+    /// Every [`RunEnd::kind`], for readers that validate a kind named in a file.
+    pub const KINDS: [&'static str; 15] = [
+        "verdict",
+        "hlt",
+        "shutdown",
+        "fail_entry",
+        "internal_error",
+        "system_event",
+        "timeout",
+        "protocol_error",
+        "unexpected_exit",
+        "kvm_run_failed",
+        "exit_limit",
+        "checkpoint",
+        "paused",
+        "host_check",
+        "livelock",
+    ];
 
     pub fn describe(&self) -> String {
         match self {
@@ -147,6 +229,11 @@ impl RunEnd {
             RunEnd::Checkpoint { tag } => format!("the guest asked to be saved (checkpoint {tag})"),
             RunEnd::Paused => "paused by the host, as asked".into(),
             RunEnd::HostCheck(m) => format!("host check failed: {m}"),
+            RunEnd::Livelock { rip, repeats, over } => format!(
+                "livelock: KVM re-executed the instruction at rip {rip:#x} {repeats} times in {:.0} ms with vCPU 0's \
+                 registers unchanged and no exit to userspace",
+                over.as_secs_f64() * 1e3
+            ),
             RunEnd::Verdict => "the guest reported a verdict".into(),
             RunEnd::Hlt => "KVM_EXIT_HLT: the guest halted".into(),
             RunEnd::Shutdown => "KVM_EXIT_SHUTDOWN: triple fault or unrecoverable event".into(),
@@ -272,6 +359,11 @@ impl Vm {
         let start = Instant::now();
         let watchdog = Watchdog::arm(options.timeout, immediate_exit, options.stop.clone())?;
         let pause = options.pause_after.map(|after| Watchdog::arm(after, immediate_exit, None)).transpose()?;
+        let ticker = options
+            .livelock
+            .then(|| Watchdog::ticker(LIVELOCK_PROBE_AFTER, LIVELOCK_PROBE_EVERY, immediate_exit))
+            .transpose()?;
+        let (mut probed, mut stuck) = (0u64, None::<Stuck>);
         let max_exits = options.max_exits.unwrap_or(u64::MAX);
         let mut exits = 0u64;
         // The application processors run on their own threads for as long as vCPU 0 does.
@@ -296,6 +388,16 @@ impl Vm {
                     || options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
                 {
                     break RunEnd::Paused;
+                }
+                if let Some(t) = ticker.as_ref().filter(|t| t.kicks() != probed) {
+                    probed = t.kicks();
+                    // The probe's kick is served: let the next KVM_RUN in. (A watchdog or
+                    // stop kick that lands meanwhile is repeated every 20 ms.)
+                    immediate_exit.set(0);
+                    // Each probe costs one return from KVM_RUN; any other return is an exit.
+                    if let Some(end) = self.probe_livelock(&mut stuck, exits.wrapping_sub(probed)) {
+                        break end;
+                    }
                 }
                 if exits == max_exits {
                     break RunEnd::ExitLimit { exits };
@@ -323,6 +425,7 @@ impl Vm {
         report.duration = start.elapsed();
         drop(watchdog);
         drop(pause);
+        drop(ticker);
         // SAFETY: as above; no KVM_RUN is in progress any more.
         unsafe { (*run_ptr).immediate_exit = 0 };
 

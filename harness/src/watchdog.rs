@@ -37,6 +37,8 @@ struct Shared {
     done: Mutex<bool>,
     wake: Condvar,
     fired: AtomicBool,
+    /// Kicks so far (the ticker's probes).
+    kicks: std::sync::atomic::AtomicU64,
 }
 
 pub struct Watchdog {
@@ -90,27 +92,55 @@ impl Watchdog {
         immediate_exit: ImmediateExit,
         stop: Option<Arc<AtomicBool>>,
     ) -> Result<Watchdog, Error> {
+        Self::start(limit, Duration::from_millis(20), immediate_exit, stop)
+    }
+
+    /// A ticker: kicks the calling thread's KVM_RUN out first after `first`, then every
+    /// `every`, counting the kicks ([`Watchdog::kicks`]), so that the run loop can look
+    /// at a vCPU that never leaves KVM_RUN by itself (the livelock probe).
+    pub fn ticker(first: Duration, every: Duration, immediate_exit: ImmediateExit) -> Result<Watchdog, Error> {
+        Self::start(first, every, immediate_exit, None)
+    }
+
+    /// Kicks at `first`, then every `repeat` until dropped; with `stop`, also as soon as
+    /// it is raised (looked at every 20 ms).
+    fn start(
+        first: Duration,
+        repeat: Duration,
+        immediate_exit: ImmediateExit,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<Watchdog, Error> {
         install_handler()?;
         // SAFETY: pthread_self has no preconditions.
         let vcpu_thread = unsafe { libc::pthread_self() };
-        let shared = Arc::new(Shared { done: Mutex::new(false), wake: Condvar::new(), fired: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            done: Mutex::new(false),
+            wake: Condvar::new(),
+            fired: AtomicBool::new(false),
+            kicks: Default::default(),
+        });
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("hvprobe-watchdog".into())
             .spawn(move || {
-                let deadline = Instant::now() + limit;
+                let mut deadline = Instant::now() + first;
                 let mut done = s.done.lock().unwrap_or_else(|e| e.into_inner());
                 while !*done {
                     let now = Instant::now();
-                    let mut wait = if now < deadline { deadline - now } else { Duration::from_millis(20) };
+                    let mut wait = if now < deadline { deadline - now } else { repeat };
                     let stopped = stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
                     if now >= deadline || stopped {
                         if !stopped {
                             s.fired.store(true, Ordering::SeqCst);
                         }
+                        s.kicks.fetch_add(1, Ordering::SeqCst);
                         // The vCPU thread is alive until it drops this watchdog, which
                         // waits for this thread to end first.
                         immediate_exit.kick(vcpu_thread);
+                        if now >= deadline {
+                            deadline = now + repeat;
+                            wait = repeat;
+                        }
                     }
                     if stop.is_some() {
                         // Looks at the stop flag every 20 ms.
@@ -125,6 +155,11 @@ impl Watchdog {
 
     pub fn fired(&self) -> bool {
         self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// How many times it has kicked the vCPU thread.
+    pub fn kicks(&self) -> u64 {
+        self.shared.kicks.load(Ordering::SeqCst)
     }
 }
 

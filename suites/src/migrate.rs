@@ -81,7 +81,7 @@ pub fn drive(
     options: RunOptions,
 ) -> Result<(RunReport, Option<Vm>), Error> {
     let deadline = Instant::now() + options.timeout;
-    let (seed, only_case) = (options.seed, options.only_case);
+    let (seed, only_case, options_livelock) = (options.seed, options.only_case, options.livelock);
     let mut services = options.services;
     let stop = options.stop;
     let stopped = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
@@ -102,6 +102,7 @@ pub fn drive(
             max_exits: None,
             pause_after,
             stop: stop.clone(),
+            livelock: options_livelock,
         };
         let part = if how == Some(Migrate::Live) && !migrated {
             migrated = true;
@@ -274,7 +275,7 @@ fn resume(path: &std::path::Path) -> Result<Resumed, String> {
         .and_then(|v| v.parse().ok())
         .map_or(crate::runner::DEFAULT_TIMEOUT, Duration::from_millis);
     let target = Target { kvm: &kvm, payload, case, config: &config };
-    let options = RunOptions { timeout, ..RunOptions::default() };
+    let options = RunOptions { timeout, livelock: !case.expects_timeout(), ..RunOptions::default() };
     let (report, _) = drive(&target, vm, Some(Migrate::Restore), options).map_err(|e| e.to_string())?;
     Ok(Resumed {
         pid: std::process::id(),

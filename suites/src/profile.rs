@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use hvprobe_harness::host::Platform;
-use hvprobe_harness::{Backend, Payload};
+use hvprobe_harness::{Backend, Payload, RunEnd};
 use hvprobe_results::Failure;
 use hvprobe_results::signature::has_live_number;
 
@@ -23,21 +23,6 @@ pub enum ProfileError {
     #[error("profile {path}: {reason}")]
     Invalid { path: String, reason: String },
 }
-
-/// The run endings a signature may name (RunEnd::kind).
-pub const END_KINDS: [&str; 11] = [
-    "verdict",
-    "hlt",
-    "shutdown",
-    "fail_entry",
-    "internal_error",
-    "system_event",
-    "timeout",
-    "protocol_error",
-    "unexpected_exit",
-    "kvm_run_failed",
-    "host_check",
-];
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -225,8 +210,8 @@ impl Profile {
             if !seen.insert(&d.test) {
                 return Err(invalid(format!("{} is listed twice", d.test)));
             }
-            if !END_KINDS.contains(&d.end.as_str()) {
-                return Err(invalid(format!("{}: end {:?} is not one of {}", d.test, d.end, END_KINDS.join(", "))));
+            if !RunEnd::KINDS.contains(&d.end.as_str()) {
+                return Err(invalid(format!("{}: end {:?} is not one of {}", d.test, d.end, RunEnd::KINDS.join(", "))));
             }
             if d.deviates_from.trim().is_empty() {
                 return Err(invalid(format!("{}: deviates_from must name the manual or API section", d.test)));

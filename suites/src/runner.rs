@@ -160,6 +160,8 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
             seed: ctx.seed,
             only_case: ctx.only_case,
             stop: ctx.stop.clone(),
+            // The watchdog's own cases spin on purpose and must reach its limit.
+            livelock: !case.expects_timeout(),
             ..RunOptions::default()
         };
         let driven = crate::migrate::drive(&target, vm, hook.and_then(|h| h.migrate), options);

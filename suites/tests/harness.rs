@@ -199,7 +199,7 @@ fn open_fds() -> usize {
 fn an_irqfd_storm_is_capped_and_its_fds_return() {
     let Some(kvm) = kvm() else { return };
     let payload = payload().unwrap();
-    let case = payload.test("hostile::irqfd_storm::long64").unwrap();
+    let case = payload.test("hostile::irqfd_storm::user64").unwrap();
     // Other tests of this binary run in parallel and open fds too: compare the most
     // this run could add with what the cap allows.
     let before = open_fds();

@@ -306,7 +306,7 @@ test_case! {
     /// Spins forever on purpose: the watchdog must stop it and report `timeout` within
     /// its limit plus one second.
     name = "cpu::watchdog_spin::long64", mode = Long64, path = Hw,
-        timeout_ms = 1000, flags = abi::flags::EXPECT_TIMEOUT;
+        timeout_ms = 200, flags = abi::flags::EXPECT_TIMEOUT;
     fn watchdog_spin() {
         loop {
             core::hint::spin_loop();
@@ -317,7 +317,7 @@ test_case! {
 test_case! {
     /// The same spin at CPL3, where PVM runs guest code natively rather than emulating it.
     name = "cpu::watchdog_spin::user64", mode = User64, path = Hw,
-        timeout_ms = 1000, flags = abi::flags::EXPECT_TIMEOUT;
+        timeout_ms = 200, flags = abi::flags::EXPECT_TIMEOUT;
     entry = watchdog_spin
 }
 

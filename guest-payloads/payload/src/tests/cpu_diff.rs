@@ -318,6 +318,30 @@ fn case_input(rng: &mut Rng, pattern: &mut [u8; BUF_LEN], base: u64) -> (usize, 
 
 const CASES: u64 = 1000;
 
+/// Cases generated at a time, at CPL3: there the generator runs natively on every backend,
+/// where PVM would emulate it at CPL0 instruction by instruction.
+const BATCH_LEN: usize = 100;
+
+/// The generator's state and its latest cases (operation, registers, buffer pattern).
+struct Batch {
+    rng: Rng,
+    cases: [(usize, Regs, [u8; BUF_LEN]); BATCH_LEN],
+}
+
+const NO_REGS: Regs = Regs { rax: 0, rbx: 0, rcx: 0, rdx: 0, rsi: 0, rdi: 0, flags: 0 };
+static mut BATCH: Batch = Batch { rng: Rng(1), cases: [(0, NO_REGS, [0; BUF_LEN]); BATCH_LEN] };
+
+/// Generates the next BATCH_LEN cases (the same sequence as one at a time).
+extern "C" fn generate_batch(arg: u64) {
+    // SAFETY: `arg` is the address of BATCH, which the CPL0 caller does not touch meanwhile.
+    let batch = unsafe { &mut *(arg as *mut Batch) };
+    for slot in batch.cases.iter_mut() {
+        let mut pattern = [0u8; BUF_LEN];
+        let (op, input) = case_input(&mut batch.rng, &mut pattern, buf() as u64);
+        *slot = (op, input, pattern);
+    }
+}
+
 /// The limit of the generated cases: far above their running time on any machine of the
 /// development kind, loaded or not, so that the verdict never depends on the machine's speed.
 const LONG_CASE_LIMIT_MS: u32 = 90_000;
@@ -337,12 +361,17 @@ test_case! {
         let only = hvprobe_rt::proto::service(service::ONLY_CASE, [0; 4]).unwrap_or(u64::MAX);
         log!("seed {:#x}, {} cases over {} operations", seed, CASES, N_OPS);
         // xorshift's state must not be 0; any other seed is used as given.
-        let mut rng = Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed });
+        let batch_ptr = &raw mut BATCH;
+        // SAFETY: this case is the only user of BATCH, and nothing else runs meanwhile.
+        let batch = unsafe { &mut *batch_ptr };
+        batch.rng = Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed });
         let mut differing = [0u32; N_OPS];
         let (mut ran, mut first) = (0u64, None);
-        let mut pattern = [0u8; BUF_LEN];
         for index in 0..CASES {
-            let (op, input) = case_input(&mut rng, &mut pattern, buf() as u64);
+            if index % BATCH_LEN as u64 == 0 {
+                check_no_exception!(call_at_cpl3(generate_batch, batch as *mut Batch as u64));
+            }
+            let (op, input, pattern) = batch.cases[(index % BATCH_LEN as u64) as usize];
             if only != u64::MAX && index != only {
                 continue;
             }
@@ -394,15 +423,70 @@ test_case! {
     }
 }
 
-/// Runs `input` through `op` at CPL3 with the operands in `at`; returns the registers
-/// with RSI and RDI made relative to the operands' base, and the operands' bytes.
-fn run_at_cpl3(op: usize, input: Regs, pattern: &[u8; BUF_LEN], at: Operands) -> (Regs, [u8; BUF_LEN]) {
+/// Runs `input` through `op` with the operands in `at`, at the caller's CPL3; returns the
+/// registers with RSI and RDI made relative to the operands' base, and the operands' bytes.
+fn run_with_operands(op: usize, input: Regs, pattern: &[u8; BUF_LEN], at: Operands) -> (Regs, [u8; BUF_LEN]) {
     let base = at.base() as u64;
     let mut job = Job { op, regs: Regs { rsi: input.rsi + base, rdi: input.rdi + base, ..input } };
     at.load(pattern);
-    check_no_exception!(call_at_cpl3(run_job, &raw mut job as u64));
+    run_job(&raw mut job as u64);
     let r = job.regs;
     (Regs { rsi: r.rsi.wrapping_sub(base), rdi: r.rdi.wrapping_sub(base), ..r }, at.read())
+}
+
+/// The MMIO comparison's inputs and findings, shared with its loop at CPL3.
+struct MmioDiff {
+    seed: u64,
+    only: u64,
+    ran: u64,
+    differing: u64,
+    first: Option<u64>,
+    /// The case running now: the one to blame for an exception.
+    current: u64,
+}
+
+/// The MMIO comparison's loop, run at CPL3 as a whole: generating the cases and running
+/// both sides there costs no emulation of CPL0 code on hosts that emulate it (PVM).
+extern "C" fn mmio_diff_loop(arg: u64) {
+    // SAFETY: `arg` is the address of the CPL0 caller's MmioDiff, which waits for us.
+    let d = unsafe { &mut *(arg as *mut MmioDiff) };
+    let mut rng = Rng(if d.seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { d.seed } ^ 0x4d4d_494f);
+    let mut pattern = [0u8; BUF_LEN];
+    let mut index = 0;
+    while index < CASES {
+        // Pointers relative to the operands' base; each run adds its own.
+        let (op, input) = case_input(&mut rng, &mut pattern, 0);
+        if !touches_memory(op) {
+            continue;
+        }
+        index += 1;
+        if d.only != u64::MAX && index - 1 != d.only {
+            continue;
+        }
+        d.ran += 1;
+        d.current = index - 1;
+        let (ram, mem_ram) = run_with_operands(op, input, &pattern, Operands::Ram);
+        let (mmio, mem_mmio) = run_with_operands(op, input, &pattern, Operands::Mmio);
+        let mask = STATUS & !OPS[op].2;
+        let same = Regs { flags: ram.flags & mask, ..ram } == Regs { flags: mmio.flags & mask, ..mmio };
+        if !same || mem_ram != mem_mmio {
+            if d.differing == 0 {
+                log!(
+                    "case {} {} ({}): in {:x?}\n  RAM  {:x?}\n  MMIO {:x?} (flags compared: {:#x}); memory {}",
+                    index - 1,
+                    OPS[op].0,
+                    OPS[op].1,
+                    input,
+                    ram,
+                    mmio,
+                    mask,
+                    if mem_ram == mem_mmio { "equal" } else { "differs" }
+                );
+            }
+            d.differing += 1;
+            d.first.get_or_insert(index - 1);
+        }
+    }
 }
 
 test_case! {
@@ -411,57 +495,28 @@ test_case! {
     /// REP in both DF directions), each run at CPL3 on RAM, where the CPU executes it,
     /// and with its operands on the MMIO test device, where the hypervisor must decode
     /// and emulate it on any backend: registers, defined flags and the operand bytes must
-    /// agree. Seed and rerun as for `cpu::emulator_diff::long64`.
+    /// agree. Seed and rerun as for `cpu::emulator_diff::long64`. The whole loop runs at
+    /// CPL3 (generating the cases too), so that only the MMIO accesses cost exits.
     ///
-    /// Limit: 6.5-9 s on the development machines when quiet (one of them timed out at the
-    /// old 10 s default); as for `cpu::emulator_diff::long64`.
+    /// Limit: 6.5-9 s on the development machines when quiet before the loop moved to
+    /// CPL3; as for `cpu::emulator_diff::long64`.
     name = "cpu::emulator_diff::mmio", mode = Long64, path = Full, timeout_ms = LONG_CASE_LIMIT_MS;
     fn emulator_diff_mmio() {
         let ask = |id| hvprobe_rt::proto::service(id, [0; 4]).unwrap_or(0);
         let seed = ask(service::SEED);
         let only = hvprobe_rt::proto::service(service::ONLY_CASE, [0; 4]).unwrap_or(u64::MAX);
         log!("seed {:#x}, {} cases of the memory operations", seed, CASES);
-        let mut rng = Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed } ^ 0x4d4d_494f);
-        let (mut ran, mut differing, mut first) = (0u64, 0u64, None);
-        let mut pattern = [0u8; BUF_LEN];
-        let mut index = 0;
-        while index < CASES {
-            // Pointers relative to the operands' base; each run adds its own.
-            let (op, input) = case_input(&mut rng, &mut pattern, 0);
-            if !touches_memory(op) {
-                continue;
-            }
-            index += 1;
-            if only != u64::MAX && index - 1 != only {
-                continue;
-            }
-            ran += 1;
-            let (ram, mem_ram) = run_at_cpl3(op, input, &pattern, Operands::Ram);
-            let (mmio, mem_mmio) = run_at_cpl3(op, input, &pattern, Operands::Mmio);
-            let mask = STATUS & !OPS[op].2;
-            let same = Regs { flags: ram.flags & mask, ..ram } == Regs { flags: mmio.flags & mask, ..mmio };
-            if !same || mem_ram != mem_mmio {
-                if differing == 0 {
-                    log!(
-                        "case {} {} ({}): in {:x?}\n  RAM  {:x?}\n  MMIO {:x?} (flags compared: {:#x}); memory {}",
-                        index - 1,
-                        OPS[op].0,
-                        OPS[op].1,
-                        input,
-                        ram,
-                        mmio,
-                        mask,
-                        if mem_ram == mem_mmio { "equal" } else { "differs" }
-                    );
-                }
-                differing += 1;
-                first.get_or_insert(index - 1);
-            }
+        let mut d = MmioDiff { seed, only, ran: 0, differing: 0, first: None, current: 0 };
+        let caught = call_at_cpl3(mmio_diff_loop, &raw mut d as u64);
+        if caught.is_some() {
+            log!("the exception below came from case {} (HVPROBE_SEED={:#x} HVPROBE_CASE={})", d.current, seed, d.current);
         }
-        check!(ran > 0, "HVPROBE_CASE {} is not one of the {} generated cases", only, CASES);
-        metric("cases", "count", ran);
-        metric("differing_cases", "count", differing);
-        if let Some(index) = first {
+        check_no_exception!(caught);
+        check!(d.ran > 0, "HVPROBE_CASE {} is not one of the {} generated cases", only, CASES);
+        metric("cases", "count", d.ran);
+        metric("differing_cases", "count", d.differing);
+        if let Some(index) = d.first {
+            let (differing, ran) = (d.differing, d.ran);
             hvprobe_rt::proto::fail(
                 file!(),
                 line!(),

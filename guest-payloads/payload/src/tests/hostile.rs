@@ -17,8 +17,9 @@ use hvprobe_rt::{check, check_eq, cpu, metric, test_case};
 test_case! {
     /// An irqfd storm: IRQFD on 20,000 distinct GSIs. The host creates at most
     /// MAX_IRQFDS of them (two eventfds each at most) and refuses every later GSI with a
-    /// service error, instead of running out of file descriptors.
-    name = "hostile::irqfd_storm::long64", mode = Long64, path = Full, requires = IRQCHIP;
+    /// service error, instead of running out of file descriptors. At CPL3, where a guest
+    /// loop runs natively on every backend (PVM emulates CPL0 code).
+    name = "hostile::irqfd_storm::user64", mode = User64, path = Full, requires = IRQCHIP;
     fn irqfd_storm() {
         let (mut granted, mut first_refused) = (0u64, None);
         for gsi in 0..20_000u64 {
@@ -106,7 +107,7 @@ test_case! {
     /// longest length the protocol allows, and of metrics. The host keeps its limit of
     /// each (and of log bytes), counts what it dropped, and answers the next service at
     /// once.
-    name = "hostile::log_flood::long64", mode = Long64, path = Full;
+    name = "hostile::log_flood::user64", mode = User64, path = Full;
     fn log_flood() {
         static LINE: [u8; MAX_STR as usize] = [b'L'; MAX_STR as usize];
         for _ in 0..LOG_FLOOD {
