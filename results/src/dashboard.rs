@@ -13,6 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use plotters::prelude::*;
 
+use crate::compare::Change;
 use crate::text::{escape_markup as esc, slug};
 use crate::{Outcome, Results, ResultsError, TestResult};
 
@@ -115,6 +116,8 @@ struct Loaded {
     runs: Vec<Run>,
     /// The latest run with tests of each host.
     latest: BTreeMap<(String, String), Full>,
+    /// The run with tests before it, where the host has one: what "what changed" compares.
+    previous: BTreeMap<(String, String), Full>,
     /// The latest run of all, kept when no run has tests.
     last: Option<Full>,
     trends: Trends,
@@ -134,9 +137,27 @@ impl Loaded {
             return;
         }
         self.last = None;
-        if self.latest.get(&host).is_none_or(|l| full.is_after(l)) {
-            self.latest.insert(host, full);
-        }
+        // Keep the two latest runs with tests of each host, whatever order files come in.
+        let full = match self.latest.remove(&host) {
+            Some(latest) if full.is_after(&latest) => {
+                self.previous.insert(host.clone(), latest);
+                full
+            }
+            Some(latest) => {
+                if self.previous.get(&host).is_none_or(|p| full.is_after(p)) {
+                    self.previous.insert(host.clone(), full);
+                }
+                latest
+            }
+            None => full,
+        };
+        self.latest.insert(host, full);
+    }
+
+    /// The run before `front` on the same host, if the front run is a host's latest.
+    fn previous_of(&self, front: &Full) -> Option<&Full> {
+        let host = (front.results.host.hostname.clone(), front.results.host.backend.clone());
+        self.latest.get(&host).filter(|l| l.file == front.file).and(self.previous.get(&host))
     }
 
     /// The run the first page shows: the latest that has tests (a benchmark-only run has
@@ -310,7 +331,9 @@ table.compat td{text-align:center}table.compat th.host{text-align:center;font-we
 table.compat th.host div:first-child{font-weight:bold}.muted{color:#666;font-size:.9em}\
 figure{margin:1em 0 2em}figcaption{font-weight:bold;margin-bottom:.3em}\
 svg{max-width:100%;height:auto;border:1px solid #ddd}\
-.swatch{display:inline-block;width:1.6em;height:.5em;margin:0 .4em 0 1em;vertical-align:middle}";
+.swatch{display:inline-block;width:1.6em;height:.5em;margin:0 .4em 0 1em;vertical-align:middle}\
+p.changes{padding:.5em .8em;background:#f6f8fa;border-left:4px solid #0072b2}\
+tr.c-regression td{background:#f9c9c4}tr.c-improvement td{background:#dff3dc}";
 
 /// A complete page: the shared head, the navigation (the current page is not a link) and `body`.
 fn page(title: &str, current: &str, body: &str) -> String {
@@ -391,6 +414,8 @@ fn index_page(loaded: &Loaded) -> String {
         esc(&r.tool.version),
         esc(&latest.file_name())
     );
+
+    what_changed(&mut b, latest, loaded.previous_of(latest));
 
     if let Some(i) = &r.incomplete {
         let _ = writeln!(
@@ -523,6 +548,118 @@ fn index_page(loaded: &Loaded) -> String {
     page("Latest run", "index.html", &b)
 }
 
+/// The id of a plot on the trends page: benchmarks by name and unit (a benchmark is
+/// measured in cycles and in ns), guest metrics by `test / metric`.
+fn plot_id(name: &str, unit: Option<&str>) -> String {
+    match unit {
+        Some(u) => format!("plot-{}-{}", slug(name), slug(u)),
+        None => format!("plot-{}", slug(name)),
+    }
+}
+
+/// The id of a test's row in the compatibility matrix: the name itself (catalogue names are
+/// `[a-z0-9_:]`, valid in an id and a URL fragment; a slug could make two names one).
+fn test_row_id(name: &str) -> String {
+    format!("t-{}", esc(name))
+}
+
+/// The first section of the first page: what changed since the previous run of the same
+/// host (`hvprobe compare` of the two): tests whose outcome or signature changed, the
+/// benchmarks that pass the statistical test, the host facts; each linked to its detail.
+fn what_changed(b: &mut String, latest: &Full, previous: Option<&Full>) {
+    b.push_str("<h2 id=\"changes\">What changed</h2>\n");
+    let Some(prev) = previous else {
+        b.push_str("<p>The first run of this host with tests: nothing to compare it with yet.</p>\n");
+        return;
+    };
+    let mut c = crate::compare::compare(&prev.results, &latest.results);
+    // A benchmark measured in only one of the runs (one ran `--bench`, the other not) is
+    // no change of the host: counted, not listed.
+    let one_sided = c.benchmarks.iter().filter(|x| x.before.is_none() || x.after.is_none()).count();
+    c.benchmarks.retain(|x| x.before.is_some() && x.after.is_some());
+    let count = |change| c.tests.iter().filter(|t| t.change == change).count();
+    let deviations =
+        c.tests.iter().filter(|t| t.after == Some(Outcome::Xfail) && t.change != Change::Improvement).count();
+    let _ = writeln!(
+        b,
+        "<p class=\"changes\">Since the previous run of this host ({}, file <code>{}</code>): \
+         <strong>{} regressions</strong>, {} improvements, {} new or changed deviations ({} test changes in all), \
+         {} benchmark changes that pass the rank-sum test (p &lt; {}, at least x{:.1}; {} measured in one run only), \
+         {} host facts changed.</p>",
+        esc(&prev.results.started),
+        esc(&prev.file_name()),
+        count(Change::Regression),
+        count(Change::Improvement),
+        deviations,
+        c.tests.len(),
+        c.benchmarks.len(),
+        crate::compare::ALPHA,
+        1.0 + c.min_effect,
+        one_sided,
+        c.host.len()
+    );
+    if c.is_empty() {
+        b.push_str("<p>Nothing else changed: every outcome, signature and benchmark is as before.</p>\n");
+        return;
+    }
+    if !c.tests.is_empty() {
+        b.push_str("<table class=\"changes\">\n<thead><tr><th>Change</th><th>Test</th><th>Before</th><th>After</th><th>Now</th></tr></thead>\n<tbody>\n");
+        let mut tests: Vec<_> = c.tests.iter().collect();
+        tests.sort_by_key(|t| (t.change, t.name.clone()));
+        for t in tests {
+            let kind = if t.after == Some(Outcome::Xfail) && t.change == Change::Changed {
+                "deviation changed"
+            } else if t.after == Some(Outcome::Xfail)
+                && t.before != Some(Outcome::Xfail)
+                && t.change != Change::Improvement
+            {
+                "new deviation"
+            } else {
+                t.change.name()
+            };
+            let name = |o: Option<Outcome>| o.map_or("–", Outcome::name);
+            let _ = writeln!(
+                b,
+                "<tr class=\"c-{}\"><td>{}</td><td><a href=\"compat.html#{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                t.change.name(),
+                kind,
+                test_row_id(&t.name),
+                esc(&t.name),
+                name(t.before),
+                name(t.after),
+                esc(t.after_reason.as_deref().unwrap_or(""))
+            );
+        }
+        b.push_str("</tbody>\n</table>\n");
+    }
+    if !c.benchmarks.is_empty() {
+        b.push_str("<table class=\"changes\">\n<thead><tr><th>Change</th><th>Benchmark</th><th>Unit</th><th>Before</th><th>After</th><th>Ratio</th></tr></thead>\n<tbody>\n");
+        for x in &c.benchmarks {
+            let side = |v: Option<(f64, f64)>| v.map_or("–".to_string(), |(m, s)| format!("{m:.1} ± {s:.1}"));
+            let _ = writeln!(
+                b,
+                "<tr class=\"c-{}\"><td>{}</td><td><a href=\"trends.html#{}\"><code>{}</code></a></td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                x.change.name(),
+                x.change.name(),
+                plot_id(&x.name, Some(&x.unit)),
+                esc(&x.name),
+                esc(&x.unit),
+                side(x.before),
+                side(x.after),
+                x.ratio.map_or("–".into(), |r| format!("x{r:.2}"))
+            );
+        }
+        b.push_str("</tbody>\n</table>\n");
+    }
+    if !c.host.is_empty() {
+        b.push_str("<ul class=\"host-changes\">\n");
+        for h in &c.host {
+            let _ = writeln!(b, "<li>{}: {} → {}</li>", esc(&h.field), esc(&h.before), esc(&h.after));
+        }
+        b.push_str("</ul>\n");
+    }
+}
+
 /// Counts by (outcome, expected timeout), each with a test that shows how to render it.
 type OutcomeGroups<'a> = BTreeMap<(Outcome, bool), (usize, &'a TestResult)>;
 
@@ -596,7 +733,7 @@ fn compat_page(loaded: &Loaded) -> String {
     }
     b.push_str("</tr></thead>\n<tbody>\n");
     for name in &names {
-        let _ = write!(b, "<tr><th scope=\"row\"><code>{}</code></th>", esc(name));
+        let _ = write!(b, "<tr id=\"{}\"><th scope=\"row\"><code>{}</code></th>", test_row_id(name), esc(name));
         for (_, tests) in &columns {
             match tests.get(name) {
                 None => b.push_str("<td class=\"absent\" title=\"not run on this host\">–</td>"),
@@ -661,10 +798,10 @@ fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
     b.push_str("x: when the run started (UTC); y: the median in the benchmark's unit; the shaded band and the ");
     b.push_str("error bars span median ± spread (median absolute deviation). One line per host; metrics are ");
     b.push_str("single values with no spread.</p>\n");
-    let bench_items: Vec<(String, &str, &Series)> =
-        benches.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s)).collect();
-    let metric_items: Vec<(String, &str, &Series)> =
-        metrics.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s)).collect();
+    let bench_items: Vec<(String, &str, &Series, String)> =
+        benches.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s, plot_id(n, Some(u)))).collect();
+    let metric_items: Vec<(String, &str, &Series, String)> =
+        metrics.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s, plot_id(n, None))).collect();
     for (heading, empty, items) in [
         ("Benchmarks", "No run has benchmarks yet.", bench_items),
         ("Guest test metrics", "No test recorded a metric.", metric_items),
@@ -677,11 +814,11 @@ fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
             continue;
         }
         toc.push_str("<ul>\n");
-        for (name, unit, series) in items {
-            let mut id = format!("plot-{}", slug(&name));
+        for (name, unit, series, base) in items {
+            let mut id = base.clone();
             let mut n = 2;
             while ids.contains(&id) {
-                id = format!("plot-{}-{n}", slug(&name));
+                id = format!("{base}-{n}");
                 n += 1;
             }
             ids.insert(id.clone());
@@ -870,7 +1007,8 @@ mod tests {
         let compat = read(&dir, "compat.html");
         assert!(compat.contains("<div>alpha</div><div>kvm_intel on kvm</div><div>6.18.0-alpha</div>"));
         assert!(compat.contains("<div>beta</div><div>kvm_pvm on kvm</div><div>6.12.9-beta</div>"));
-        assert_eq!(compat.matches("<tr><th scope=\"row\">").count(), 7);
+        assert_eq!(compat.matches("\"><th scope=\"row\">").count(), 7);
+        assert!(compat.contains("<tr id=\"t-cpu::case0::long64\"><th scope=\"row\">"), "rows carry ids for links");
         assert!(compat.contains("<td class=\"o-xfail dev\" title=\"PVM lacks the feature\">xfail</td>"));
         assert!(compat.contains("<td class=\"o-timeout-expected\" title=\"because\">timeout (expected)</td>"));
 

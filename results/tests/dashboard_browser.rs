@@ -78,7 +78,10 @@ fn test(name: &str, outcome: Outcome, reason: Option<&str>, metric: Option<(&str
 }
 
 fn bench(name: &str, unit: &str, median: f64, spread: f64) -> Benchmark {
-    Benchmark::new(name, unit, median, spread, 1000)
+    let mut b = Benchmark::new(name, unit, median, spread, 1000);
+    // Ten samples spread around the median, enough for compare's rank-sum test.
+    b.sample_values = (0..10).map(|i| median + spread * (f64::from(i) - 4.5) / 4.5).collect();
+    b
 }
 
 /// Five runs over three days on two hosts, with deviations and moving numbers.
@@ -91,7 +94,8 @@ fn write_fixtures(dir: &Path) {
         (intel(), T0 + DAY, 1520.0, 65.0, 102.0, 1260.0, Outcome::Fail, Outcome::Pass),
         (intel(), T0 + 2 * DAY + 3 * 3600, 1390.0, 30.0, 97.0, 1180.0, Outcome::Pass, Outcome::Pass),
         (pvm(), T0 + 6 * 3600, 2950.0, 120.0, 180.0, 2400.0, Outcome::Xfail, Outcome::Xfail),
-        (pvm(), T0 + 2 * DAY + 9 * 3600, 2810.0, 90.0, 171.0, 2330.0, Outcome::Xfail, Outcome::Xpass),
+        // cpuid 180 -> 420 ns: a change compare's rank-sum test and x2 minimum effect pass.
+        (pvm(), T0 + 2 * DAY + 9 * 3600, 2810.0, 90.0, 420.0, 2330.0, Outcome::Xfail, Outcome::Xpass),
     ];
     for (i, (h, t, vmexit, spread, cpuid, cycles, svm, lapic)) in runs.into_iter().enumerate() {
         let backend = h.backend.clone();
@@ -333,11 +337,28 @@ fn the_dashboard_renders_in_headless_chromium() {
         assert!(deviations.contains(sig), "the deviations lack {sig:?}: {deviations}");
     }
 
+    // The first page opens with what changed since beta's previous run: the xfail that
+    // became an xpass (a regression) and cpuid's jump, each linking to its detail.
+    let changes = fragment(index, "<h2 id=\"changes\"", "<h2 id=\"host\"");
+    assert!(index.find("id=\"changes\"") < index.find("id=\"host\""), "what changed comes first");
+    for want in [
+        "Since the previous run of this host",
+        "<strong>1 regressions</strong>",
+        "1 benchmark changes that pass the rank-sum test",
+        "href=\"compat.html#t-irq::lapic_timer::long64\"",
+        "href=\"trends.html#plot-cpuid-ns\"",
+    ] {
+        assert!(changes.contains(want), "what changed lacks {want:?}: {changes}");
+    }
+    let regression = fragment(changes, "<tr class=\"c-regression\"", "</tr>");
+    assert!(regression.contains("irq::lapic_timer::long64") && regression.contains("xpass"), "{regression}");
+    assert!(!changes.contains("vmexit_roundtrip"), "2950 -> 2810 cycles is noise, not a change: {changes}");
+
     // One inline SVG per plot, each with a drawn line, a marker per run and its axis labels.
     let trends = &doms["trends.html"];
     let expected = [
-        ("plot-vmexit-roundtrip", "cycles", 5, true),
-        ("plot-cpuid", "ns", 5, true),
+        ("plot-vmexit-roundtrip-cycles", "cycles", 5, true),
+        ("plot-cpuid-ns", "ns", 5, true),
         ("plot-cpu-cpuid-long64-cpuid-exit", "cycles", 5, false),
         ("plot-cpu-pv-clock-long64-read", "ns", 5, false),
     ];
@@ -406,7 +427,11 @@ fn the_dashboard_renders_in_headless_chromium() {
                 continue;
             }
             assert!(!reference.contains("//"), "{page} references {reference}: the site must work offline");
-            assert!(site_dir.path().join(reference).is_file(), "{page} references a missing {reference}");
+            let (file, anchor) = reference.split_once('#').unwrap_or((reference, ""));
+            assert!(site_dir.path().join(file).is_file(), "{page} references a missing {reference}");
+            if !anchor.is_empty() {
+                assert!(doms[file].contains(&format!(" id=\"{anchor}\"")), "{page} links to a missing {reference}");
+            }
         }
     }
 
