@@ -444,6 +444,9 @@ fn index_page(loaded: &Loaded) -> String {
     if let Some(e) = &h.kvm_error {
         facts.push(("KVM unavailable", esc(e)));
     }
+    if let Some(n) = &r.noise {
+        facts.push(("Host noise during the run", esc(&n.to_string())));
+    }
     for (k, v) in facts {
         let _ = writeln!(b, "<tr><th scope=\"row\">{k}</th><td>{v}</td></tr>");
     }

@@ -51,6 +51,36 @@ pub struct Results {
     /// the cases that finished, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<Incomplete>,
+    /// How busy the host was around this run, so that a reader can tell a slow figure from
+    /// a busy machine; absent in older files and where /proc cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<Noise>,
+}
+
+/// The host's load over a run, from /proc and getrusage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noise {
+    /// CPU time the rest of the machine used over the run, in percent of all CPUs
+    /// (/proc/stat busy time less this process's own and its children's).
+    pub other_cpu_pct: f64,
+    /// Time the hypervisor below this host took from its CPUs (/proc/stat steal), in ms.
+    pub steal_ms: f64,
+    /// Times the scheduler took a CPU from this process's threads (ru_nivcsw).
+    pub involuntary_switches: u64,
+    /// The 1-minute load average at the start and at the end of the run.
+    pub load_start: f64,
+    pub load_end: f64,
+}
+
+impl std::fmt::Display for Noise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the rest of the machine used {:.0}% of the CPUs, steal {:.0} ms, {} involuntary switches, load {:.2} -> {:.2}",
+            self.other_cpu_pct, self.steal_ms, self.involuntary_switches, self.load_start, self.load_end
+        )
+    }
 }
 
 /// Why a run's results are partial, and how much is missing.
@@ -266,6 +296,7 @@ impl Results {
             benchmarks: Vec::new(),
             paths: Vec::new(),
             incomplete: None,
+            noise: None,
         }
     }
 
@@ -567,6 +598,13 @@ mod tests {
         let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
         let mut r = sample();
+        r.noise = Some(Noise {
+            other_cpu_pct: 37.5,
+            steal_ms: 0.0,
+            involuntary_switches: 1500,
+            load_start: 1.5,
+            load_end: 2.25,
+        });
         let mut way = r.tests[0].clone();
         way.name = "io::bytes_to_device::uart".into();
         way.behaviour = Some("io::bytes_to_device".into());

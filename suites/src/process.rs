@@ -1,5 +1,6 @@
-//! What this process holds, read from /proc: the soak, hostile and leak tests sample it
-//! before and after many VMs to show that nothing grows.
+//! What this process holds and how busy the host is, read from /proc: the soak, hostile and
+//! leak tests sample fds and RSS before and after many VMs to show that nothing grows, and
+//! every run records the host's noise beside its figures.
 
 /// Open file descriptors of this process.
 pub fn open_fds() -> std::io::Result<usize> {
@@ -14,4 +15,111 @@ pub fn rss_kib() -> std::io::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no VmRSS line in /proc/self/status"))
+}
+
+/// CPU time counters at one moment: the machine's busy and steal time (/proc/stat, in
+/// clock ticks), this process's and its waited children's CPU time (/proc/self/stat), its
+/// involuntary context switches, and the load average.
+struct Times {
+    busy: u64,
+    steal: u64,
+    own: u64,
+    involuntary: u64,
+    load: f64,
+    at: std::time::Instant,
+}
+
+fn times() -> std::io::Result<Times> {
+    let bad = |what: &str| std::io::Error::other(format!("unexpected {what}"));
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .ok_or_else(|| bad("/proc/stat"))?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = cpu[..] else {
+        return Err(bad("/proc/stat cpu line"));
+    };
+    let own_stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesized command: state is field 3, utime 14 ... cstime 17.
+    let after = own_stat.rsplit_once(") ").ok_or_else(|| bad("/proc/self/stat"))?.1;
+    let f: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let own = f.get(11..15).ok_or_else(|| bad("/proc/self/stat fields"))?.iter().sum();
+    // SAFETY: getrusage fills the struct it is given.
+    let involuntary = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_nivcsw as u64
+    };
+    let load = std::fs::read_to_string("/proc/loadavg")?
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("/proc/loadavg"))?;
+    Ok(Times {
+        busy: user + nice + system + irq + softirq + steal,
+        steal,
+        own,
+        involuntary,
+        load,
+        at: std::time::Instant::now(),
+    })
+}
+
+/// Measures how busy the host is over a run: [`NoiseProbe::start`] before it,
+/// [`NoiseProbe::finish`] after.
+pub struct NoiseProbe(Option<Times>);
+
+impl NoiseProbe {
+    pub fn start() -> NoiseProbe {
+        NoiseProbe(times().ok())
+    }
+
+    /// The host's load since `start`, or None where /proc could not be read.
+    pub fn finish(self) -> Option<hvprobe_results::Noise> {
+        let (a, b) = (self.0?, times().ok()?);
+        // SAFETY: sysconf has no preconditions.
+        let (hz, cpus) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_NPROCESSORS_ONLN)) };
+        let (hz, cpus) = (hz.max(1) as f64, cpus.max(1) as f64);
+        let wall_ticks = b.at.duration_since(a.at).as_secs_f64() * hz * cpus;
+        let other = b.busy.saturating_sub(a.busy).saturating_sub(b.own.saturating_sub(a.own)) as f64;
+        Some(hvprobe_results::Noise {
+            other_cpu_pct: if wall_ticks > 0.0 { (other / wall_ticks * 100.0).clamp(0.0, 100.0) } else { 0.0 },
+            steal_ms: b.steal.saturating_sub(a.steal) as f64 * 1e3 / hz,
+            involuntary_switches: b.involuntary.saturating_sub(a.involuntary),
+            load_start: a.load,
+            load_end: b.load,
+        })
+    }
+}
+
+/// One line for a run's report: how busy the rest of the machine was.
+pub fn describe(n: &hvprobe_results::Noise) -> String {
+    format!("host noise: {n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_busy_process_shows_as_noise() {
+        let probe = NoiseProbe::start();
+        // Another process spins on one CPU while this one sleeps; it is measured before it
+        // is waited for, so its time is not counted as ours.
+        let mut spinner = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let n = probe.finish().expect("/proc is readable");
+        let _ = spinner.kill();
+        let _ = spinner.wait();
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
+        // One busy CPU of `cpus` is 100/cpus percent; allow for the start of the spinner.
+        assert!(n.other_cpu_pct >= 40.0 / cpus && n.other_cpu_pct <= 100.0, "{n:?} on {cpus} CPUs");
+        assert!(n.load_start >= 0.0 && n.steal_ms >= 0.0);
+        assert!(describe(&n).starts_with("host noise: "));
+    }
 }

@@ -404,6 +404,7 @@ fn real_main() -> Result<ExitCode> {
             let started = SystemTime::now();
             let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
+            let noise = hvprobe_suites::process::NoiseProbe::start();
             let mut results = Results::new(host_record(&facts), started);
             say!(
                 "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {} samples",
@@ -416,7 +417,11 @@ fn real_main() -> Result<ExitCode> {
             );
             let failed = benchmarks(&ctx, &guest, &host, &cfg, &mut results);
             results.duration_s = t0.elapsed().as_secs_f64();
+            results.noise = noise.finish();
             say!("wall time {:.1} s", results.duration_s);
+            if let Some(n) = &results.noise {
+                say!("{}", hvprobe_suites::process::describe(n));
+            }
             out.write(&results)?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -459,6 +464,7 @@ fn real_main() -> Result<ExitCode> {
             let started = SystemTime::now();
             let out = Output::checked(json, &results_dir, started, &facts)?;
             let t0 = Instant::now();
+            let noise = hvprobe_suites::process::NoiseProbe::start();
             say!(
                 "hvprobe: {} cases on {} ({}), {jobs} job{}, profile {}, seed {:#x}",
                 cases.len(),
@@ -535,6 +541,10 @@ fn real_main() -> Result<ExitCode> {
                 bench_failed = benchmarks(&ctx, &guest, &host, &BenchConfig::standard(), &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
+            results.noise = noise.finish();
+            if let Some(n) = &results.noise {
+                say!("{}", hvprobe_suites::process::describe(n));
+            }
             out.write(&results)?;
             let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
             Ok(if failed + bench_failed + flipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
