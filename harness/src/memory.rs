@@ -2,7 +2,8 @@ use std::ptr::NonNull;
 
 use crate::Error;
 
-/// Anonymous host memory backing guest RAM from guest-physical address 0.
+/// Host memory backing guest RAM from guest-physical address 0: anonymous, or a private
+/// copy-on-write mapping of a prepared [`Image`].
 ///
 /// Every access copies and is bounds-checked: guest-supplied addresses and lengths are
 /// never trusted, and the vCPU may be changing the memory concurrently.
@@ -17,24 +18,64 @@ unsafe impl Send for GuestMemory {}
 // SAFETY: as above; concurrent copies race only with the guest, as they would on hardware.
 unsafe impl Sync for GuestMemory {}
 
+/// A prepared RAM image in a memfd: each VM maps it copy-on-write
+/// ([`GuestMemory::from_image`]) instead of writing the same bytes again, so a VM starts
+/// with the image without copying it and pays only for the pages it writes.
+#[derive(Debug)]
+pub struct Image {
+    fd: std::os::fd::OwnedFd,
+    size: u64,
+}
+
+impl Image {
+    /// An image of `size` bytes, filled by `fill` through an ordinary GuestMemory view.
+    pub fn build(size: u64, fill: impl FnOnce(&GuestMemory) -> Result<(), Error>) -> Result<Image, Error> {
+        use std::os::fd::FromRawFd;
+        let io = |source| Error::GuestMemory { size, source };
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"hvprobe-image".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let file = std::fs::File::from(fd);
+        file.set_len(size).map_err(io)?;
+        let fd = std::os::fd::OwnedFd::from(file);
+        // The image is written once through a shared mapping of the memfd.
+        let writer = GuestMemory::map(size, libc::MAP_SHARED, Some(&fd))?;
+        fill(&writer)?;
+        drop(writer);
+        Ok(Image { fd, size })
+    }
+}
+
 impl GuestMemory {
-    pub fn new(size: u64) -> Result<GuestMemory, Error> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    /// Guest RAM that starts as a copy of `image` (a private, copy-on-write mapping of it).
+    pub fn from_image(image: &Image) -> Result<GuestMemory, Error> {
+        GuestMemory::map(image.size, libc::MAP_PRIVATE, Some(&image.fd))
+    }
+
+    fn map(size: u64, flags: libc::c_int, fd: Option<&std::os::fd::OwnedFd>) -> Result<GuestMemory, Error> {
+        use std::os::fd::AsRawFd;
+        let (flags, raw) = match fd {
+            Some(fd) => (flags, fd.as_raw_fd()),
+            None => (flags | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1),
+        };
+        // SAFETY: a new mapping with no address hint, of an fd we hold (or anonymous); the
+        // result is checked.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), size as usize, libc::PROT_READ | libc::PROT_WRITE, flags, raw, 0)
         };
         if ptr == libc::MAP_FAILED {
             return Err(Error::GuestMemory { size, source: std::io::Error::last_os_error() });
         }
         let ptr = NonNull::new(ptr.cast()).expect("mmap never returns NULL on success");
         Ok(GuestMemory { ptr, size })
+    }
+
+    pub fn new(size: u64) -> Result<GuestMemory, Error> {
+        GuestMemory::map(size, libc::MAP_PRIVATE, None)
     }
 
     pub fn size(&self) -> u64 {

@@ -115,6 +115,9 @@ pub struct Payload {
     pub tests: Vec<TestCase>,
     /// The benchmarks (flag `BENCH`, area `bench`), in name order.
     pub benches: Vec<TestCase>,
+    /// Guest RAM as every case starts it (the segments, GDT, IDT, TSS and page tables),
+    /// built at the first boot and mapped copy-on-write by each VM.
+    pub(crate) boot_image: std::sync::OnceLock<std::sync::Arc<crate::memory::Image>>,
 }
 
 const LOW: (u64, u64) = (layout::LOW_START, layout::LOW_END);
@@ -205,7 +208,14 @@ impl Payload {
         }
         tests.sort_by(|a, b| a.name.cmp(&b.name));
         benches.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Payload { segments, vector_stubs: boot.vector_stubs, entry64: boot.entry64, tests, benches })
+        Ok(Payload {
+            segments,
+            vector_stubs: boot.vector_stubs,
+            entry64: boot.entry64,
+            tests,
+            benches,
+            boot_image: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn test(&self, name: &str) -> Option<&TestCase> {

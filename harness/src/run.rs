@@ -429,7 +429,8 @@ impl Vm {
         // SAFETY: as above; no KVM_RUN is in progress any more.
         unsafe { (*run_ptr).immediate_exit = 0 };
 
-        if !matches!(end, RunEnd::Verdict | RunEnd::Checkpoint { .. } | RunEnd::Paused) {
+        // A benchmark's exit limit is no failure: nothing to show of the vCPU.
+        if !matches!(end, RunEnd::Verdict | RunEnd::Checkpoint { .. } | RunEnd::Paused | RunEnd::ExitLimit { .. }) {
             report.snapshot = self.snapshot().ok();
         }
         if let (Some(stats), Some(before)) = (&self.stats, before) {

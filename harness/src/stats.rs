@@ -29,11 +29,20 @@ struct Desc {
 
 pub struct Stats {
     file: File,
+    layout: std::sync::Arc<Layout>,
+}
+
+/// What the descriptors say, the same for every vCPU of one kernel: read once per process
+/// and kept while the header matches, so that a VM's boot does not parse the table again.
+struct Layout {
+    header: [u8; HEADER_SIZE],
     descs: Vec<Desc>,
     data_offset: u64,
     /// Bytes of the data block that cover every descriptor kept.
     data_len: usize,
 }
+
+static LAYOUT: std::sync::Mutex<Option<std::sync::Arc<Layout>>> = std::sync::Mutex::new(None);
 
 impl Stats {
     /// Opens the statistics of the vCPU (or VM) behind `fd`.
@@ -47,6 +56,10 @@ impl Stats {
         let file = unsafe { File::from_raw_fd(raw) };
         let mut header = [0u8; HEADER_SIZE];
         file.read_exact_at(&mut header, 0).map_err(|e| Error::Stats(format!("header: {e}")))?;
+        let mut cached = LAYOUT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(layout) = cached.as_ref().filter(|l| l.header == header) {
+            return Ok(Stats { file, layout: std::sync::Arc::clone(layout) });
+        }
         let word = |i: usize| u32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
         let (name_size, num_desc, desc_offset, data_offset) = (word(1), word(2), word(4), word(5));
         if name_size == 0 || name_size > 256 || num_desc > 4096 {
@@ -75,16 +88,18 @@ impl Stats {
         if data_len > 1 << 20 {
             return Err(Error::Stats(format!("implausible data block of {data_len} bytes")));
         }
-        Ok(Stats { file, descs, data_offset: data_offset.into(), data_len })
+        let layout = std::sync::Arc::new(Layout { header, descs, data_offset: data_offset.into(), data_len });
+        *cached = Some(std::sync::Arc::clone(&layout));
+        Ok(Stats { file, layout })
     }
 
     /// Current values, in descriptor order: one read of the data block per call, since
     /// it runs before and after every case.
     pub fn read(&self) -> Result<Vec<u64>, Error> {
-        let mut data = vec![0u8; self.data_len];
-        self.file.read_exact_at(&mut data, self.data_offset).map_err(|e| Error::Stats(format!("data: {e}")))?;
-        Ok(self
-            .descs
+        let l = &self.layout;
+        let mut data = vec![0u8; l.data_len];
+        self.file.read_exact_at(&mut data, l.data_offset).map_err(|e| Error::Stats(format!("data: {e}")))?;
+        Ok(l.descs
             .iter()
             .map(|d| {
                 let at = d.offset as usize;
@@ -95,13 +110,14 @@ impl Stats {
 
     /// The value of counter `name` in `reading` (from [`Stats::read`]).
     pub fn value(&self, reading: &[u64], name: &str) -> Option<u64> {
-        self.descs.iter().zip(reading).find(|(d, _)| d.name == name).map(|(_, v)| *v)
+        self.layout.descs.iter().zip(reading).find(|(d, _)| d.name == name).map(|(_, v)| *v)
     }
 
     /// Non-zero changes of cumulative counters between two readings; instantaneous and
     /// peak values are reported as their value after the run.
     pub fn deltas(&self, before: &[u64], after: &[u64]) -> Vec<StatDelta> {
-        self.descs
+        self.layout
+            .descs
             .iter()
             .zip(before.iter().zip(after))
             .map(|(d, (b, a))| StatDelta {

@@ -107,6 +107,23 @@ pub struct Vm {
     pub(crate) pending_interrupt: Option<u32>,
 }
 
+/// Guest RAM as a case starts it: a copy-on-write mapping of the payload's boot image,
+/// built once per payload. Where a memfd cannot be made, the image is written into
+/// anonymous memory as before.
+fn boot_memory(payload: &Payload) -> Result<GuestMemory, Error> {
+    if let Some(image) = payload.boot_image.get() {
+        return GuestMemory::from_image(image);
+    }
+    match crate::memory::Image::build(layout::RAM_SIZE, |mem| machine::build(mem, payload)) {
+        Ok(image) => GuestMemory::from_image(payload.boot_image.get_or_init(|| std::sync::Arc::new(image))),
+        Err(_) => {
+            let memory = GuestMemory::new(layout::RAM_SIZE)?;
+            machine::build(&memory, payload)?;
+            Ok(memory)
+        }
+    }
+}
+
 impl Vm {
     /// Creates a VM, loads `payload`, and sets vCPU 0 up to start `case` in its mode.
     pub fn boot(kvm: &Kvm, payload: &Payload, case: &TestCase, config: VmConfig) -> Result<Vm, Error> {
@@ -120,10 +137,9 @@ impl Vm {
         if config.pit {
             vm.create_pit2(kvm_bindings::kvm_pit_config::default()).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
         }
-        let memory = GuestMemory::new(layout::RAM_SIZE)?;
+        let memory = boot_memory(payload)?;
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
         unsafe { memory.map_as_slot(&vm, 0, 0, 0) }?;
-        machine::build(&memory, payload)?;
         let readonly = if config.readonly_slot {
             let ro = GuestMemory::new(layout::READONLY_SIZE)?;
             for i in 0..layout::READONLY_SIZE / 8 {
