@@ -574,6 +574,19 @@ mod tests {
     }
 
     #[test]
+    fn numbers_survive_a_read_and_a_write() {
+        // Found by the results fuzz target: without serde_json's float_roundtrip, 1.312E31
+        // read as 1.312e31 and came back as 1.3119999999999999e31.
+        let mut r = sample();
+        r.tests[0].duration_ms = 1.312e31;
+        let text = serde_json::to_string(&r).unwrap().replace("1.312e31", "1.312E31");
+        let back = Results::parse(&text, Path::new("t.json")).unwrap();
+        assert_eq!(back.tests[0].duration_ms.to_bits(), 1.312e31f64.to_bits());
+        let again = Results::parse(&serde_json::to_string(&back).unwrap(), Path::new("t.json")).unwrap();
+        assert_eq!(again, back);
+    }
+
+    #[test]
     fn malformed_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.json");

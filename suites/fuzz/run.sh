@@ -2,9 +2,9 @@
 # Coverage-guided fuzzing of hvprobe's parsers with AFL++ through cargo-afl (stable Rust).
 #   suites/fuzz/run.sh [--execs N | --seconds S] [--keep-corpus] [TARGET...]
 # Targets: payload protocol snapshot results profile (all by default). Each target runs
-# until N executions (default 10,000,000) or S seconds; then its queue (every input that
-# found a new path) becomes suites/fuzz/corpus/<target>/ beside the seeds, unless
-# --keep-corpus. Exits 1 if any
+# until N executions (default 10,000,000) or S seconds; then its queue and the committed
+# inputs, minimized by afl-cmin, become suites/fuzz/corpus/<target>/ beside the seeds,
+# unless --keep-corpus. Exits 1 if any
 # target found a crash or a hang, printing where the inputs are. `make fuzz` runs the full
 # campaign, `make fuzz-smoke` (CI) 10 seconds per target.
 set -euo pipefail
@@ -32,6 +32,8 @@ fi
 # Builds AFL++ for this toolchain once; says so and succeeds when it is already built.
 cargo afl config --build >/dev/null 2>&1 || true
 cargo afl build --release --quiet
+# afl-cmin, from the AFL++ that cargo-afl built.
+afl_bin="$(ls -d "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-*/afl.rs-*/afl/bin 2>/dev/null | tail -n 1)"
 
 # No UI, no CPU binding or governor checks (shared machines), crashes kept even where the
 # kernel's core_pattern pipes cores elsewhere.
@@ -57,11 +59,16 @@ for t in "${targets[@]}"; do
         continue
     fi
     [ "$save" = yes ] || continue
-    # Grow the committed corpus: AFL's queue (every input that found a new path, the
-    # corpus it started from among them), named by content; the seeds stay as they are.
+    # Grow the committed corpus: the smallest set of AFL's queue and the committed inputs
+    # that keeps every path (afl-cmin), named by content; the seeds stay as they are.
+    all="$out/all"
+    mkdir -p "$all"
+    cp "$out"/default/queue/id* "$all"/
+    find "corpus/$t" -type f ! -name 'seed-*' -exec cp {} "$all"/ \;
+    AFL_PATH="$afl_bin" "$afl_bin/afl-cmin.awk" -i "$all" -o "$out/min" -- "target/release/$t" >"$base/$t.cmin.log" 2>&1
     find "corpus/$t" -type f ! -name 'seed-*' -delete
-    for f in "$out"/default/queue/id*; do
-        case "$f" in *orig:seed-*) continue ;; esac
+    for f in "$out"/min/*; do
+        case "$(basename "$f")" in *orig:seed-*|seed-*) continue ;; esac
         cp "$f" "corpus/$t/$(sha1sum "$f" | cut -c1-16)"
     done
     echo "fuzz: $t: corpus now $(ls "corpus/$t" | wc -l) inputs"
