@@ -695,7 +695,7 @@ impl Vm {
                 i if i < crate::IOEVENTS.len() as u64 => {
                     self.ioevents.get(i as usize).map(|fd| fd.read().unwrap_or(0)).ok_or(())
                 }
-                4 => self
+                proto::IOEVENT_RING_DOORBELL => self
                     .ring
                     .as_ref()
                     .map(|r| std::mem::take(&mut r.state.lock().unwrap_or_else(|e| e.into_inner()).doorbells))

@@ -108,14 +108,6 @@ pub struct Comparison {
     pub unchanged_benchmarks: usize,
 }
 
-fn is_good(t: &TestResult) -> bool {
-    match t.outcome {
-        Outcome::Pass | Outcome::Skip | Outcome::Xfail => true,
-        Outcome::Timeout => t.expected_timeout,
-        Outcome::Fail | Outcome::Xpass | Outcome::Error => false,
-    }
-}
-
 /// What identifies a failure, without its live values (see [`crate::signature`]).
 fn signature(t: &TestResult) -> Option<String> {
     t.failure.as_ref().map(crate::Failure::signature)
@@ -172,7 +164,7 @@ fn compare_tests(before: &[TestResult], after: &[TestResult]) -> (Vec<TestChange
     let mut unchanged = 0;
     for (name, x, y) in pair_by_name(before, after, |t| &t.name) {
         let change = match (x, y) {
-            (Some(x), Some(y)) => match (is_good(x), is_good(y)) {
+            (Some(x), Some(y)) => match (!x.fails_run(), !y.fails_run()) {
                 (true, false) => Change::Regression,
                 (false, true) => Change::Improvement,
                 _ if x.outcome != y.outcome || signature(x) != signature(y) => Change::Changed,
@@ -436,6 +428,24 @@ pub enum FailOn {
     /// Anything differs: tests, benchmarks or host facts.
     Any,
     Never,
+}
+
+impl FailOn {
+    /// The names `--fail-on` takes.
+    pub const NAMES: [&'static str; 3] = ["regressions", "any", "never"];
+}
+
+impl std::str::FromStr for FailOn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FailOn, String> {
+        match s {
+            "regressions" => Ok(FailOn::Regressions),
+            "any" => Ok(FailOn::Any),
+            "never" => Ok(FailOn::Never),
+            other => Err(format!("{other:?} is not one of {}", FailOn::NAMES.join(", "))),
+        }
+    }
 }
 
 impl Comparison {

@@ -75,7 +75,7 @@ impl Run {
             backend: r.host.backend.clone(),
             kernel: r.host.kernel.clone(),
             tests: r.tests.len(),
-            deviations: r.tests.iter().filter(|t| is_deviation(t)).count(),
+            deviations: r.tests.iter().filter(|t| t.is_deviation()).count(),
         }
     }
 
@@ -355,15 +355,6 @@ fn page(title: &str, current: &str, body: &str) -> String {
     )
 }
 
-/// A failure or deviation: the outcomes that do not belong to a clean run.
-fn is_deviation(t: &TestResult) -> bool {
-    match t.outcome {
-        Outcome::Pass | Outcome::Skip => false,
-        Outcome::Timeout => !t.expected_timeout,
-        Outcome::Fail | Outcome::Xfail | Outcome::Xpass | Outcome::Error => true,
-    }
-}
-
 /// The CSS class of an outcome cell (the watchdog's expected timeout is not red).
 fn outcome_class(t: &TestResult) -> &'static str {
     match t.outcome {
@@ -389,7 +380,7 @@ fn outcome_label(t: &TestResult) -> String {
 }
 
 fn outcome_cell(t: &TestResult) -> String {
-    let dev = if is_deviation(t) { " dev" } else { "" };
+    let dev = if t.is_deviation() { " dev" } else { "" };
     format!("<td class=\"{}{dev}\">{}</td>", outcome_class(t), esc(&outcome_label(t)))
 }
 
@@ -503,7 +494,8 @@ fn index_page(loaded: &Loaded) -> String {
     }
     b.push_str("</tbody>\n</table>\n");
 
-    let failing: Vec<&TestResult> = r.tests.iter().filter(|t| is_deviation(t) && t.outcome != Outcome::Xfail).collect();
+    let failing: Vec<&TestResult> =
+        r.tests.iter().filter(|t| t.is_deviation() && t.outcome != Outcome::Xfail).collect();
     let known: Vec<&TestResult> = r.tests.iter().filter(|t| t.outcome == Outcome::Xfail).collect();
     let _ = writeln!(b, "<h2 id=\"failures\">Failures ({})</h2>", failing.len());
     b.push_str("<p class=\"muted\">fail, error, xpass (the profile predicted a failure that did not happen) and unexpected timeouts.</p>\n");
@@ -748,7 +740,7 @@ fn compat_page(loaded: &Loaded) -> String {
                         }
                         tip.push_str(&f.signature());
                     }
-                    let dev = if is_deviation(t) { " dev" } else { "" };
+                    let dev = if t.is_deviation() { " dev" } else { "" };
                     let title = if tip.is_empty() { String::new() } else { format!(" title=\"{}\"", esc(&tip)) };
                     let _ = write!(b, "<td class=\"{}{dev}\"{title}>{}</td>", outcome_class(t), esc(&outcome_label(t)));
                 }

@@ -164,6 +164,17 @@ impl Outcome {
     pub const ALL: [Outcome; 7] =
         [Outcome::Pass, Outcome::Fail, Outcome::Skip, Outcome::Xfail, Outcome::Xpass, Outcome::Timeout, Outcome::Error];
 
+    /// Whether this outcome fails a run: fail, xpass, a harness error, and a timeout the
+    /// case did not expect. The one outcome policy: the runner's exit code, the exports,
+    /// compare's regressions and the dashboard all ask this.
+    pub fn fails_run(self, expected_timeout: bool) -> bool {
+        match self {
+            Outcome::Pass | Outcome::Skip | Outcome::Xfail => false,
+            Outcome::Timeout => !expected_timeout,
+            Outcome::Fail | Outcome::Xpass | Outcome::Error => true,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Pass => "pass",
@@ -206,6 +217,18 @@ pub struct TestResult {
     /// Its measured section, when the guest closed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section: Option<paths::Section>,
+}
+
+impl TestResult {
+    /// [`Outcome::fails_run`] of this result.
+    pub fn fails_run(&self) -> bool {
+        self.outcome.fails_run(self.expected_timeout)
+    }
+
+    /// A failure, or a known deviation (xfail): what a clean run lacks.
+    pub fn is_deviation(&self) -> bool {
+        self.fails_run() || self.outcome == Outcome::Xfail
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -160,15 +160,6 @@ pub fn judge(case: &TestCase, report: &RunReport, profile: &Profile) -> Judgemen
     }
 }
 
-/// Does this outcome fail a run?
-pub fn is_failure(outcome: Outcome, expected_timeout: bool) -> bool {
-    match outcome {
-        Outcome::Pass | Outcome::Skip | Outcome::Xfail => false,
-        Outcome::Timeout => !expected_timeout,
-        Outcome::Fail | Outcome::Xpass | Outcome::Error => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -268,7 +259,7 @@ mod tests {
     fn a_listed_test_that_passes_is_xpass() {
         let j = judge(&case(0), &verdict(VerdictStatus::Pass, ""), &profile("shutdown", None));
         assert_eq!(j.outcome, Outcome::Xpass);
-        assert!(is_failure(j.outcome, false));
+        assert!(j.outcome.fails_run(false));
     }
 
     #[test]
@@ -278,10 +269,10 @@ mod tests {
         let spin = case(hvprobe_abi::flags::EXPECT_TIMEOUT);
         let j = judge(&spin, &report, &Profile::default());
         assert_eq!(j.outcome, Outcome::Timeout);
-        assert!(!is_failure(j.outcome, true));
+        assert!(!j.outcome.fails_run(true));
         let j = judge(&case(0), &report, &Profile::default());
         assert_eq!(j.outcome, Outcome::Timeout);
-        assert!(is_failure(j.outcome, false));
+        assert!(j.outcome.fails_run(false));
         let j = judge(&spin, &verdict(VerdictStatus::Pass, ""), &Profile::default());
         assert_eq!(j.outcome, Outcome::Fail, "a spinning case that ends is a failure of the watchdog test");
         assert!(j.reason.unwrap().contains("expected the watchdog"));

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use hvprobe_harness::Kvm;
-use hvprobe_suites::judge::is_failure;
 use hvprobe_suites::profile::{Profile, ProfileHost};
 use hvprobe_suites::{Context, catalog, run_case, runner};
 
@@ -39,13 +38,7 @@ fn hostile_guests_end_as_expected_within_their_limits_and_leave_nothing() {
     let run_all = |round: &str| {
         for case in &cases {
             let r = run_case(&ctx, case);
-            assert!(
-                !is_failure(r.outcome, r.expected_timeout),
-                "{round}: {} ended {:?}: {:?}",
-                case.name,
-                r.outcome,
-                r.reason
-            );
+            assert!(!r.fails_run(), "{round}: {} ended {:?}: {:?}", case.name, r.outcome, r.reason);
             let limit = runner::timeout_of(case, ctx.default_timeout);
             let took = Duration::from_secs_f64(r.duration_ms / 1e3);
             assert!(took <= limit + GRACE, "{round}: {} took {took:?}, its limit is {limit:?}", case.name);

@@ -642,7 +642,8 @@ pub mod proto {
         /// and the statistics' changes within it. Returns the exits to userspace.
         pub const SECTION_END: u32 = 23;
         /// How many times ioeventfd `args[0]` (0 pio, 1 pio_datamatch, 2 mmio,
-        /// 3 mmio_datamatch, 4 the ring doorbell) fired since the last call.
+        /// 3 mmio_datamatch, [`super::IOEVENT_RING_DOORBELL`] the ring doorbell) fired since
+        /// the last call.
         pub const IOEVENT_COUNT: u32 = 24;
         /// Coalesced-ring entries the host has applied since the VM was made.
         pub const COALESCED_COUNT: u32 = 25;
@@ -673,6 +674,9 @@ pub mod proto {
     /// KVM_CLEAR_DIRTY_LOG of the pages in [`args[1]`, `args[2]`) (manual mode), also in
     /// the host's record.
     pub const DIRTY_CLEAR: u64 = 3;
+
+    /// IOEVENT_COUNT's index of the shared ring's doorbell (after the four test ioeventfds).
+    pub const IOEVENT_RING_DOORBELL: u64 = 4;
 
     /// Bit 63 of a BENCH_NEXT result: measure the empty loop.
     pub const BENCH_BASELINE: u64 = 1 << 63;

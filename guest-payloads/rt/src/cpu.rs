@@ -123,3 +123,11 @@ pub fn kvm_hypercall(nr: u64, args: [u64; 4]) -> u64 {
     }
     if is_amd() { hypercall!("vmmcall") } else { hypercall!("vmcall") }
 }
+
+/// KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst) that more than one place
+/// uses; architectural MSRs come from the `x86` crate (`x86::msr`).
+pub mod kvm_msr {
+    pub const WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+    pub const SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+    pub const PV_EOI_EN: u32 = 0x4b56_4d04;
+}

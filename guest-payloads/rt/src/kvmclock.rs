@@ -41,7 +41,7 @@ impl Reading {
     }
 }
 
-const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+use crate::cpu::kvm_msr::SYSTEM_TIME_NEW as MSR_KVM_SYSTEM_TIME_NEW;
 /// CPUID 0x40000001 EAX bit 3 (Documentation/virt/kvm/x86/cpuid.rst).
 pub const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
 /// The page kvmclock writes: in the state region, which nothing else writes, so the

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use super::{by_area, fails_run, seconds};
+use super::{by_area, seconds};
 use crate::text::escape_markup as escape;
 use crate::{Outcome, Results, TestResult};
 
@@ -33,7 +33,7 @@ fn counts<'a>(tests: impl IntoIterator<Item = &'a TestResult>) -> Counts {
         match t.outcome {
             Outcome::Error => c.errors += 1,
             Outcome::Skip => c.skipped += 1,
-            _ if fails_run(t) => c.failures += 1,
+            _ if t.fails_run() => c.failures += 1,
             _ => {}
         }
     }
@@ -77,7 +77,7 @@ fn verdict(t: &TestResult) -> Option<String> {
         Outcome::Pass => None,
         Outcome::Skip => Some(format!("<skipped message=\"{message}\"/>")),
         Outcome::Error => Some(format!("<error message=\"{message}\" type=\"error\">{text}</error>")),
-        _ if fails_run(t) => {
+        _ if t.fails_run() => {
             Some(format!("<failure message=\"{message}\" type=\"{}\">{text}</failure>", t.outcome.name()))
         }
         Outcome::Xfail => Some(format!("<system-out>xfail, a known deviation of this backend: {text}</system-out>")),

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{fails_run, seconds};
+use super::seconds;
 use crate::{Outcome, Results, TestResult};
 
 /// The CI system name KCIDB files hvprobe's objects under.
@@ -37,7 +37,7 @@ fn status(t: &TestResult) -> &'static str {
         Outcome::Skip => "SKIP",
         Outcome::Error => "ERROR",
         Outcome::Fail | Outcome::Xfail | Outcome::Xpass => "FAIL",
-        Outcome::Timeout if fails_run(t) => "FAIL",
+        Outcome::Timeout if t.fails_run() => "FAIL",
         Outcome::Timeout => "PASS",
     }
 }

@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use super::{by_area, fails_run, one_line};
+use super::{by_area, one_line};
 use crate::{Outcome, Results, TestResult};
 
 /// One level of nesting, as ktap.rst specifies it.
@@ -43,8 +43,8 @@ fn result_line(n: usize, t: &TestResult) -> String {
         Outcome::Skip => format!("ok {n} {name}{}", directive("SKIP", &reason)),
         Outcome::Xfail => format!("ok {n} {name}{}", directive("XFAIL", &reason)),
         Outcome::Error => format!("not ok {n} {name}{}", directive("ERROR", &reason)),
-        Outcome::Timeout if fails_run(t) => format!("not ok {n} {name}{}", directive("TIMEOUT", &reason)),
-        _ if fails_run(t) => format!("not ok {n} {name}"),
+        Outcome::Timeout if t.fails_run() => format!("not ok {n} {name}{}", directive("TIMEOUT", &reason)),
+        _ if t.fails_run() => format!("not ok {n} {name}"),
         _ => format!("ok {n} {name}"),
     }
 }
@@ -56,12 +56,12 @@ fn diagnostics(t: &TestResult) -> Vec<String> {
     let mut lines = Vec::new();
     match t.outcome {
         Outcome::Fail | Outcome::Xpass => lines.push(format!("{}: {reason}", t.outcome.name())),
-        Outcome::Timeout if !fails_run(t) => {
+        Outcome::Timeout if !t.fails_run() => {
             lines.push(format!("expected timeout (the watchdog's own test): {reason}"))
         }
         _ => {}
     }
-    if fails_run(t) {
+    if t.fails_run() {
         if let Some(f) = &t.failure {
             lines.push(format!("ended by {}: {}", f.end, one_line(&f.description)));
             if let Some(cpu) = &f.cpu {
@@ -95,7 +95,7 @@ pub fn render(r: &Results) -> String {
             }
             let _ = writeln!(k, "{INDENT}{}", result_line(j + 1, t));
         }
-        let line = if tests.iter().any(|t| fails_run(t)) {
+        let line = if tests.iter().any(|t| t.fails_run()) {
             format!("not ok {} {area}", i + 1)
         } else if tests.iter().all(|t| t.outcome == Outcome::Skip) {
             format!("ok {} {area} # SKIP every test skipped", i + 1)
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn an_all_passing_run_has_ok_areas_and_text_stays_on_one_line() {
         let mut r = crate::tests::sample();
-        r.tests.retain(|t| !fails_run(t));
+        r.tests.retain(|t| !t.fails_run());
         let mut extra = r.tests[0].clone();
         extra.name = "io::x#1::long64".into();
         extra.area = "io".into();

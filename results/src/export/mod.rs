@@ -11,7 +11,7 @@ mod ktap;
 
 use std::str::FromStr;
 
-use crate::{Outcome, Results, TestResult};
+use crate::{Results, TestResult};
 
 /// A CI format `hvprobe export` can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,15 +66,6 @@ pub fn export(results: &Results, format: Format) -> String {
         Format::Ktap => ktap::render(results),
         Format::Bmf => bmf::render(results),
         Format::Kcidb => kcidb::render(results),
-    }
-}
-
-/// Does this result fail a run? (The same rule the runner applies.)
-fn fails_run(t: &TestResult) -> bool {
-    match t.outcome {
-        Outcome::Pass | Outcome::Skip | Outcome::Xfail => false,
-        Outcome::Timeout => !t.expected_timeout,
-        Outcome::Fail | Outcome::Xpass | Outcome::Error => true,
     }
 }
 

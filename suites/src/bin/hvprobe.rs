@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,7 +16,6 @@ use hvprobe_harness::{HostFacts, Kvm, TestCase};
 use hvprobe_results::compare::FailOn;
 use hvprobe_results::{Benchmark, CpuidEntry, Host, Outcome, Results, TestResult};
 use hvprobe_suites::bench::{self, BenchConfig};
-use hvprobe_suites::judge::is_failure;
 use hvprobe_suites::profile::{Profile, ProfileHost};
 use hvprobe_suites::stability::{self, BusyLoad, Pass};
 use hvprobe_suites::{Context, Phases, catalog, hooks, run_case_timed, runner};
@@ -202,8 +202,8 @@ enum Command {
         json: bool,
         /// What makes the exit code 1: regressions (a test went from a good outcome to a
         /// bad one, or a benchmark got slower beyond both spreads), any difference, or never.
-        #[arg(long, value_enum, default_value_t = FailOnArg::Regressions)]
-        fail_on: FailOnArg,
+        #[arg(long, default_value = "regressions", value_parser = clap::builder::PossibleValuesParser::new(FailOn::NAMES).map(|s| s.parse::<FailOn>().expect("one of the names")))]
+        fail_on: FailOn,
         /// The smallest benchmark change reported, as a factor less one in either
         /// direction (default 1.0: doubled or halved, what the shared development machines
         /// can tell from noise; 0.05 suits a quiet, dedicated host).
@@ -257,13 +257,6 @@ enum Command {
         #[arg(long)]
         kvm: Option<PathBuf>,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FailOnArg {
-    Regressions,
-    Any,
-    Never,
 }
 
 fn main() -> ExitCode {
@@ -546,7 +539,7 @@ fn real_main() -> Result<ExitCode> {
                 say!("{}", hvprobe_suites::process::describe(n));
             }
             out.write(&results)?;
-            let failed = results.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).count();
+            let failed = results.tests.iter().filter(|t| t.fails_run()).count();
             Ok(if failed + bench_failed + flipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
@@ -610,7 +603,7 @@ fn compare(
     before: &std::path::Path,
     after: &std::path::Path,
     json: bool,
-    fail_on: FailOnArg,
+    fail_on: FailOn,
     min_effect: f64,
 ) -> Result<ExitCode> {
     let a = Results::read(before)?;
@@ -621,12 +614,7 @@ fn compare(
     } else {
         say_raw!("{}", c.render());
     }
-    let on = match fail_on {
-        FailOnArg::Regressions => FailOn::Regressions,
-        FailOnArg::Any => FailOn::Any,
-        FailOnArg::Never => FailOn::Never,
-    };
-    Ok(if c.fails(on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if c.fails(fail_on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Opens KVM and loads the profile: what `run` and `bench` share.
@@ -720,7 +708,7 @@ fn run_all(ctx: &Context, cases: &[&TestCase], pass: Pass, verbose: bool) -> (Ve
                         continue;
                     }
                     let mut line = format!("{:<8} {} ({:.0} ms)", r.outcome.name(), r.name, r.duration_ms);
-                    let noteworthy = is_failure(r.outcome, r.expected_timeout) || r.outcome == Outcome::Xfail;
+                    let noteworthy = r.fails_run() || r.outcome == Outcome::Xfail;
                     if let (Some(reason), true) = (&r.reason, verbose || noteworthy) {
                         line += &format!("\n         {reason}");
                     }
@@ -801,7 +789,7 @@ fn print_host(h: &Host) {
 }
 
 fn print_failures(r: &Results) {
-    let bad: Vec<&TestResult> = r.tests.iter().filter(|t| is_failure(t.outcome, t.expected_timeout)).collect();
+    let bad: Vec<&TestResult> = r.tests.iter().filter(|t| t.fails_run()).collect();
     if bad.is_empty() {
         return;
     }

@@ -13,7 +13,7 @@ pub fn cpuid_as_set(leaf: u32, subleaf: u32) -> Option<Cpuid> {
     Some(Cpuid { eax: low as u32, ebx: (low >> 32) as u32, ecx: high as u32, edx: (high >> 32) as u32 })
 }
 
-const MSR_EFER: u32 = 0xc000_0080;
+use x86::msr::IA32_EFER as MSR_EFER;
 
 /// Writes each MSR and checks it reads back the value. The caller makes sure the values
 /// take no effect that matters to the test.

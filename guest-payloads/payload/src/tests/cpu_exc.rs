@@ -160,15 +160,15 @@ test_case! {
         unsafe { core::ptr::copy_nonoverlapping([0xffu8, 0xe1].as_ptr(), addr as *mut u8, 2) };
         // SAFETY: EFER.NXE (bit 11) only enables the XD bit; EFER is restored below.
         let efer = unsafe {
-            let efer = cpu::rdmsr(0xc000_0080);
-            cpu::wrmsr(0xc000_0080, efer | 1 << 11);
+            let efer = cpu::rdmsr(x86::msr::IA32_EFER);
+            cpu::wrmsr(x86::msr::IA32_EFER, efer | 1 << 11);
             efer
         };
         let e = with_pte(addr, |pte| pte | 1 << 63, || {
             catch!("lea rcx, [rip + 2f]", "jmp {0}", "2:", in(reg) addr, out("rcx") _)
         });
         // SAFETY: restores EFER.
-        unsafe { cpu::wrmsr(0xc000_0080, efer) };
+        unsafe { cpu::wrmsr(x86::msr::IA32_EFER, efer) };
         let e = check_exception!(e, exception::PF, Some(0x11));
         check_eq!(e.cr2, Some(addr));
         check_eq!(e.rip, addr, "the fault is on the fetch at the target");

@@ -15,7 +15,7 @@ const PF_U: u64 = 1 << 2;
 const PF_RSVD: u64 = 1 << 3;
 const PF_ID: u64 = 1 << 4;
 
-const MSR_EFER: u32 = 0xc000_0080;
+use x86::msr::IA32_EFER as MSR_EFER;
 const EFER_NXE: u64 = 1 << 11;
 
 extern "C" fn read_at_cpl3(addr: u64) {

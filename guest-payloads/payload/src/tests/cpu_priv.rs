@@ -69,7 +69,7 @@ test_case! {
     /// CLTS: "#GP(0) if the current privilege level is not 0").
     name = "cpu::rdmsr_swapgs_clts_gp::user64", mode = User64, path = Hw;
     fn rdmsr_swapgs_clts_gp() {
-        check_eq!(fault(catch!("rdmsr", in("ecx") 0xc000_0080u32, out("eax") _, out("edx") _)), GP0, "RDMSR");
+        check_eq!(fault(catch!("rdmsr", in("ecx") x86::msr::IA32_EFER, out("eax") _, out("edx") _)), GP0, "RDMSR");
         check_eq!(fault(catch!("swapgs")), GP0, "SWAPGS");
         check_eq!(fault(catch!("clts")), GP0, "CLTS");
     }

@@ -12,7 +12,7 @@ use super::cpu::cpuid_as_set;
 use super::cpu::check_msr_roundtrips;
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, check_values, skip, test_case};
 
-const MSR_EFER: u32 = 0xc000_0080;
+use x86::msr::IA32_EFER as MSR_EFER;
 const MSR_TSC: u32 = 0x10;
 const MSR_PAT: u32 = 0x277;
 const MSR_FS_BASE: u32 = 0xc000_0100;

@@ -457,7 +457,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+use hvprobe_rt::cpu::kvm_msr::PV_EOI_EN as MSR_KVM_PV_EOI_EN;
 /// CPUID 0x40000001 EAX bit 6 (Documentation/virt/kvm/x86/cpuid.rst).
 const KVM_FEATURE_PV_EOI: u32 = 1 << 6;
 static PV_EOI_WORD: AtomicU64 = AtomicU64::new(0);

@@ -3,6 +3,9 @@
 //! `HV_CHECK_EQ` fills a static verdict with the line, the compared values and a text.
 
 use core::arch::global_asm;
+use core::mem::offset_of;
+
+use hvprobe_rt::abi::proto;
 
 use hvprobe_rt::test_case;
 
@@ -86,22 +89,22 @@ global_asm!(
     .section .data.low, "aw"
     .balign 8
 hv_low_pass:
-    .long 0x4d505648, 2, 0, 0
+    .long {magic}, {kind_verdict}, {status_pass}, 0
     .quad 0, 0, 0, 0
     .long 0, 0
     .quad 0, 0, 0
 hv_low_fail:
-    .long 0x4d505648, 2, 1, 0
+    .long {magic}, {kind_verdict}, {status_fail}, 0
     .quad hv_low_file, hv_low_file_end - hv_low_file
     .quad 0, 0
-    .long 1, 0
+    .long {has_values}, 0
     .quad 0, 0, 0
 hv_low_file:
     .ascii "payload/src/tests/low.rs"
 hv_low_file_end:
 
     .macro HV_REPORT msg
-    mov dx, 0x500
+    mov dx, {protocol_port}
     mov eax, offset \msg
     out dx, eax
     .endm
@@ -121,11 +124,11 @@ hv_low_file_end:
     .set .Llen\@, .Lend\@ - .Lmsg\@
     cmp \act, \exp
     je .Lok\@
-    mov dword ptr [hv_low_fail + 64], \act
-    mov dword ptr [hv_low_fail + 56], \exp
-    mov dword ptr [hv_low_fail + 12], \line
-    mov dword ptr [hv_low_fail + 32], offset .Lmsg\@
-    mov dword ptr [hv_low_fail + 40], offset .Llen\@
+    mov dword ptr [hv_low_fail + {off_actual}], \act
+    mov dword ptr [hv_low_fail + {off_expected}], \exp
+    mov dword ptr [hv_low_fail + {off_line}], \line
+    mov dword ptr [hv_low_fail + {off_message_addr}], offset .Lmsg\@
+    mov dword ptr [hv_low_fail + {off_message_len}], offset .Llen\@
     HV_REPORT hv_low_fail
     HV_HALT
 .Lok\@:
@@ -229,12 +232,12 @@ hv32_common:
     jmp dword ptr [hv32_resume]
 hv32_unarmed:
     mov eax, dword ptr [esp]
-    mov dword ptr [hv_low_fail + 56], eax
+    mov dword ptr [hv_low_fail + {off_expected}], eax
     mov eax, dword ptr [hv32_vector]
-    mov dword ptr [hv_low_fail + 64], eax
-    mov dword ptr [hv_low_fail + 12], 0
-    mov dword ptr [hv_low_fail + 32], offset hv32_unarmed_msg
-    mov dword ptr [hv_low_fail + 40], offset HV32_UNARMED_LEN
+    mov dword ptr [hv_low_fail + {off_actual}], eax
+    mov dword ptr [hv_low_fail + {off_line}], 0
+    mov dword ptr [hv_low_fail + {off_message_addr}], offset hv32_unarmed_msg
+    mov dword ptr [hv_low_fail + {off_message_len}], offset HV32_UNARMED_LEN
     HV_REPORT hv_low_fail
     HV_HALT
 
@@ -902,7 +905,18 @@ hv_cpuid_kvm_signature_prot32:
     HV_REPORT hv_low_pass
     HV_HALT
     .code64
-"#
+"#,
+    magic = const proto::MAGIC,
+    kind_verdict = const proto::KIND_VERDICT,
+    status_pass = const proto::STATUS_PASS,
+    status_fail = const proto::STATUS_FAIL,
+    has_values = const proto::VERDICT_HAS_VALUES,
+    protocol_port = const hvprobe_rt::abi::port::PROTOCOL,
+    off_line = const offset_of!(proto::Verdict, line),
+    off_message_addr = const offset_of!(proto::Verdict, message.addr),
+    off_message_len = const offset_of!(proto::Verdict, message.len),
+    off_expected = const offset_of!(proto::Verdict, expected),
+    off_actual = const offset_of!(proto::Verdict, actual),
 );
 
 unsafe extern "C" {

@@ -133,7 +133,8 @@ extern "C" fn move_block(which: u64) {
     path::measure(BLOCK as u64, accesses as u64, || send(&bytes));
     check_sink(which, &bytes);
     if which == sink::RING {
-        let doorbells = call(service::IOEVENT_COUNT, [4, 0, 0, 0]).unwrap_or(0);
+        let doorbells =
+            call(service::IOEVENT_COUNT, [hvprobe_rt::abi::proto::IOEVENT_RING_DOORBELL, 0, 0, 0]).unwrap_or(0);
         check!(doorbells > 0, "the host thread saw no doorbell");
     }
 }
@@ -415,7 +416,7 @@ test_case! {
 }
 
 const KVM_HC_SEND_IPI: u64 = 10;
-const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+use hvprobe_rt::cpu::kvm_msr::PV_EOI_EN as MSR_KVM_PV_EOI_EN;
 /// CPUID 0x40000001 EAX bits 6 and 11 (Documentation/virt/kvm/x86/cpuid.rst).
 const KVM_FEATURE_PV_EOI: u32 = 1 << 6;
 const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;

@@ -138,7 +138,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+use hvprobe_rt::cpu::kvm_msr::WALL_CLOCK_NEW as MSR_KVM_WALL_CLOCK_NEW;
 
 #[repr(C)]
 struct WallClock {

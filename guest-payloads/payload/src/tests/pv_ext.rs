@@ -325,7 +325,7 @@ test_case! {
         kvmclock::enable();
         // SAFETY: turning kvmclock off, then clearing its page.
         unsafe {
-            cpu::wrmsr(0x4b56_4d01, kvmclock::PAGE);
+            cpu::wrmsr(hvprobe_rt::cpu::kvm_msr::SYSTEM_TIME_NEW, kvmclock::PAGE);
             core::ptr::write_bytes(kvmclock::PAGE as *mut u8, 0, 32);
         }
         check!(call(service::SET_CLOCK, [1000, 0, 0, 0]).is_ok(), "KVM_SET_CLOCK failed");
@@ -463,7 +463,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+use hvprobe_rt::cpu::kvm_msr::PV_EOI_EN as MSR_KVM_PV_EOI_EN;
 static PV_EOI_WORD: AtomicU64 = AtomicU64::new(0);
 
 test_case! {

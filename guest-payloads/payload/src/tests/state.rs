@@ -176,11 +176,11 @@ hv_regs_across_checkpoint:
     mov rax, [rip + hv_rs_msg]
     cmp qword ptr [rip + hv_rs_mmio], 0
     jne 1f
-    mov edx, 0x500
+    mov edx, {protocol_port}
     out dx, eax
     jmp 2f
 1:
-    mov edx, 0xc0001000
+    mov edx, {protocol_mmio}
     mov dword ptr [rdx], eax
 2:
     mov [rip + hv_rs_out + 0], rbx
@@ -211,7 +211,9 @@ hv_regs_across_checkpoint:
     pop rbp
     pop rbx
     ret
-"#
+"#,
+    protocol_port = const hvprobe_rt::abi::port::PROTOCOL,
+    protocol_mmio = const hvprobe_rt::abi::layout::PROTOCOL_MMIO,
 );
 
 #[repr(C)]
