@@ -61,6 +61,27 @@ fn remove_rdtscp(table: &mut Vec<kvm_cpuid_entry2>) {
 }
 
 #[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_spec_ctrl(table: &mut Vec<kvm_cpuid_entry2>) {
+    use hvprobe_abi::cpuid_removed::{SPEC_CTRL_EXT8_EBX, SPEC_CTRL_LEAF7_EDX};
+    clear_bit(table, 7, |e| &mut e.edx, SPEC_CTRL_LEAF7_EDX);
+    clear_bit(table, 0x8000_0008, |e| &mut e.ebx, SPEC_CTRL_EXT8_EBX);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_pred_cmd(table: &mut Vec<kvm_cpuid_entry2>) {
+    use hvprobe_abi::cpuid_removed::{PRED_CMD_EXT8_EBX, PRED_CMD_LEAF7_EDX};
+    clear_bit(table, 7, |e| &mut e.edx, PRED_CMD_LEAF7_EDX);
+    clear_bit(table, 0x8000_0008, |e| &mut e.ebx, PRED_CMD_EXT8_EBX);
+    // SBPB (CPUID 8000_0021h:EAX[27]) makes the MSR exist too on newer AMD parts.
+    clear_bit(table, 0x8000_0021, |e| &mut e.eax, 1 << 27);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_flush_cmd(table: &mut Vec<kvm_cpuid_entry2>) {
+    clear_bit(table, 7, |e| &mut e.edx, hvprobe_abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
 fn remove_rdpid(table: &mut Vec<kvm_cpuid_entry2>) {
     clear_bit(table, 7, |e| &mut e.ecx, 1 << 22);
 }
@@ -106,6 +127,9 @@ const fn cpuid(name: &'static str, edit: fn(&mut Vec<kvm_cpuid_entry2>)) -> Hook
 pub const HOOKS: &[Hook] = &[
     cpuid("cpu::rdtscp_absent::long64", remove_rdtscp),
     cpuid("cpu::rdtscp_absent::cpl3", remove_rdtscp),
+    cpuid("cpu::msr_spec_ctrl_absent::long64", remove_spec_ctrl),
+    cpuid("cpu::msr_pred_cmd_absent::long64", remove_pred_cmd),
+    cpuid("cpu::msr_flush_cmd_absent::long64", remove_flush_cmd),
     cpuid("cpu::rdpid_absent::long64", remove_rdpid),
     cpuid("cpu::rdpid_absent::cpl3", remove_rdpid),
     cpuid("cpu::xsave_absent::long64", remove_xsave),

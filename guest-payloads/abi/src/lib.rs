@@ -153,6 +153,18 @@ pub mod cpuid_removed {
     /// so a guest that reads the host's maxima shows the table was ignored.
     pub const MAX_BASIC_LEAF: u32 = 0x7;
     pub const MAX_EXTENDED_LEAF: u32 = 0x8000_0008;
+    /// The bits whose absence removes IA32_SPEC_CTRL: CPUID.7.0:EDX IBRS/IBPB (26), STIBP
+    /// (27), SSBD (31) (SDM Vol. 4, Table 2-2, IA32_SPEC_CTRL), and CPUID 8000_0008h:EBX
+    /// IBRS (14), STIBP (15), SSBD (24) (APM Vol. 3, Appendix E.4.7). VIRT_SSBD (25)
+    /// enumerates another MSR, VIRT_SPEC_CTRL.
+    pub const SPEC_CTRL_LEAF7_EDX: u32 = 1 << 26 | 1 << 27 | 1 << 31;
+    pub const SPEC_CTRL_EXT8_EBX: u32 = 1 << 14 | 1 << 15 | 1 << 24;
+    /// The bits whose absence removes IA32_PRED_CMD: CPUID.7.0:EDX[26] (IBRS/IBPB) and
+    /// CPUID 8000_0008h:EBX[12] (IBPB).
+    pub const PRED_CMD_LEAF7_EDX: u32 = 1 << 26;
+    pub const PRED_CMD_EXT8_EBX: u32 = 1 << 12;
+    /// The bit whose absence removes IA32_FLUSH_CMD: CPUID.7.0:EDX[28] (L1D_FLUSH).
+    pub const FLUSH_CMD_LEAF7_EDX: u32 = 1 << 28;
 }
 
 pub mod selector {

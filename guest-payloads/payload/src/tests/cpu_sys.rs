@@ -826,6 +826,73 @@ test_case! {
     }
 }
 
+/// IA32_SPEC_CTRL, IA32_PRED_CMD and IA32_FLUSH_CMD (SDM Vol. 4, Table 2-2).
+const MSR_SPEC_CTRL: u32 = 0x48;
+const MSR_PRED_CMD: u32 = 0x49;
+const MSR_FLUSH_CMD: u32 = 0x10b;
+
+/// Checks that the host hook removed `mask` from `reg` of (leaf, 0).
+fn check_all_removed(leaf: u32, reg: fn(&cpu::Cpuid) -> u32, mask: u32) {
+    check_eq!(cpuid_as_set(leaf, 0).map(|c| reg(&c) & mask).unwrap_or(0), 0, "hook did not clear CPUID {:#x}", leaf);
+}
+
+test_case! {
+    /// With none of the CPUID bits that enumerate IA32_SPEC_CTRL (the hook clears
+    /// CPUID.7.0:EDX[26,27,31] and 8000_0008h:EBX[14,15,24]), the MSR does not exist:
+    /// RDMSR and WRMSR of it raise #GP(0) (SDM Vol. 2B RDMSR/WRMSR: #GP(0) for a reserved
+    /// or unimplemented MSR; Vol. 4 Table 2-2 gives the enumeration; APM Vol. 2 and
+    /// Vol. 3 RDMSR).
+    name = "cpu::msr_spec_ctrl_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn msr_spec_ctrl_absent() {
+        use abi::cpuid_removed::{SPEC_CTRL_EXT8_EBX, SPEC_CTRL_LEAF7_EDX};
+        check_all_removed(7, |c| c.edx, SPEC_CTRL_LEAF7_EDX);
+        check_all_removed(0x8000_0008, |c| c.ebx, SPEC_CTRL_EXT8_EBX);
+        check_exception!(catch!("rdmsr", in("ecx") MSR_SPEC_CTRL, out("eax") _, out("edx") _), exception::GP, Some(0));
+        check_exception!(catch!("wrmsr", in("ecx") MSR_SPEC_CTRL, in("eax") 0u32, in("edx") 0u32), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// Without IBPB enumerated (the hook clears CPUID.7.0:EDX[26], 8000_0008h:EBX[12] and
+    /// 8000_0021h:EAX[27] SBPB), IA32_PRED_CMD does not exist: WRMSR of IBPB raises #GP(0)
+    /// (SDM Vol. 4 Table 2-2, IA32_PRED_CMD; Vol. 2B WRMSR).
+    name = "cpu::msr_pred_cmd_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn msr_pred_cmd_absent() {
+        use abi::cpuid_removed::{PRED_CMD_EXT8_EBX, PRED_CMD_LEAF7_EDX};
+        check_all_removed(7, |c| c.edx, PRED_CMD_LEAF7_EDX);
+        check_all_removed(0x8000_0008, |c| c.ebx, PRED_CMD_EXT8_EBX);
+        check_exception!(catch!("wrmsr", in("ecx") MSR_PRED_CMD, in("eax") 1u32, in("edx") 0u32), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// Without L1D_FLUSH enumerated (the hook clears CPUID.7.0:EDX[28]), IA32_FLUSH_CMD
+    /// does not exist: WRMSR of L1D_FLUSH raises #GP(0) (SDM Vol. 4 Table 2-2,
+    /// IA32_FLUSH_CMD; Vol. 2B WRMSR).
+    name = "cpu::msr_flush_cmd_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn msr_flush_cmd_absent() {
+        check_all_removed(7, |c| c.edx, abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX);
+        check_exception!(catch!("wrmsr", in("ecx") MSR_FLUSH_CMD, in("eax") 1u32, in("edx") 0u32), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// Where the table enumerates IA32_SPEC_CTRL (any of the bits the absent case clears),
+    /// the MSR exists: RDMSR raises nothing and a write of 0 (no mitigation) is accepted.
+    /// Skips, with the reason, where KVM offers none of the bits.
+    name = "cpu::msr_spec_ctrl_present::long64", mode = Long64, path = Full;
+    fn msr_spec_ctrl_present() {
+        use abi::cpuid_removed::{SPEC_CTRL_EXT8_EBX, SPEC_CTRL_LEAF7_EDX};
+        let leaf7 = cpuid_as_set(7, 0).map_or(0, |c| c.edx & SPEC_CTRL_LEAF7_EDX);
+        let ext8 = cpuid_as_set(0x8000_0008, 0).map_or(0, |c| c.ebx & SPEC_CTRL_EXT8_EBX);
+        if leaf7 == 0 && ext8 == 0 {
+            skip!("KVM offers none of the CPUID bits that enumerate IA32_SPEC_CTRL");
+        }
+        check_no_exception!(catch!("rdmsr", in("ecx") MSR_SPEC_CTRL, out("eax") _, out("edx") _));
+        check_no_exception!(catch!("wrmsr", in("ecx") MSR_SPEC_CTRL, in("eax") 0u32, in("edx") 0u32));
+    }
+}
+
 test_case! {
     /// Without RDPID in the vCPU's CPUID (the host hook clears CPUID.7.0:ECX[22]), RDPID
     /// raises #UD at CPL0 (SDM Vol. 2B RDPID: #UD if CPUID.7H.0:ECX.RDPID[bit 22] = 0).
