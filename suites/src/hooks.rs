@@ -82,6 +82,11 @@ fn remove_flush_cmd(table: &mut Vec<kvm_cpuid_entry2>) {
 }
 
 #[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
+fn remove_invpcid(table: &mut Vec<kvm_cpuid_entry2>) {
+    clear_bit(table, 7, |e| &mut e.ebx, 1 << 10);
+}
+
+#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
 fn remove_rdpid(table: &mut Vec<kvm_cpuid_entry2>) {
     clear_bit(table, 7, |e| &mut e.ecx, 1 << 22);
 }
@@ -130,6 +135,7 @@ pub const HOOKS: &[Hook] = &[
     cpuid("cpu::msr_spec_ctrl_absent::long64", remove_spec_ctrl),
     cpuid("cpu::msr_pred_cmd_absent::long64", remove_pred_cmd),
     cpuid("cpu::msr_flush_cmd_absent::long64", remove_flush_cmd),
+    cpuid("cpu::invpcid_absent::long64", remove_invpcid),
     cpuid("cpu::rdpid_absent::long64", remove_rdpid),
     cpuid("cpu::rdpid_absent::cpl3", remove_rdpid),
     cpuid("cpu::xsave_absent::long64", remove_xsave),

@@ -933,3 +933,116 @@ test_case! {
         check_exception!(call_at_cpl3(xgetbv_at_cpl3, 0), exception::UD, None);
     }
 }
+
+/// CPUID.1:ECX[22] MOVBE, CPUID.1:ECX[17] PCID, CPUID.7.0:EBX[10] INVPCID.
+const MOVBE_BIT: u32 = 1 << 22;
+const PCID_BIT: u32 = 1 << 17;
+const INVPCID_BIT: u32 = 1 << 10;
+
+/// MOVBE's load and store of 16, 32 and 64 bits swap the bytes (SDM Vol. 2B MOVBE;
+/// APM Vol. 3 MOVBE). At CPL0 on PVM this runs through KVM's instruction emulator.
+extern "C" fn movbe(_: u64) {
+    if cpu::cpuid(1, 0).ecx & MOVBE_BIT == 0 {
+        skip!("the vCPU's CPUID does not offer MOVBE");
+    }
+    let mut mem: u64 = 0x1122_3344_5566_7788;
+    let (q, d, w): (u64, u32, u16);
+    // SAFETY: the loads read `mem`, which is ours.
+    unsafe {
+        core::arch::asm!("movbe {0}, [{1}]", out(reg) q, in(reg) &raw const mem, options(nostack, readonly));
+        core::arch::asm!("movbe {0:e}, [{1}]", out(reg) d, in(reg) &raw const mem, options(nostack, readonly));
+        core::arch::asm!("movbe {0:x}, [{1}]", out(reg) w, in(reg) &raw const mem, options(nostack, readonly));
+    }
+    check_eq!(q, 0x8877_6655_4433_2211, "MOVBE r64, m64");
+    check_eq!(d, 0x8877_6655, "MOVBE r32, m32 (the low 4 bytes, swapped)");
+    check_eq!(w, 0x8877, "MOVBE r16, m16");
+    // SAFETY: the store writes `mem`, which is ours.
+    unsafe {
+        core::arch::asm!("movbe [{0}], {1}", in(reg) &raw mut mem, in(reg) 0x0102_0304_0506_0708u64, options(nostack))
+    };
+    check_eq!(mem, 0x0807_0605_0403_0201, "MOVBE m64, r64");
+}
+
+test_case! {
+    /// MOVBE at CPL0 (kvm-unit-tests' emulator test hangs there on this host).
+    name = "cpu::movbe::long64", mode = Long64, path = Full;
+    fn movbe_cpl0() {
+        movbe(0);
+    }
+}
+
+test_case! {
+    /// MOVBE at CPL3, where PVM runs it natively.
+    name = "cpu::movbe::user64", mode = User64, path = Hw;
+    fn movbe_cpl3() {
+        movbe(0);
+    }
+}
+
+/// An INVPCID descriptor (SDM Vol. 2A INVPCID: PCID in bits 11:0, linear address in 127:64).
+#[repr(C, align(16))]
+struct InvpcidDesc {
+    pcid: u64,
+    addr: u64,
+}
+
+/// INVPCID of `kind` with `desc`, caught.
+fn invpcid(kind: u64, desc: &InvpcidDesc) -> Option<hvprobe_rt::Exception> {
+    catch!("invpcid {0}, [{1}]", in(reg) kind, in(reg) desc as *const InvpcidDesc)
+}
+
+test_case! {
+    /// INVPCID with CR4.PCIDE set: the four types (0 individual address, 1 single context,
+    /// 2 all contexts with globals, 3 all but globals) complete without a fault; an
+    /// invalid type (4) and a PCID above 4095 for types 0 and 1 raise #GP(0) (SDM Vol. 2A
+    /// INVPCID; kvm-unit-tests' pcid test hangs at INVPCID on this host). Skips where the
+    /// vCPU's CPUID offers no PCID or INVPCID.
+    name = "cpu::invpcid::long64", mode = Long64, path = Full;
+    fn invpcid_types() {
+        if cpu::cpuid(1, 0).ecx & PCID_BIT == 0 || cpu::cpuid(7, 0).ebx & INVPCID_BIT == 0 {
+            skip!("the vCPU's CPUID does not offer PCID and INVPCID");
+        }
+        let cr4 = cpu::read_cr4();
+        // CR3[11:0] is 0 here (PCID 0), as setting PCIDE requires (SDM Vol. 3A 4.10.1).
+        check_no_exception!(catch!("mov cr4, {0}", in(reg) cr4 | 1 << 17));
+        // A mapped page: the one this function lives in.
+        let page = invpcid_types as *const () as u64 & !0xfff;
+        for (kind, pcid) in [(0, 0), (1, 0), (2, 0), (3, 0), (0, 5), (1, 5)] {
+            let e = invpcid(kind, &InvpcidDesc { pcid, addr: page });
+            check!(e.is_none(), "INVPCID type {} (PCID {}) raised {:?}", kind, pcid, e.map(|e| e.vector));
+        }
+        check_exception!(invpcid(4, &InvpcidDesc { pcid: 0, addr: 0 }), exception::GP, Some(0));
+        check_exception!(invpcid(0, &InvpcidDesc { pcid: 4096, addr: page }), exception::GP, Some(0));
+        check_exception!(invpcid(1, &InvpcidDesc { pcid: 4096, addr: 0 }), exception::GP, Some(0));
+        // SAFETY: back to the CR4 the case started with.
+        unsafe { core::arch::asm!("mov cr4, {0}", in(reg) cr4) };
+    }
+}
+
+extern "C" fn invpcid_at_cpl3(_: u64) {
+    let desc = InvpcidDesc { pcid: 0, addr: 0 };
+    // SAFETY: INVPCID at CPL3 faults before it does anything.
+    unsafe { core::arch::asm!("invpcid {0}, [{1}]", in(reg) 2u64, in(reg) &desc as *const InvpcidDesc) };
+}
+
+test_case! {
+    /// INVPCID at CPL3 raises #GP(0) (SDM Vol. 2A INVPCID: #GP(0) if CPL > 0).
+    name = "cpu::invpcid_cpl3::long64", mode = Long64, path = Full;
+    fn invpcid_cpl3() {
+        if cpu::cpuid(7, 0).ebx & INVPCID_BIT == 0 {
+            skip!("the vCPU's CPUID does not offer INVPCID");
+        }
+        check_exception!(call_at_cpl3(invpcid_at_cpl3, 0), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// Without INVPCID in the vCPU's CPUID (the host hook clears CPUID.7.0:EBX[10]),
+    /// INVPCID raises #UD (SDM Vol. 2A INVPCID: #UD if CPUID.(EAX=07H, ECX=0H):EBX.INVPCID
+    /// [bit 10] = 0). kvm-unit-tests' pcid test stops at INVPCID on this host.
+    name = "cpu::invpcid_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    fn invpcid_absent() {
+        check_removed_from_table(7, 0, |c| c.ebx, INVPCID_BIT);
+        check_exception!(invpcid(2, &InvpcidDesc { pcid: 0, addr: 0 }), exception::UD, None);
+    }
+}
