@@ -59,6 +59,8 @@ pub struct TestCase {
     pub flags: u32,
     /// vCPUs to create (1 or more); the others idle as application processors.
     pub vcpus: u16,
+    /// CPUID bits the host clears before the case boots (the guest's `cpuid_clear`).
+    pub cpuid_clear: Vec<hvprobe_abi::CpuidClear>,
     pub entry: u64,
     /// Guest address of the descriptor (passed to 64-bit cases in RDI).
     pub desc_addr: u64,
@@ -255,8 +257,13 @@ fn decode_test(
     if (raw.flags & hvprobe_abi::flags::EXPECT_ANY).count_ones() > 1 {
         return Err(bad(format!("{name}: flags {:#x} name more than one expected end", raw.flags)));
     }
+    if let Some(edit) = raw.cpuid_clear.iter().find(|e| e.mask != 0 && e.reg > hvprobe_abi::CpuidClear::EDX) {
+        return Err(bad(format!("{name}: cpuid_clear names register {} (0 to 3 are EAX to EDX)", edit.reg)));
+    }
+    let cpuid_clear = raw.cpuid_clear.iter().copied().filter(|e| e.mask != 0).collect();
     let area = name.split("::").next().unwrap_or_default().to_string();
     Ok(TestCase {
+        cpuid_clear,
         file: String::from_utf8_lossy(raw.file).into_owned(),
         line: raw.line,
         timeout: (raw.timeout_ms != 0).then(|| Duration::from_millis(raw.timeout_ms.into())),

@@ -25,6 +25,8 @@ pub struct VmConfig {
     /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC) with KVM_CREATE_IRQCHIP.
     pub irqchip: bool,
     pub cpuid_edit: Option<CpuidEdit>,
+    /// CPUID bits to clear (a case's declared `cpuid_clear`), after `cpuid_edit`.
+    pub cpuid_clear: Vec<hvprobe_abi::CpuidClear>,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
     /// doorbell.
     pub ioeventfds: bool,
@@ -47,6 +49,7 @@ impl Default for VmConfig {
             vcpus: 1,
             irqchip: false,
             cpuid_edit: None,
+            cpuid_clear: Vec::new(),
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
@@ -184,6 +187,7 @@ impl Vm {
         if let Some(edit) = config.cpuid_edit {
             edit(&mut cpuid);
         }
+        clear_cpuid_bits(&mut cpuid, &config.cpuid_clear);
         if let Some(entries) = config.dirty_ring {
             // Before any vCPU exists (api.rst 8.29); the size is in bytes.
             let bytes = entries * size_of::<kvm_bindings::kvm_dirty_gfn>() as u32;
@@ -291,6 +295,21 @@ impl Vm {
 fn set_hypervisor_present(table: &mut [kvm_cpuid_entry2]) {
     for e in table.iter_mut().filter(|e| e.function == 1) {
         e.ecx |= 1 << 31;
+    }
+}
+
+/// Clears the bits a case declared absent (`TestCase::cpuid_clear`).
+fn clear_cpuid_bits(table: &mut [kvm_cpuid_entry2], edits: &[hvprobe_abi::CpuidClear]) {
+    for edit in edits {
+        for e in table.iter_mut().filter(|e| edit.applies_to(e.function, e.index)) {
+            let reg = match edit.reg {
+                hvprobe_abi::CpuidClear::EAX => &mut e.eax,
+                hvprobe_abi::CpuidClear::EBX => &mut e.ebx,
+                hvprobe_abi::CpuidClear::ECX => &mut e.ecx,
+                _ => &mut e.edx,
+            };
+            *reg &= !edit.mask;
+        }
     }
 }
 

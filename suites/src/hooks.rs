@@ -39,63 +39,6 @@ const fn migrate(name: &'static str, how: Migrate) -> Hook {
     Hook { name, cpuid_edit: None, migrate: Some(how), quirks_off: 0 }
 }
 
-/// The CPUID.1:ECX bits of `hvprobe_abi::cpuid_removed` removed: the guest checks they
-/// stay absent.
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_leaf1_features(table: &mut Vec<kvm_cpuid_entry2>) {
-    for e in table.iter_mut().filter(|e| e.function == 1) {
-        e.ecx &= !hvprobe_abi::cpuid_removed::LEAF1_ECX;
-    }
-}
-
-/// Clears `bit` of `reg` in (`leaf`, any subleaf) of the table.
-fn clear_bit(table: &mut [kvm_cpuid_entry2], leaf: u32, reg: fn(&mut kvm_cpuid_entry2) -> &mut u32, bit: u32) {
-    for e in table.iter_mut().filter(|e| e.function == leaf) {
-        *reg(e) &= !bit;
-    }
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_rdtscp(table: &mut Vec<kvm_cpuid_entry2>) {
-    clear_bit(table, 0x8000_0001, |e| &mut e.edx, 1 << 27);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_spec_ctrl(table: &mut Vec<kvm_cpuid_entry2>) {
-    use hvprobe_abi::cpuid_removed::{SPEC_CTRL_EXT8_EBX, SPEC_CTRL_LEAF7_EDX};
-    clear_bit(table, 7, |e| &mut e.edx, SPEC_CTRL_LEAF7_EDX);
-    clear_bit(table, 0x8000_0008, |e| &mut e.ebx, SPEC_CTRL_EXT8_EBX);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_pred_cmd(table: &mut Vec<kvm_cpuid_entry2>) {
-    use hvprobe_abi::cpuid_removed::{PRED_CMD_EXT8_EBX, PRED_CMD_LEAF7_EDX};
-    clear_bit(table, 7, |e| &mut e.edx, PRED_CMD_LEAF7_EDX);
-    clear_bit(table, 0x8000_0008, |e| &mut e.ebx, PRED_CMD_EXT8_EBX);
-    // SBPB (CPUID 8000_0021h:EAX[27]) makes the MSR exist too on newer AMD parts.
-    clear_bit(table, 0x8000_0021, |e| &mut e.eax, 1 << 27);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_flush_cmd(table: &mut Vec<kvm_cpuid_entry2>) {
-    clear_bit(table, 7, |e| &mut e.edx, hvprobe_abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_invpcid(table: &mut Vec<kvm_cpuid_entry2>) {
-    clear_bit(table, 7, |e| &mut e.ebx, 1 << 10);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_rdpid(table: &mut Vec<kvm_cpuid_entry2>) {
-    clear_bit(table, 7, |e| &mut e.ecx, 1 << 22);
-}
-
-#[allow(clippy::ptr_arg, reason = "every hook has the CpuidEdit signature, which lets a hook add leaves")]
-fn remove_xsave(table: &mut Vec<kvm_cpuid_entry2>) {
-    clear_bit(table, 1, |e| &mut e.ecx, 1 << 26 | 1 << 27);
-}
-
 /// The table cut to the maxima of `hvprobe_abi::cpuid_removed`: leaves above them are
 /// dropped and leaf 0 and 0x80000000 name the new maxima.
 fn cut_max_leaves(table: &mut Vec<kvm_cpuid_entry2>) {
@@ -130,21 +73,11 @@ const fn cpuid(name: &'static str, edit: fn(&mut Vec<kvm_cpuid_entry2>)) -> Hook
 }
 
 pub const HOOKS: &[Hook] = &[
-    cpuid("cpu::rdtscp_absent::long64", remove_rdtscp),
-    cpuid("cpu::rdtscp_absent::cpl3", remove_rdtscp),
-    cpuid("cpu::msr_spec_ctrl_absent::long64", remove_spec_ctrl),
-    cpuid("cpu::msr_pred_cmd_absent::long64", remove_pred_cmd),
-    cpuid("cpu::msr_flush_cmd_absent::long64", remove_flush_cmd),
-    cpuid("cpu::invpcid_absent::long64", remove_invpcid),
-    cpuid("cpu::rdpid_absent::long64", remove_rdpid),
-    cpuid("cpu::rdpid_absent::cpl3", remove_rdpid),
-    cpuid("cpu::xsave_absent::long64", remove_xsave),
     cpuid("cpu::cpuid_vendor::long64", cut_max_leaves),
     cpuid("cpu::cpuid_vendor::user64", cut_max_leaves),
     cpuid("cpu::cpuid_max_leaf::long64", cut_max_leaves),
     cpuid("cpu::cpuid_max_leaf::user64", cut_max_leaves),
     cpuid("cpu::cpuid_hypervisor_bit_flipped::user64", flip_hypervisor_bit),
-    cpuid("cpu::cpuid_removed_feature::long64", remove_leaf1_features),
     Hook {
         name: "pv::hypercall_quirk_off::long64",
         cpuid_edit: None,

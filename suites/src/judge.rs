@@ -182,6 +182,7 @@ mod tests {
             requires: 0,
             flags,
             vcpus: 1,
+            cpuid_clear: Vec::new(),
             entry: 0x100000,
             desc_addr: 0x10a000,
         }

@@ -97,6 +97,31 @@ fn malformed_payloads_are_refused_with_the_reason() {
 }
 
 #[test]
+fn declared_cpuid_clears_reach_the_case_and_a_bad_register_is_refused() {
+    use hvprobe_abi::{CpuidClear, TestDesc};
+    let payload = Payload::parse(GUEST_ELF).unwrap();
+    let case = payload.test("cpu::msr_flush_cmd_absent::long64").unwrap();
+    assert_eq!(
+        case.cpuid_clear,
+        [CpuidClear::new(7, 0, CpuidClear::EDX, hvprobe_abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX)]
+    );
+    // That descriptor's first edit names register 9 instead of EDX.
+    let name = fixed_name(&case.name);
+    let at = GUEST_ELF.windows(name.len()).position(|w| w == name).unwrap() - std::mem::offset_of!(TestDesc, name);
+    let reg = at + std::mem::offset_of!(TestDesc, cpuid_clear) + 8;
+    assert_eq!(GUEST_ELF[reg..reg + 4], CpuidClear::EDX.to_le_bytes());
+    let e = Payload::parse(&patched(reg, &9u32.to_le_bytes())).unwrap_err();
+    assert!(e.to_string().contains("cpuid_clear names register 9"), "{e}");
+}
+
+/// A name as the descriptor stores it, with the NUL that ends it.
+fn fixed_name(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+#[test]
 fn console_text_reaches_the_report() {
     let Some(kvm) = kvm() else { return };
     let report = run(&kvm, "cpu::boot::long64", RunOptions::default());

@@ -410,7 +410,61 @@ pub struct TestDesc {
     pub requires: u64,
     pub flags: u32,
     pub _reserved2: u32,
+    /// CPUID bits the host clears from this case's table before KVM_SET_CPUID2: the
+    /// features whose absence the case checks. Unused slots have a zero mask.
+    pub cpuid_clear: [CpuidClear; CPUID_CLEARS],
     pub entry: EntryFn,
+}
+
+/// How many [`CpuidClear`] edits one case may declare.
+pub const CPUID_CLEARS: usize = 4;
+
+/// One edit of a case's CPUID table: clear `mask` in register `reg` of (`leaf`,
+/// `subleaf`). The guest declares it (`cpuid_clear = [...]` in `test_case!`) and the host
+/// applies it, so a case that checks an absent feature needs no host code of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuidClear {
+    pub leaf: u32,
+    /// The subleaf, or [`CpuidClear::ANY_SUBLEAF`] for every entry of `leaf`.
+    pub subleaf: u32,
+    /// 0 EAX, 1 EBX, 2 ECX, 3 EDX.
+    pub reg: u32,
+    pub mask: u32,
+}
+
+impl CpuidClear {
+    pub const ANY_SUBLEAF: u32 = u32::MAX;
+    pub const SIZE: usize = size_of::<CpuidClear>();
+    pub const EAX: u32 = 0;
+    pub const EBX: u32 = 1;
+    pub const ECX: u32 = 2;
+    pub const EDX: u32 = 3;
+    pub const NONE: CpuidClear = CpuidClear { leaf: 0, subleaf: 0, reg: 0, mask: 0 };
+
+    pub const fn new(leaf: u32, subleaf: u32, reg: u32, mask: u32) -> CpuidClear {
+        assert!(reg <= Self::EDX, "a CPUID register is 0 (EAX) to 3 (EDX)");
+        assert!(mask != 0, "a CPUID edit clears at least one bit");
+        CpuidClear { leaf, subleaf, reg, mask }
+    }
+
+    /// The descriptor's fixed array from a case's list; fails to compile past
+    /// [`CPUID_CLEARS`] edits.
+    pub const fn table(edits: &[CpuidClear]) -> [CpuidClear; CPUID_CLEARS] {
+        assert!(edits.len() <= CPUID_CLEARS, "too many cpuid_clear edits for one case");
+        let mut out = [Self::NONE; CPUID_CLEARS];
+        let mut i = 0;
+        while i < edits.len() {
+            out[i] = edits[i];
+            i += 1;
+        }
+        out
+    }
+
+    /// Whether this edit applies to the CPUID entry (`leaf`, `subleaf`).
+    pub fn applies_to(&self, leaf: u32, subleaf: u32) -> bool {
+        self.mask != 0 && self.leaf == leaf && (self.subleaf == Self::ANY_SUBLEAF || self.subleaf == subleaf)
+    }
 }
 
 /// A test descriptor as the host decodes it from ELF bytes.
@@ -425,6 +479,7 @@ pub struct RawTestDesc<'a> {
     pub timeout_ms: u32,
     pub requires: u64,
     pub flags: u32,
+    pub cpuid_clear: [CpuidClear; CPUID_CLEARS],
     pub entry: u64,
 }
 
@@ -451,6 +506,19 @@ impl TestDesc {
             timeout_ms: read_u32(bytes, offset_of!(TestDesc, timeout_ms))?,
             requires: read_u64(bytes, offset_of!(TestDesc, requires))?,
             flags: read_u32(bytes, offset_of!(TestDesc, flags))?,
+            cpuid_clear: {
+                let mut edits = [CpuidClear::NONE; CPUID_CLEARS];
+                for (i, edit) in edits.iter_mut().enumerate() {
+                    let at = offset_of!(TestDesc, cpuid_clear) + i * CpuidClear::SIZE;
+                    *edit = CpuidClear {
+                        leaf: read_u32(bytes, at)?,
+                        subleaf: read_u32(bytes, at + 4)?,
+                        reg: read_u32(bytes, at + 8)?,
+                        mask: read_u32(bytes, at + 12)?,
+                    };
+                }
+                edits
+            },
             entry: read_u64(bytes, offset_of!(TestDesc, entry))?,
         })
     }
@@ -494,7 +562,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 7;
+    pub const ABI_VERSION: u32 = 8;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {

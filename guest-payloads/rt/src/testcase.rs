@@ -69,28 +69,41 @@ impl<T> NoValue for &Probe<'_, T> {
 /// ```
 ///
 /// Options after `path`: `requires = abi::requires::X | ...`, `timeout_ms = N`,
-/// `flags = abi::flags::X`, `vcpus = N` (the other vCPUs idle in `rt::smp`).
+/// `flags = abi::flags::X`, `vcpus = N` (the other vCPUs idle in `rt::smp`),
+/// `cpuid_clear = [(leaf, subleaf, EDX, mask), ...]` (bits the host clears from the
+/// case's CPUID table; `ANY` as subleaf edits every subleaf).
 #[macro_export]
 macro_rules! test_case {
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
-        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)? ;
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)?
+        $(, cpuid_clear = [$(($leaf:expr, $sub:tt, $reg:ident, $mask:expr)),* $(,)?])? ;
         fn $fn:ident() $body:block
     ) => {
         $(#[$meta])*
         extern "C" fn $fn() $body
-        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?], $fn);
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?],
+            [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], $fn);
     };
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
-        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)? ;
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)?
+        $(, cpuid_clear = [$(($leaf:expr, $sub:tt, $reg:ident, $mask:expr)),* $(,)?])? ;
         entry = $entry:ident
     ) => {
-        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?], $entry);
+        $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?],
+            [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], $entry);
     };
-    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?], $entry:expr) => {
+    (@clear $leaf:expr, ANY, $reg:ident, $mask:expr) => {
+        $crate::abi::CpuidClear::new($leaf, $crate::abi::CpuidClear::ANY_SUBLEAF, $crate::abi::CpuidClear::$reg, $mask)
+    };
+    (@clear $leaf:expr, $sub:expr, $reg:ident, $mask:expr) => {
+        $crate::abi::CpuidClear::new($leaf, $sub, $crate::abi::CpuidClear::$reg, $mask)
+    };
+    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?],
+        [$($clear:expr),*], $entry:expr) => {
         const _: () = {
             #[used]
             #[unsafe(link_section = ".hvprobe.tests")]
@@ -106,6 +119,7 @@ macro_rules! test_case {
                 requires: 0 $(| $req)?,
                 flags: 0 $(| $fl)?,
                 _reserved2: 0,
+                cpuid_clear: $crate::abi::CpuidClear::table(&[$($clear),*]),
                 entry: $entry,
             };
         };

@@ -810,7 +810,8 @@ test_case! {
     /// Without RDTSCP in the vCPU's CPUID (the host hook clears CPUID.80000001H:EDX[27]),
     /// RDTSCP raises #UD at CPL0 (SDM Vol. 2B RDTSCP: #UD if CPUID.80000001H:EDX.RDTSCP[bit 27] = 0;
     /// APM Vol. 3 RDTSCP).
-    name = "cpu::rdtscp_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::rdtscp_absent::long64", mode = Long64, path = Full,
+        cpuid_clear = [(0x8000_0001, 0, EDX, 1 << 27)];
     fn rdtscp_absent() {
         check_removed_from_table(0x8000_0001, 0, |c| c.edx, RDTSCP_BIT);
         check_exception!(catch!("rdtscp", out("eax") _, out("edx") _, out("ecx") _), exception::UD, None);
@@ -819,7 +820,8 @@ test_case! {
 
 test_case! {
     /// As cpu::rdtscp_absent::long64, from CPL3.
-    name = "cpu::rdtscp_absent::cpl3", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::rdtscp_absent::cpl3", mode = Long64, path = Full,
+        cpuid_clear = [(0x8000_0001, 0, EDX, 1 << 27)];
     fn rdtscp_absent_cpl3() {
         check_removed_from_table(0x8000_0001, 0, |c| c.edx, RDTSCP_BIT);
         check_exception!(call_at_cpl3(rdtscp_at_cpl3, 0), exception::UD, None);
@@ -842,7 +844,8 @@ test_case! {
     /// RDMSR and WRMSR of it raise #GP(0) (SDM Vol. 2B RDMSR/WRMSR: #GP(0) for a reserved
     /// or unimplemented MSR; Vol. 4 Table 2-2 gives the enumeration; APM Vol. 2 and
     /// Vol. 3 RDMSR).
-    name = "cpu::msr_spec_ctrl_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::msr_spec_ctrl_absent::long64", mode = Long64, path = Full,
+        cpuid_clear = [(7, 0, EDX, abi::cpuid_removed::SPEC_CTRL_LEAF7_EDX), (0x8000_0008, 0, EBX, abi::cpuid_removed::SPEC_CTRL_EXT8_EBX)];
     fn msr_spec_ctrl_absent() {
         use abi::cpuid_removed::{SPEC_CTRL_EXT8_EBX, SPEC_CTRL_LEAF7_EDX};
         check_all_removed(7, |c| c.edx, SPEC_CTRL_LEAF7_EDX);
@@ -856,7 +859,9 @@ test_case! {
     /// Without IBPB enumerated (the hook clears CPUID.7.0:EDX[26], 8000_0008h:EBX[12] and
     /// 8000_0021h:EAX[27] SBPB), IA32_PRED_CMD does not exist: WRMSR of IBPB raises #GP(0)
     /// (SDM Vol. 4 Table 2-2, IA32_PRED_CMD; Vol. 2B WRMSR).
-    name = "cpu::msr_pred_cmd_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::msr_pred_cmd_absent::long64", mode = Long64, path = Full,
+        cpuid_clear = [(7, 0, EDX, abi::cpuid_removed::PRED_CMD_LEAF7_EDX), (0x8000_0008, 0, EBX, abi::cpuid_removed::PRED_CMD_EXT8_EBX),
+            (0x8000_0021, 0, EAX, 1 << 27)];
     fn msr_pred_cmd_absent() {
         use abi::cpuid_removed::{PRED_CMD_EXT8_EBX, PRED_CMD_LEAF7_EDX};
         check_all_removed(7, |c| c.edx, PRED_CMD_LEAF7_EDX);
@@ -869,7 +874,8 @@ test_case! {
     /// Without L1D_FLUSH enumerated (the hook clears CPUID.7.0:EDX[28]), IA32_FLUSH_CMD
     /// does not exist: WRMSR of L1D_FLUSH raises #GP(0) (SDM Vol. 4 Table 2-2,
     /// IA32_FLUSH_CMD; Vol. 2B WRMSR).
-    name = "cpu::msr_flush_cmd_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::msr_flush_cmd_absent::long64", mode = Long64, path = Full,
+        cpuid_clear = [(7, 0, EDX, abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX)];
     fn msr_flush_cmd_absent() {
         check_all_removed(7, |c| c.edx, abi::cpuid_removed::FLUSH_CMD_LEAF7_EDX);
         check_exception!(catch!("wrmsr", in("ecx") MSR_FLUSH_CMD, in("eax") 1u32, in("edx") 0u32), exception::GP, Some(0));
@@ -896,7 +902,7 @@ test_case! {
 test_case! {
     /// Without RDPID in the vCPU's CPUID (the host hook clears CPUID.7.0:ECX[22]), RDPID
     /// raises #UD at CPL0 (SDM Vol. 2B RDPID: #UD if CPUID.7H.0:ECX.RDPID[bit 22] = 0).
-    name = "cpu::rdpid_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::rdpid_absent::long64", mode = Long64, path = Full, cpuid_clear = [(7, 0, ECX, 1 << 22)];
     fn rdpid_absent() {
         check_removed_from_table(7, 0, |c| c.ecx, RDPID_BIT);
         check_exception!(catch!("rdpid {0}", out(reg) _), exception::UD, None);
@@ -905,7 +911,7 @@ test_case! {
 
 test_case! {
     /// As cpu::rdpid_absent::long64, from CPL3.
-    name = "cpu::rdpid_absent::cpl3", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::rdpid_absent::cpl3", mode = Long64, path = Full, cpuid_clear = [(7, 0, ECX, 1 << 22)];
     fn rdpid_absent_cpl3() {
         check_removed_from_table(7, 0, |c| c.ecx, RDPID_BIT);
         check_exception!(call_at_cpl3(rdpid_at_cpl3, 0), exception::UD, None);
@@ -917,7 +923,7 @@ test_case! {
     /// CR4.OSXSAVE raises #GP(0) (SDM Vol. 3A 2.5: setting a CR4 bit the processor does not
     /// support), and with CR4.OSXSAVE clear XSETBV and XGETBV raise #UD at CPL0 and CPL3
     /// (SDM Vol. 2C XSETBV/XGETBV: #UD if CR4.OSXSAVE[bit 18] = 0).
-    name = "cpu::xsave_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::xsave_absent::long64", mode = Long64, path = Full, cpuid_clear = [(1, 0, ECX, 1 << 26 | 1 << 27)];
     fn xsave_absent() {
         check_removed_from_table(1, 0, |c| c.ecx, XSAVE_BIT);
         let cr4 = cpu::read_cr4();
@@ -1040,7 +1046,7 @@ test_case! {
     /// Without INVPCID in the vCPU's CPUID (the host hook clears CPUID.7.0:EBX[10]),
     /// INVPCID raises #UD (SDM Vol. 2A INVPCID: #UD if CPUID.(EAX=07H, ECX=0H):EBX.INVPCID
     /// [bit 10] = 0). kvm-unit-tests' pcid test stops at INVPCID on this host.
-    name = "cpu::invpcid_absent::long64", mode = Long64, path = Full, flags = abi::flags::HOST_HOOK;
+    name = "cpu::invpcid_absent::long64", mode = Long64, path = Full, cpuid_clear = [(7, 0, EBX, 1 << 10)];
     fn invpcid_absent() {
         check_removed_from_table(7, 0, |c| c.ebx, INVPCID_BIT);
         check_exception!(invpcid(2, &InvpcidDesc { pcid: 0, addr: 0 }), exception::UD, None);
