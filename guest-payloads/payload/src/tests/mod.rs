@@ -6,6 +6,7 @@ mod cpu_fault;
 mod cpu_priv;
 mod cpu_seg;
 mod cpu_sys;
+mod gated;
 mod hostile;
 mod io;
 mod io_ext;
