@@ -18,3 +18,4 @@ mod paths;
 mod pv;
 mod pv_ext;
 mod state;
+mod svm_ud;
