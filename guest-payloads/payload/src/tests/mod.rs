@@ -19,3 +19,4 @@ mod pv;
 mod pv_ext;
 mod state;
 mod svm_ud;
+mod xstate;

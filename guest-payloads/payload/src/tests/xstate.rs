@@ -1,0 +1,757 @@
+//! Extended state: SSE and AVX arithmetic with value checks at CPL0 and CPL3, XSAVE and
+//! its variants round-tripping the registers, and the rules that make SSE and AVX fault:
+//! CR0.TS (#NM), CR0.EM (#UD), unmasked SIMD exceptions (#XM, or #UD without
+//! CR4.OSXMMEXCPT), XCR0 and CR4.OSXSAVE for VEX, XSETBV's own checks. SDM Vol. 1 ch. 10,
+//! 13 and 14, Vol. 2 for each instruction, Vol. 3A 2.5 and 6.15; APM Vol. 2 11.
+
+use core::arch::asm;
+use hvprobe_rt::abi::CpuidClear;
+use hvprobe_rt::cpu;
+use hvprobe_rt::exception::{self, Exception};
+use hvprobe_rt::user::call_at_cpl3;
+use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, skip, test_case};
+
+use super::cpu::cpuid_as_set;
+
+const CR0_EM: u64 = 1 << 2;
+const CR0_TS: u64 = 1 << 3;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const XCR0_X87_SSE_AVX: u64 = 0b111;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+/// MXCSR.ZM, the divide-by-zero mask (SDM Vol. 1 10.2.3).
+const MXCSR_ZM: u32 = 1 << 9;
+const XM: u8 = 19;
+
+fn offered(leaf: u32, subleaf: u32, reg: u32, mask: u32) -> bool {
+    cpuid_as_set(leaf, subleaf).is_some_and(|c| {
+        let r = match reg {
+            CpuidClear::EAX => c.eax,
+            CpuidClear::EBX => c.ebx,
+            CpuidClear::ECX => c.ecx,
+            _ => c.edx,
+        };
+        r & mask == mask
+    })
+}
+
+fn set_cr4(bits: u64, on: bool) {
+    let cr4 = cpu::read_cr4();
+    let new = if on { cr4 | bits } else { cr4 & !bits };
+    // SAFETY: the bits set here enable SSE, SIMD exceptions or XSAVE; none changes memory.
+    unsafe { core::arch::asm!("mov cr4, {0}", in(reg) new, options(nostack)) };
+}
+
+fn set_cr0(bits: u64, on: bool) {
+    let cr0 = cpu::read_cr0();
+    // SAFETY: TS and EM only change how x87/SSE instructions fault.
+    unsafe { cpu::write_cr0(if on { cr0 | bits } else { cr0 & !bits }) };
+}
+
+/// SSE on: CR4.OSFXSR and OSXMMEXCPT, as an OS that supports SSE sets them.
+fn enable_sse() {
+    set_cr4(CR4_OSFXSR | CR4_OSXMMEXCPT, true);
+}
+
+/// AVX on: SSE, CR4.OSXSAVE and XCR0 = x87|SSE|AVX. Skips where KVM offers no AVX.
+fn enable_avx() {
+    if !offered(1, 0, CpuidClear::ECX, 1 << 26 | 1 << 28) || !offered(0xd, 0, CpuidClear::EAX, 0b111) {
+        skip!("KVM does not offer XSAVE with AVX state");
+    }
+    enable_sse();
+    set_cr4(CR4_OSXSAVE, true);
+    // SAFETY: XCR0 = 7 is valid where CPUID.(0DH,0):EAX lists the three components.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0, in("eax") XCR0_X87_SSE_AVX as u32, in("edx") 0) };
+}
+
+/// Inputs and results of the arithmetic, 32-byte aligned for VMOVAPS.
+#[repr(C, align(64))]
+struct Lanes {
+    a: [u32; 8],
+    b: [u32; 8],
+    out: [[u32; 8]; 6],
+}
+
+/// 1.5, 2.0, -1.0, 100.0, 3.0, -2.5, 0.125, 8.0 and 2.25, 0.5, 4.0, 0.25, 1.0, 2.5,
+/// 0.875, -8.0 as IEEE single-precision bits.
+const A: [u32; 8] =
+    [0x3fc0_0000, 0x4000_0000, 0xbf80_0000, 0x42c8_0000, 0x4040_0000, 0xc020_0000, 0x3e00_0000, 0x4100_0000];
+const B: [u32; 8] =
+    [0x4010_0000, 0x3f00_0000, 0x4080_0000, 0x3e80_0000, 0x3f80_0000, 0x4020_0000, 0x3f60_0000, 0xc100_0000];
+/// The square roots of B[0..4] (1.5, sqrt(0.5) rounded to nearest, 2.0, 0.5).
+const SQRT_B: [u32; 4] = [0x3fc0_0000, 0x3f35_04f3, 0x4000_0000, 0x3f00_0000];
+
+static mut LANES: Lanes = Lanes { a: A, b: B, out: [[0; 8]; 6] };
+
+fn lanes() -> u64 {
+    &raw mut LANES as u64
+}
+
+fn reset_lanes() {
+    // SAFETY: one case runs at a time on vCPU 0; nothing else touches LANES.
+    unsafe { core::ptr::write_volatile(&raw mut LANES.out, [[0; 8]; 6]) };
+}
+
+fn out(k: usize) -> [u32; 8] {
+    // SAFETY: as above; read after the vector code stored its results.
+    unsafe { core::ptr::read_volatile(&raw const LANES.out[k]) }
+}
+
+fn add(a: u32, b: u32) -> u32 {
+    (f32::from_bits(a) + f32::from_bits(b)).to_bits()
+}
+
+fn mul(a: u32, b: u32) -> u32 {
+    (f32::from_bits(a) * f32::from_bits(b)).to_bits()
+}
+
+/// The vector code of a case, written once and expanded both inside `catch!` at CPL0
+/// (inline: a fault inside a called function would resume with the callee's stack) and
+/// inside the function the CPL3 trampoline calls. `$m` is `catch` or `asm`.
+macro_rules! sse_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movaps xmm0, [{p}]",
+            "movaps xmm1, [{p} + 32]",
+            "movaps xmm2, xmm0", "addps xmm2, xmm1", "movaps [{p} + 64], xmm2",
+            "movaps xmm2, xmm0", "mulps xmm2, xmm1", "movaps [{p} + 96], xmm2",
+            "sqrtps xmm2, xmm1", "movaps [{p} + 128], xmm2",
+            "movaps xmm2, xmm0", "paddd xmm2, xmm1", "movaps [{p} + 160], xmm2",
+            "pshufd xmm2, xmm0, 0x1b", "movaps [{p} + 192], xmm2",
+            $($ops)*
+        )
+    };
+}
+
+/// ADDPS, MULPS, SQRTPS, PADDD and PSHUFD on the low four lanes (SDM Vol. 2).
+extern "C" fn sse_ops(p: u64) {
+    // SAFETY: `p` is LANES; XMM0-2 are not used by this soft-float target's code.
+    unsafe { sse_seq!(asm, p = in(reg) p, options(nostack)) };
+}
+
+fn check_sse_results() {
+    for i in 0..4 {
+        check_eq!(out(0)[i], add(A[i], B[i]), "ADDPS lane {}", i);
+        check_eq!(out(1)[i], mul(A[i], B[i]), "MULPS lane {}", i);
+        check_eq!(out(2)[i], SQRT_B[i], "SQRTPS lane {}", i);
+        check_eq!(out(3)[i], A[i].wrapping_add(B[i]), "PADDD lane {}", i);
+        check_eq!(out(4)[i], A[3 - i], "PSHUFD 0x1b lane {}", i);
+    }
+}
+
+test_case! {
+    /// SSE arithmetic at CPL0 gives the IEEE results (SDM Vol. 2 ADDPS, MULPS, SQRTPS,
+    /// PADDD, PSHUFD; round to nearest, MXCSR's default).
+    name = "cpu::sse_arith::long64", mode = Long64, path = Hw;
+    fn sse_arith() {
+        enable_sse();
+        reset_lanes();
+        check_no_exception!(sse_seq!(catch, p = in(reg) lanes()));
+        check_sse_results();
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse_arith::cpl3", mode = Long64, path = Hw;
+    fn sse_arith_cpl3() {
+        enable_sse();
+        reset_lanes();
+        check_no_exception!(call_at_cpl3(sse_ops, lanes()));
+        check_sse_results();
+    }
+}
+
+macro_rules! avx_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "vmovaps ymm0, [{p}]",
+            "vmovaps ymm1, [{p} + 32]",
+            "vaddps ymm2, ymm0, ymm1", "vmovaps [{p} + 64], ymm2",
+            "vmulps ymm2, ymm0, ymm1", "vmovaps [{p} + 96], ymm2",
+            "vperm2f128 ymm2, ymm0, ymm1, 0x21", "vmovaps [{p} + 128], ymm2",
+            "vbroadcastss ymm2, dword ptr [{p} + 12]", "vmovaps [{p} + 160], ymm2",
+            "vzeroupper",
+            $($ops)*
+        )
+    };
+}
+
+/// VADDPS, VMULPS (256-bit), VPERM2F128 and VBROADCASTSS (SDM Vol. 2).
+extern "C" fn avx_ops(p: u64) {
+    // SAFETY: `p` is LANES; YMM0-2 are not used by this soft-float target's code.
+    unsafe { avx_seq!(asm, p = in(reg) p, options(nostack)) };
+}
+
+fn check_avx_results() {
+    for i in 0..8 {
+        check_eq!(out(0)[i], add(A[i], B[i]), "VADDPS lane {}", i);
+        check_eq!(out(1)[i], mul(A[i], B[i]), "VMULPS lane {}", i);
+        let perm = if i < 4 { A[i + 4] } else { B[i - 4] };
+        check_eq!(out(2)[i], perm, "VPERM2F128 0x21 lane {}", i);
+        check_eq!(out(3)[i], A[3], "VBROADCASTSS lane {}", i);
+    }
+}
+
+test_case! {
+    /// AVX arithmetic on all eight lanes at CPL0 (SDM Vol. 2 VADDPS, VMULPS, VPERM2F128,
+    /// VBROADCASTSS). Skips where KVM offers no AVX.
+    name = "cpu::avx_arith::long64", mode = Long64, path = Hw;
+    fn avx_arith() {
+        enable_avx();
+        reset_lanes();
+        check_no_exception!(avx_seq!(catch, p = in(reg) lanes()));
+        check_avx_results();
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::avx_arith::cpl3", mode = Long64, path = Hw;
+    fn avx_arith_cpl3() {
+        enable_avx();
+        reset_lanes();
+        check_no_exception!(call_at_cpl3(avx_ops, lanes()));
+        check_avx_results();
+    }
+}
+
+macro_rules! avx2_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "vmovdqa ymm0, [{p}]",
+            "vmovdqa ymm1, [{p} + 32]",
+            "vpaddd ymm2, ymm0, ymm1", "vmovdqa [{p} + 64], ymm2",
+            "vpermd ymm2, ymm0, ymm0", "vmovdqa [{p} + 96], ymm2",
+            "vzeroupper",
+            $($ops)*
+        )
+    };
+}
+
+/// VPADDD and VPERMD on 256 bits (SDM Vol. 2; AVX2).
+extern "C" fn avx2_ops(p: u64) {
+    // SAFETY: as for avx_ops.
+    unsafe { avx2_seq!(asm, p = in(reg) p, options(nostack)) };
+}
+
+fn avx2_case(at_cpl3: bool) {
+    if !offered(7, 0, CpuidClear::EBX, 1 << 5) {
+        skip!("KVM does not offer AVX2");
+    }
+    enable_avx();
+    reset_lanes();
+    // VPERMD's indices are the low three bits of each lane of the first source (A).
+    if at_cpl3 {
+        check_no_exception!(call_at_cpl3(avx2_ops, lanes()));
+    } else {
+        check_no_exception!(avx2_seq!(catch, p = in(reg) lanes()));
+    }
+    for i in 0..8 {
+        check_eq!(out(0)[i], A[i].wrapping_add(B[i]), "VPADDD lane {}", i);
+        check_eq!(out(1)[i], A[(A[i] & 7) as usize], "VPERMD lane {}", i);
+    }
+}
+
+test_case! {
+    /// AVX2 integer lanes at CPL0. Skips where KVM offers no AVX2.
+    name = "cpu::avx2_arith::long64", mode = Long64, path = Hw;
+    fn avx2_arith() {
+        avx2_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::avx2_arith::cpl3", mode = Long64, path = Hw;
+    fn avx2_arith_cpl3() {
+        avx2_case(true);
+    }
+}
+
+/// An XSAVE area: 4 KiB, 64-byte aligned (SDM Vol. 1 13.4), zeroed before each use so
+/// the header's XCOMP_BV and reserved bytes are 0 for XRSTOR.
+#[repr(C, align(64))]
+struct Area([u8; 4096]);
+static mut AREA: Area = Area([0; 4096]);
+
+fn area() -> u64 {
+    // SAFETY: one case at a time; zeroing before each use.
+    unsafe { core::ptr::write_volatile(&raw mut AREA.0, [0; 4096]) };
+    &raw mut AREA as u64
+}
+
+fn area_u64(offset: usize) -> u64 {
+    // SAFETY: reads the area after the save instruction wrote it.
+    unsafe { core::ptr::read_volatile((&raw const AREA as *const u8).add(offset) as *const u64) }
+}
+
+/// Loads YMM0 = A and YMM1 = B, saves with `$save` (RFBM = x87|SSE|AVX), zeroes both,
+/// restores with XRSTOR and stores them to out[0] and out[1].
+macro_rules! save_seq {
+    ($m:ident, $save:literal, $($ops:tt)*) => {
+        $m!(
+            "vmovaps ymm0, [{p}]",
+            "vmovaps ymm1, [{p} + 32]",
+            $save,
+            "vxorps ymm0, ymm0, ymm0",
+            "vxorps ymm1, ymm1, ymm1",
+            "xrstor [{a}]",
+            "vmovaps [{p} + 64], ymm0",
+            "vmovaps [{p} + 96], ymm1",
+            "vzeroupper",
+            $($ops)*
+        )
+    };
+}
+
+macro_rules! save_restore_fn {
+    ($name:ident, $save:literal) => {
+        extern "C" fn $name(p: u64) {
+            let area = area_addr();
+            // SAFETY: `p` is LANES and `area` the zeroed XSAVE area; YMM0-1 are free.
+            unsafe { save_seq!(asm, $save, p = in(reg) p, a = in(reg) area, in("eax") 7u32, in("edx") 0u32, options(nostack)) };
+        }
+    };
+}
+
+static mut AREA_ADDR: u64 = 0;
+fn area_addr() -> u64 {
+    // SAFETY: written by the case at CPL0 before the save runs.
+    unsafe { core::ptr::read_volatile(&raw const AREA_ADDR) }
+}
+
+save_restore_fn!(xsave_ops, "xsave [{a}]");
+save_restore_fn!(xsavec_ops, "xsavec [{a}]");
+
+/// Which save instruction a round trip uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Save {
+    Xsave,
+    Xsaveopt,
+    Xsavec,
+}
+
+/// Runs one save/restore round trip and checks the registers came back and the header.
+fn save_restore_case(save: Save, at_cpl3: bool) {
+    enable_avx();
+    reset_lanes();
+    let a = area();
+    // SAFETY: one case at a time.
+    unsafe { core::ptr::write_volatile(&raw mut AREA_ADDR, a) };
+    let p = lanes();
+    let e = match (save, at_cpl3) {
+        (Save::Xsave, true) => call_at_cpl3(xsave_ops, p),
+        (Save::Xsavec, true) => call_at_cpl3(xsavec_ops, p),
+        (Save::Xsaveopt, true) => unreachable!("XSAVEOPT runs at CPL0 only here"),
+        (Save::Xsave, false) => {
+            save_seq!(catch, "xsave [{a}]", p = in(reg) p, a = in(reg) a, in("eax") 7u32, in("edx") 0u32)
+        }
+        (Save::Xsaveopt, false) => {
+            save_seq!(catch, "xsaveopt [{a}]", p = in(reg) p, a = in(reg) a, in("eax") 7u32, in("edx") 0u32)
+        }
+        (Save::Xsavec, false) => {
+            save_seq!(catch, "xsavec [{a}]", p = in(reg) p, a = in(reg) a, in("eax") 7u32, in("edx") 0u32)
+        }
+    };
+    let compacted = save == Save::Xsavec;
+    check_no_exception!(e);
+    check_eq!(out(0), A, "YMM0 after the save, zeroing and XRSTOR");
+    check_eq!(out(1), B, "YMM1 after the save, zeroing and XRSTOR");
+    // XSAVE header at byte 512: XSTATE_BV, then XCOMP_BV (SDM Vol. 1 13.4.2).
+    check_eq!(area_u64(512) & 0b110, 0b110, "XSTATE_BV shows SSE and AVX state saved");
+    let xcomp = area_u64(520);
+    if compacted {
+        check_eq!(xcomp >> 63, 1, "XSAVEC sets XCOMP_BV[63] (compacted format)");
+        check_eq!(xcomp & 0b111, 0b111, "XCOMP_BV lists the requested components");
+    } else {
+        check_eq!(xcomp, 0, "XSAVE in the standard format leaves XCOMP_BV 0");
+    }
+}
+
+test_case! {
+    /// XSAVE and XRSTOR of x87, SSE and AVX state at CPL0 bring YMM0-1 back, and the
+    /// header says what was saved (SDM Vol. 1 13.7, 13.8; Vol. 2C XSAVE, XRSTOR).
+    name = "cpu::xsave_roundtrip::long64", mode = Long64, path = Hw;
+    fn xsave_roundtrip() {
+        save_restore_case(Save::Xsave, false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::xsave_roundtrip::cpl3", mode = Long64, path = Hw;
+    fn xsave_roundtrip_cpl3() {
+        save_restore_case(Save::Xsave, true);
+    }
+}
+
+test_case! {
+    /// XSAVEOPT and XRSTOR at CPL0 (SDM Vol. 2C XSAVEOPT). Skips where CPUID.(0DH,1):EAX[0]
+    /// is not offered.
+    name = "cpu::xsaveopt_roundtrip::long64", mode = Long64, path = Hw;
+    fn xsaveopt_roundtrip() {
+        if !offered(0xd, 1, CpuidClear::EAX, 1 << 0) {
+            skip!("KVM does not offer XSAVEOPT");
+        }
+        save_restore_case(Save::Xsaveopt, false);
+    }
+}
+
+test_case! {
+    /// XSAVEC (compacted format) and XRSTOR at CPL0 (SDM Vol. 2C XSAVEC; Vol. 1 13.4.3).
+    /// Skips where CPUID.(0DH,1):EAX[1] is not offered.
+    name = "cpu::xsavec_roundtrip::long64", mode = Long64, path = Hw;
+    fn xsavec_roundtrip() {
+        if !offered(0xd, 1, CpuidClear::EAX, 1 << 1) {
+            skip!("KVM does not offer XSAVEC");
+        }
+        save_restore_case(Save::Xsavec, false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::xsavec_roundtrip::cpl3", mode = Long64, path = Hw;
+    fn xsavec_roundtrip_cpl3() {
+        if !offered(0xd, 1, CpuidClear::EAX, 1 << 1) {
+            skip!("KVM does not offer XSAVEC");
+        }
+        save_restore_case(Save::Xsavec, true);
+    }
+}
+
+test_case! {
+    /// Without XSAVES enumerated (CPUID.(0DH,1):EAX[3] cleared), XSAVES raises #UD (SDM
+    /// Vol. 2C XSAVES: #UD if CPUID.(EAX=0DH,ECX=1):EAX.XSS[bit 3] = 0).
+    name = "cpu::xsaves_absent::long64", mode = Long64, path = Full, cpuid_clear = [(0xd, 1, EAX, 1 << 3)];
+    fn xsaves_absent() {
+        enable_avx();
+        let a = area();
+        check_exception!(catch!("xsaves [{0}]", in(reg) a, in("eax") 1u32, in("edx") 0u32), exception::UD, None);
+    }
+}
+
+extern "C" fn addps_only(_: u64) {
+    // SAFETY: XMM0 is not used by this soft-float target's code.
+    unsafe { core::arch::asm!("addps xmm0, xmm0", options(nostack, nomem)) };
+}
+
+/// ADDPS at CPL3 through the trampoline, or inline under `catch!` at CPL0.
+fn addps(at_cpl3: bool) -> Option<Exception> {
+    if at_cpl3 { call_at_cpl3(addps_only, 0) } else { catch!("addps xmm0, xmm0") }
+}
+
+fn nm_case(at_cpl3: bool) {
+    enable_sse();
+    set_cr0(CR0_TS, true);
+    let e = addps(at_cpl3);
+    set_cr0(CR0_TS, false);
+    check!(e.is_some(), "ADDPS with CR0.TS set raised nothing");
+    check_exception!(e, exception::NM, None);
+    check_no_exception!(addps(at_cpl3));
+}
+
+test_case! {
+    /// With CR0.TS set, an SSE instruction raises #NM, and runs once TS is clear (SDM
+    /// Vol. 3A 2.5 CR0.TS and 6.15 Interrupt 7; Vol. 2 ADDPS).
+    name = "cpu::sse_nm_ts::long64", mode = Long64, path = Hw;
+    fn sse_nm_ts() {
+        nm_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the SSE instruction at CPL3.
+    name = "cpu::sse_nm_ts::cpl3", mode = Long64, path = Hw;
+    fn sse_nm_ts_cpl3() {
+        nm_case(true);
+    }
+}
+
+test_case! {
+    /// With CR0.TS set, a VEX instruction raises #NM too (SDM Vol. 2 VADDPS, Exception
+    /// Type 4: #NM if CR0.TS[bit 3] = 1).
+    name = "cpu::avx_nm_ts::long64", mode = Long64, path = Hw;
+    fn avx_nm_ts() {
+        enable_avx();
+        set_cr0(CR0_TS, true);
+        let e = catch!("vaddps ymm0, ymm0, ymm0", "vzeroupper");
+        set_cr0(CR0_TS, false);
+        check!(e.is_some(), "VADDPS with CR0.TS set raised nothing");
+        check_exception!(e, exception::NM, None);
+    }
+}
+
+fn em_case(at_cpl3: bool) {
+    enable_sse();
+    set_cr0(CR0_EM, true);
+    let e = addps(at_cpl3);
+    set_cr0(CR0_EM, false);
+    check!(e.is_some(), "ADDPS with CR0.EM set raised nothing");
+    check_exception!(e, exception::UD, None);
+}
+
+test_case! {
+    /// With CR0.EM set, an SSE instruction raises #UD (SDM Vol. 3A 2.5 CR0.EM; Vol. 2
+    /// ADDPS: #UD if CR0.EM[bit 2] = 1).
+    name = "cpu::sse_ud_em::long64", mode = Long64, path = Hw;
+    fn sse_ud_em() {
+        em_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse_ud_em::cpl3", mode = Long64, path = Hw;
+    fn sse_ud_em_cpl3() {
+        em_case(true);
+    }
+}
+
+/// DIVPS of 1.0 by 0.0 with MXCSR.ZM clear, then MXCSR back to its default (skipped
+/// when the DIVPS faults: the case resets MXCSR).
+macro_rules! divps_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movss xmm0, [{p} + 48]",
+            "xorps xmm1, xmm1",
+            "ldmxcsr [{m}]",
+            "divps xmm0, xmm1",
+            "ldmxcsr [{d}]",
+            $($ops)*
+        )
+    };
+}
+
+static MXCSR_UNMASK_ZM: u32 = MXCSR_DEFAULT & !MXCSR_ZM;
+static MXCSR_DEFAULT_VALUE: u32 = MXCSR_DEFAULT;
+
+extern "C" fn divps_by_zero(p: u64) {
+    // SAFETY: `p` is LANES (B[4] is 1.0); XMM0-1 are free.
+    unsafe {
+        divps_seq!(asm, p = in(reg) p, m = in(reg) &MXCSR_UNMASK_ZM, d = in(reg) &MXCSR_DEFAULT_VALUE, options(nostack))
+    };
+}
+
+fn divps_cpl0() -> Option<Exception> {
+    divps_seq!(catch, p = in(reg) lanes(), m = in(reg) &MXCSR_UNMASK_ZM, d = in(reg) &MXCSR_DEFAULT_VALUE)
+}
+
+extern "C" fn reset_mxcsr_at(_: u64) {
+    // SAFETY: the default MXCSR masks every exception.
+    unsafe { core::arch::asm!("ldmxcsr [{0}]", in(reg) &MXCSR_DEFAULT_VALUE, options(nostack)) };
+}
+
+/// Puts MXCSR back to its default after a case that unmasked an exception or tried a
+/// reserved bit, at the privilege level the case used: the CPL3 variants must not
+/// depend on LDMXCSR working at CPL0 (on PVM it does not: state::restore_sse::long64).
+fn reset_mxcsr(at_cpl3: bool) {
+    if at_cpl3 {
+        check_no_exception!(call_at_cpl3(reset_mxcsr_at, 0));
+    } else {
+        reset_mxcsr_at(0);
+    }
+}
+
+fn xm_case(at_cpl3: bool) {
+    enable_sse();
+    let e = if at_cpl3 { call_at_cpl3(divps_by_zero, lanes()) } else { divps_cpl0() };
+    reset_mxcsr(at_cpl3);
+    check!(e.is_some(), "DIVPS by zero with MXCSR.ZM clear raised nothing");
+    check_exception!(e, XM, None);
+}
+
+test_case! {
+    /// An unmasked SIMD divide-by-zero with CR4.OSXMMEXCPT set raises #XM (SDM Vol. 3A
+    /// 6.15 Interrupt 19; Vol. 1 11.5.1; APM Vol. 2 8.2.20).
+    name = "cpu::sse_xm::long64", mode = Long64, path = Hw;
+    fn sse_xm() {
+        xm_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse_xm::cpl3", mode = Long64, path = Hw;
+    fn sse_xm_cpl3() {
+        xm_case(true);
+    }
+}
+
+test_case! {
+    /// The same unmasked exception with CR4.OSXMMEXCPT clear raises #UD instead (SDM
+    /// Vol. 3A 2.5 CR4.OSXMMEXCPT and 6.15 Interrupt 19).
+    name = "cpu::sse_xm_no_osxmmexcpt::long64", mode = Long64, path = Hw;
+    fn sse_xm_no_osxmmexcpt() {
+        enable_sse();
+        set_cr4(CR4_OSXMMEXCPT, false);
+        let e = divps_cpl0();
+        reset_mxcsr(false);
+        set_cr4(CR4_OSXMMEXCPT, true);
+        check!(e.is_some(), "DIVPS by zero with MXCSR.ZM clear raised nothing");
+        check_exception!(e, exception::UD, None);
+    }
+}
+
+static MXCSR_RESERVED: u32 = MXCSR_DEFAULT | 1 << 31;
+
+extern "C" fn ldmxcsr_reserved(_: u64) {
+    // SAFETY: the LDMXCSR faults; if not, MXCSR is reset by the caller.
+    unsafe { core::arch::asm!("ldmxcsr [{0}]", in(reg) &MXCSR_RESERVED, options(nostack)) };
+}
+
+fn mxcsr_case(at_cpl3: bool) {
+    enable_sse();
+    let e = if at_cpl3 { call_at_cpl3(ldmxcsr_reserved, 0) } else { catch!("ldmxcsr [{0}]", in(reg) &MXCSR_RESERVED) };
+    reset_mxcsr(at_cpl3);
+    check!(e.is_some(), "LDMXCSR with bit 31 set raised nothing");
+    check_exception!(e, exception::GP, Some(0));
+}
+
+test_case! {
+    /// LDMXCSR of a value with a reserved bit (31) set raises #GP(0) (SDM Vol. 2A
+    /// LDMXCSR; Vol. 1 10.2.3.1 MXCSR_MASK).
+    name = "cpu::mxcsr_reserved_gp::long64", mode = Long64, path = Hw;
+    fn mxcsr_reserved_gp() {
+        mxcsr_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::mxcsr_reserved_gp::cpl3", mode = Long64, path = Hw;
+    fn mxcsr_reserved_gp_cpl3() {
+        mxcsr_case(true);
+    }
+}
+
+test_case! {
+    /// With XCR0 = x87|SSE (AVX state off), a VEX instruction raises #UD (SDM Vol. 2
+    /// VADDPS, Exception Type 4: #UD if XCR0[2:1] != 11b).
+    name = "cpu::avx_ud_xcr0::long64", mode = Long64, path = Hw;
+    fn avx_ud_xcr0() {
+        enable_avx();
+        // SAFETY: XCR0 = x87|SSE is always valid with OSXSAVE set.
+        unsafe { core::arch::asm!("xsetbv", in("ecx") 0, in("eax") 0b11, in("edx") 0) };
+        let e = catch!("vaddps ymm0, ymm0, ymm0", "vzeroupper");
+        // SAFETY: as in enable_avx.
+        unsafe { core::arch::asm!("xsetbv", in("ecx") 0, in("eax") 0b111, in("edx") 0) };
+        check!(e.is_some(), "VADDPS with XCR0.AVX clear raised nothing");
+        check_exception!(e, exception::UD, None);
+    }
+}
+
+test_case! {
+    /// With CR4.OSXSAVE clear, a VEX instruction raises #UD (SDM Vol. 2 VADDPS, Exception
+    /// Type 4: #UD if CR4.OSXSAVE[bit 18] = 0).
+    name = "cpu::avx_ud_no_osxsave::long64", mode = Long64, path = Hw;
+    fn avx_ud_no_osxsave() {
+        enable_avx();
+        set_cr4(CR4_OSXSAVE, false);
+        let e = catch!("vaddps ymm0, ymm0, ymm0", "vzeroupper");
+        set_cr4(CR4_OSXSAVE, true);
+        check!(e.is_some(), "VADDPS with CR4.OSXSAVE clear raised nothing");
+        check_exception!(e, exception::UD, None);
+    }
+}
+
+extern "C" fn xsetbv_at_cpl3(_: u64) {
+    // SAFETY: faults at CPL3; if not, XCR0 = 7 is what the case set anyway.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0, in("eax") 0b111, in("edx") 0) };
+}
+
+test_case! {
+    /// XSETBV at CPL3 raises #GP(0) (SDM Vol. 2C XSETBV: #GP(0) if the current privilege
+    /// level is not 0).
+    name = "cpu::xsetbv_cpl3_gp::cpl3", mode = Long64, path = Hw;
+    fn xsetbv_cpl3_gp() {
+        enable_avx();
+        check_exception!(call_at_cpl3(xsetbv_at_cpl3, 0), exception::GP, Some(0));
+    }
+}
+
+test_case! {
+    /// XSETBV refuses XCR0 without x87 (bit 0) and any ECX other than 0, with #GP(0) (SDM
+    /// Vol. 2C XSETBV).
+    name = "cpu::xsetbv_invalid_gp::long64", mode = Long64, path = Hw;
+    fn xsetbv_invalid_gp() {
+        enable_avx();
+        check_exception!(catch!("xsetbv", in("ecx") 0, in("eax") 0b110, in("edx") 0), exception::GP, Some(0));
+        check_exception!(catch!("xsetbv", in("ecx") 1, in("eax") 0b111, in("edx") 0), exception::GP, Some(0));
+        let (mut lo, mut hi) = (0u32, 0u32);
+        check_no_exception!(catch!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi));
+        check_eq!(u64::from(hi) << 32 | u64::from(lo), XCR0_X87_SSE_AVX, "XCR0 after the refused writes");
+    }
+}
+
+test_case! {
+    /// CPUID.1:ECX.OSXSAVE[27] follows CR4.OSXSAVE (SDM Vol. 2A CPUID, Table 3-10: "the OS
+    /// has set CR4.OSXSAVE").
+    name = "cpu::osxsave_cpuid_mirror::long64", mode = Long64, path = Full;
+    fn osxsave_cpuid_mirror() {
+        if !offered(1, 0, CpuidClear::ECX, 1 << 26) {
+            skip!("KVM does not offer XSAVE");
+        }
+        set_cr4(CR4_OSXSAVE, true);
+        let on = cpu::cpuid(1, 0).ecx & 1 << 27;
+        set_cr4(CR4_OSXSAVE, false);
+        let off = cpu::cpuid(1, 0).ecx & 1 << 27;
+        check_eq!(on, 1 << 27, "CPUID.1:ECX[27] with CR4.OSXSAVE set");
+        check_eq!(off, 0, "CPUID.1:ECX[27] with CR4.OSXSAVE clear");
+    }
+}
+
+macro_rules! fxsave_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movaps xmm0, [{p}]",
+            "fxsave64 [{a}]",
+            "xorps xmm0, xmm0",
+            "fxrstor64 [{a}]",
+            "movaps [{p} + 64], xmm0",
+            $($ops)*
+        )
+    };
+}
+
+/// FXSAVE and FXRSTOR of XMM0 (SDM Vol. 2A FXSAVE: XMM registers at byte 160).
+extern "C" fn fxsave_ops(p: u64) {
+    let area = area_addr();
+    // SAFETY: `p` is LANES, `area` the zeroed area (16-byte aligned); XMM0 is free.
+    unsafe { fxsave_seq!(asm, p = in(reg) p, a = in(reg) area, options(nostack)) };
+}
+
+fn fxsave_case(at_cpl3: bool) {
+    enable_sse();
+    reset_lanes();
+    let a = area();
+    // SAFETY: one case at a time.
+    unsafe { core::ptr::write_volatile(&raw mut AREA_ADDR, a) };
+    let e = if at_cpl3 {
+        call_at_cpl3(fxsave_ops, lanes())
+    } else {
+        fxsave_seq!(catch, p = in(reg) lanes(), a = in(reg) a)
+    };
+    check_no_exception!(e);
+    check_eq!(&out(0)[..4], &A[..4], "XMM0 after FXSAVE, zeroing and FXRSTOR");
+    check_eq!(area_u64(160) as u32, A[0], "XMM0's first lane at byte 160 of the FXSAVE image");
+    check_eq!((area_u64(24) as u32) & 0xffff, MXCSR_DEFAULT, "MXCSR at byte 24 of the FXSAVE image");
+}
+
+test_case! {
+    /// FXSAVE and FXRSTOR at CPL0 keep XMM0 and write the documented layout.
+    name = "cpu::fxsave_roundtrip::long64", mode = Long64, path = Hw;
+    fn fxsave_roundtrip() {
+        fxsave_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::fxsave_roundtrip::cpl3", mode = Long64, path = Hw;
+    fn fxsave_roundtrip_cpl3() {
+        fxsave_case(true);
+    }
+}
