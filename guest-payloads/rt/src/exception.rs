@@ -86,6 +86,12 @@ pub static FIXUP_RIP: AtomicU64 = AtomicU64::new(0);
 /// that check the saved RIP of a fault.
 #[doc(hidden)]
 pub static ARMED_RIP: AtomicU64 = AtomicU64::new(0);
+/// RSP when a [`catch!`] sequence started: a fault resumes with it, so a sequence that
+/// pushed, called or built an IRET frame before it faulted still returns to its caller
+/// on the caller's stack. 0 for the CPL3 trampoline's recovery point, which keeps the
+/// user stack.
+#[doc(hidden)]
+pub static ARMED_RSP: AtomicU64 = AtomicU64::new(0);
 
 const NONE: u64 = u64::MAX;
 static CAUGHT_VECTOR: AtomicU64 = AtomicU64::new(NONE);
@@ -103,6 +109,7 @@ static LAST_RESUME: AtomicU64 = AtomicU64::new(0);
 #[doc(hidden)]
 pub fn arm() {
     CAUGHT_VECTOR.store(NONE, SeqCst);
+    ARMED_RSP.store(0, SeqCst);
 }
 
 /// Arms a recovery point at `fixup` for code that is not a `catch!` sequence (the CPL3
@@ -156,6 +163,7 @@ macro_rules! catch {
             "mov qword ptr [rip + {hv_fixup}], {hv_tmp}",
             "lea {hv_tmp}, [rip + 8f]",
             "mov qword ptr [rip + {hv_armed}], {hv_tmp}",
+            "mov qword ptr [rip + {hv_rsp}], rsp",
             "8:",
             $($insn,)+
             "9:",
@@ -163,6 +171,7 @@ macro_rules! catch {
             hv_tmp = out(reg) _,
             hv_fixup = sym $crate::exception::FIXUP_RIP,
             hv_armed = sym $crate::exception::ARMED_RIP,
+            hv_rsp = sym $crate::exception::ARMED_RSP,
         )
     };
     ($($tt:tt)*) => {{
@@ -245,6 +254,10 @@ extern "C" fn hvprobe_trap(frame: &mut Frame) {
         LAST_CAUGHT.store(vector as u64 | frame.rip << 8, SeqCst);
         LAST_RESUME.store(fixup, SeqCst);
         frame.rip = fixup;
+        let rsp = ARMED_RSP.swap(0, SeqCst);
+        if rsp != 0 && frame.cs & 3 == 0 {
+            frame.rsp = rsp;
+        }
         // The armed sequence is abandoned: a single-step it set must not follow us out.
         frame.rflags &= !RFLAGS_TF;
         return;

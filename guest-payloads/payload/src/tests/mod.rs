@@ -6,6 +6,7 @@ mod cpu_fault;
 mod cpu_priv;
 mod cpu_seg;
 mod cpu_sys;
+mod emulator;
 mod gated;
 mod hostile;
 mod io;
