@@ -584,3 +584,162 @@ test_case! {
         check_eq!(request(service::RESAMPLE_COUNT, [14, 0, 0, 0]), Ok(1), "resamples after the EOI");
     }
 }
+
+// Level-triggered re-delivery (82093AA datasheet, redirection table: a level-sensitive
+// interrupt is delivered again if the pin is still asserted when the EOI clears remote
+// IRR; SDM Vol. 3A 11.8.5, the EOI broadcast to the IOAPIC). kvm-unit-tests' ioapic test
+// fails two of these on PVM.
+
+/// The pin the level cases drive, and what their handler does on each delivery.
+const LEVEL_PIN: u32 = 14;
+const LEVEL_VECTOR: u8 = 0x68;
+/// 0: deassert from the second delivery on; 1: deassert from the first; 2: mask the entry
+/// on the first delivery, deassert from the second.
+static LEVEL_PLAN: AtomicU64 = AtomicU64::new(0);
+
+fn level_entry(masked: bool) -> u32 {
+    LEVEL_VECTOR as u32 | 1 << 15 | (masked as u32) << 16
+}
+
+fn level_counting(frame: &mut Frame) {
+    let v = frame.vector as usize & 0xff;
+    let n = COUNT[v].fetch_add(1, SeqCst) + 1;
+    match (LEVEL_PLAN.load(SeqCst), n) {
+        (0, 1) => {}
+        (2, 1) => ioapic::write(0x10 + 2 * LEVEL_PIN, level_entry(true)),
+        _ => irq_line(LEVEL_PIN, false),
+    }
+    active().eoi();
+}
+
+fn remote_irr() -> u32 {
+    (ioapic::read(0x10 + 2 * LEVEL_PIN) >> 14) & 1
+}
+
+/// Sets up the level pin for `mode` with `plan`, masked or not.
+fn level_setup(mode: Apic, plan: u64, masked: bool) {
+    X2.store((mode == Apic::X2Apic) as u64, SeqCst);
+    LEVEL_PLAN.store(plan, SeqCst);
+    set_handler(LEVEL_VECTOR, level_counting);
+    redirect(LEVEL_PIN, LEVEL_VECTOR, true, masked, 0);
+    mode.enable();
+}
+
+/// Windows until `n` deliveries arrived or three windows passed.
+fn wait_count(n: u64) {
+    for _ in 0..3 {
+        if count(LEVEL_VECTOR) >= n {
+            break;
+        }
+        window();
+    }
+}
+
+fn level_redeliver(mode: Apic) {
+    level_setup(mode, 0, false);
+    irq_line(LEVEL_PIN, true);
+    wait_count(2);
+    window();
+    check_eq!(count(LEVEL_VECTOR), 2, "deliveries: the first EOI found the line still asserted, the second not");
+    check_eq!(remote_irr(), 0, "remote IRR after the last EOI");
+}
+
+test_case! {
+    /// A level pin still asserted at the EOI is delivered again, once more, and not after
+    /// the line drops.
+    name = "irq::ioapic_level_redeliver::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn ioapic_level_redeliver() {
+        level_redeliver(Apic::XApic);
+    }
+}
+
+test_case! {
+    /// As `::xapic`, the EOI through the x2APIC MSR.
+    name = "irq::ioapic_level_redeliver::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    fn ioapic_level_redeliver_x2() {
+        level_redeliver(Apic::X2Apic);
+    }
+}
+
+fn level_unmask(mode: Apic) {
+    level_setup(mode, 1, true);
+    irq_line(LEVEL_PIN, true);
+    window();
+    check_eq!(count(LEVEL_VECTOR), 0, "deliveries through the masked entry");
+    ioapic::write(0x10 + 2 * LEVEL_PIN, level_entry(false));
+    wait_count(1);
+    check_eq!(count(LEVEL_VECTOR), 1, "deliveries after unmasking an asserted level pin");
+    check_eq!(remote_irr(), 0, "remote IRR after the EOI");
+}
+
+test_case! {
+    /// Unmasking the entry of a level pin that is asserted delivers its interrupt (82093AA:
+    /// the mask only holds a level-sensitive interrupt back; kvm-unit-tests' "unmasked
+    /// level interrupt").
+    name = "irq::ioapic_level_unmask::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn ioapic_level_unmask() {
+        level_unmask(Apic::XApic);
+    }
+}
+
+test_case! {
+    /// As `::xapic`, in x2APIC mode.
+    name = "irq::ioapic_level_unmask::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    fn ioapic_level_unmask_x2() {
+        level_unmask(Apic::X2Apic);
+    }
+}
+
+fn level_mask_retrigger(mode: Apic) {
+    level_setup(mode, 2, false);
+    irq_line(LEVEL_PIN, true);
+    wait_count(1);
+    check_eq!(count(LEVEL_VECTOR), 1, "deliveries before the handler masked the entry");
+    check_eq!(remote_irr(), 0, "remote IRR after the EOI of the masked entry");
+    ioapic::write(0x10 + 2 * LEVEL_PIN, level_entry(false));
+    wait_count(2);
+    check_eq!(count(LEVEL_VECTOR), 2, "deliveries after unmasking the still-asserted pin");
+}
+
+test_case! {
+    /// The handler masks the entry and EOIs with the line still asserted; unmasking it
+    /// later delivers the interrupt again (kvm-unit-tests' "retriggered level interrupts
+    /// with mask").
+    name = "irq::ioapic_level_mask_retrigger::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn ioapic_level_mask_retrigger() {
+        level_mask_retrigger(Apic::XApic);
+    }
+}
+
+test_case! {
+    /// As `::xapic`, in x2APIC mode.
+    name = "irq::ioapic_level_mask_retrigger::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    fn ioapic_level_mask_retrigger_x2() {
+        level_mask_retrigger(Apic::X2Apic);
+    }
+}
+
+/// On vCPU 1: records the taker, masks the entry (the AP may not use the protocol to
+/// drop the line) and EOIs.
+fn ap_level_taker(_: &mut Frame) {
+    AP_TAKERS.fetch_or(1 << (Apic::XApic.read(reg::ID) >> 24), SeqCst);
+    ioapic::write(0x10 + 2 * LEVEL_PIN, level_entry(true));
+    Apic::XApic.eoi();
+}
+
+test_case! {
+    /// A level pin routed to APIC ID 1 is taken there, and that vCPU's EOI clears remote
+    /// IRR (kvm-unit-tests' ioapic test finds it never handled on PVM).
+    name = "irq::ioapic_level_dest_vcpu1::xapic", mode = Long64, path = Full, requires = IRQCHIP, vcpus = 2;
+    fn ioapic_level_dest_vcpu1() {
+        set_handler(LEVEL_VECTOR, ap_level_taker);
+        Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, 2_000_000), "vCPU 1 did not come online");
+        redirect(LEVEL_PIN, LEVEL_VECTOR, true, false, 1);
+        irq_line(LEVEL_PIN, true);
+        wait_takers(0b10);
+        irq_line(LEVEL_PIN, false);
+        check_eq!(AP_TAKERS.load(SeqCst), 0b10, "APIC IDs that took the level pin (bit n = ID n)");
+        check_eq!(remote_irr(), 0, "remote IRR after vCPU 1's EOI");
+    }
+}
