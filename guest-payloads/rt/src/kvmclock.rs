@@ -61,7 +61,19 @@ pub fn enable() {
 /// Reads the structure with the version protocol (msr.rst: retry while the version is
 /// odd or changed).
 pub fn read() -> Reading {
-    let p = PAGE as *const PvclockTime;
+    read_at(PAGE)
+}
+
+/// Turns this vCPU's kvmclock on with its structure at `addr` (each vCPU needs its own:
+/// msr.rst, MSR_KVM_SYSTEM_TIME_NEW is per vCPU). The caller checked the feature.
+pub fn enable_at(addr: u64) {
+    // SAFETY: `addr` is 4-byte-aligned RAM the caller reserved; bit 0 enables the clock.
+    unsafe { crate::cpu::wrmsr(MSR_KVM_SYSTEM_TIME_NEW, addr | 1) };
+}
+
+/// [`read`] of the structure at `addr`.
+pub fn read_at(addr: u64) -> Reading {
+    let p = addr as *const PvclockTime;
     loop {
         // SAFETY: KVM keeps the structure in the page; fields are read volatile because
         // the host updates them.

@@ -1,0 +1,148 @@
+//! Time across vCPUs: every vCPU reads the TSC (or its own kvmclock) in a tight loop at
+//! the same time, and each reading is compared with the largest any vCPU had published
+//! before it read. A reading below that is a warp: time seen going backwards when a
+//! thread moves between vCPUs. The TSC case needs the invariant TSC KVM offers (SDM Vol.
+//! 3B 18.17.1; KVM keeps vCPUs' TSCs matched: Documentation/virt/kvm/x86/timekeeping.rst);
+//! the kvmclock case needs PVCLOCK_TSC_STABLE_BIT, which is KVM's promise that the clock
+//! is monotonic across vCPUs (Documentation/virt/kvm/x86/msr.rst).
+
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use super::cpu::cpuid_as_set;
+use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV};
+use hvprobe_rt::apic::{Apic, reg};
+use hvprobe_rt::exception::{Frame, set_handler};
+use hvprobe_rt::{check, check_eq, check_values, cpu, kvmclock, skip, test_case};
+
+const START_VECTOR: u8 = 0x4c;
+/// Reads per vCPU: on PVM every CPL0 instruction is emulated (about 1 us), so a read costs
+/// tens of microseconds there.
+const READS: u64 = 3_000;
+
+/// 0: TSC; 1: kvmclock.
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+static GO: AtomicU64 = AtomicU64::new(0);
+static READY: AtomicU64 = AtomicU64::new(0);
+static DONE: AtomicU64 = AtomicU64::new(0);
+static LAST: AtomicU64 = AtomicU64::new(0);
+static WARPS: AtomicU64 = AtomicU64::new(0);
+static LARGEST_WARP: AtomicU64 = AtomicU64::new(0);
+
+/// Each vCPU's pvclock structure, 64 bytes apart in the kvmclock page.
+fn clock_addr(id: u32) -> u64 {
+    kvmclock::PAGE + 64 * u64::from(id)
+}
+
+fn read(id: u32) -> u64 {
+    if CLOCK.load(SeqCst) == 0 {
+        // SAFETY: LFENCE keeps RDTSC from running ahead of the load of LAST.
+        unsafe { core::arch::asm!("lfence", options(nostack, nomem)) };
+        cpu::rdtsc()
+    } else {
+        kvmclock::read_at(clock_addr(id)).ns()
+    }
+}
+
+fn warp_loop(id: u32) {
+    for _ in 0..READS {
+        let before = LAST.load(SeqCst);
+        let now = read(id);
+        if now < before {
+            WARPS.fetch_add(1, SeqCst);
+            LARGEST_WARP.fetch_max(before - now, SeqCst);
+        }
+        LAST.fetch_max(now, SeqCst);
+    }
+}
+
+/// On an application processor: start its clock, wait for vCPU 0's go, read, report.
+fn ap_reader(_: &mut Frame) {
+    let id = Apic::XApic.read(reg::ID) >> 24;
+    if CLOCK.load(SeqCst) == 1 {
+        kvmclock::enable_at(clock_addr(id));
+    }
+    READY.fetch_add(1, SeqCst);
+    while GO.load(SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+    warp_loop(id);
+    DONE.fetch_add(1, SeqCst);
+    Apic::XApic.eoi();
+}
+
+fn warp_case(clock: u64, vcpus: u64) {
+    CLOCK.store(clock, SeqCst);
+    if clock == 0 && cpuid_as_set(0x8000_0007, 0).is_none_or(|c| c.edx & 1 << 8 == 0) {
+        skip!("KVM does not offer an invariant TSC (CPUID 8000_0007h:EDX[8])");
+    }
+    if clock == 1 {
+        if cpuid_as_set(0x4000_0001, 0).is_none_or(|c| c.eax & kvmclock::KVM_FEATURE_CLOCKSOURCE2 == 0) {
+            skip!("the host does not advertise KVM_FEATURE_CLOCKSOURCE2");
+        }
+        kvmclock::enable_at(clock_addr(0));
+        if kvmclock::read_at(clock_addr(0)).flags & 1 == 0 {
+            skip!("KVM leaves PVCLOCK_TSC_STABLE_BIT clear: it promises no monotonic kvmclock across vCPUs");
+        }
+    }
+    set_handler(START_VECTOR, ap_reader);
+    let apic = Apic::XApic.enable();
+    check!(hvprobe_rt::smp::wait_online(vcpus - 1, 2_000_000), "the application processors did not come online");
+    // All excluding self (ICR destination shorthand 11b), fixed, edge.
+    apic.write(reg::ICR_HIGH, 0);
+    apic.write(reg::ICR_LOW, 0b11 << 18 | START_VECTOR as u32);
+    // Every loop here spins on a shared word only: on PVM each CPL0 instruction is
+    // emulated, so a fixed delay loop would cost seconds.
+    let mut waits = 0u64;
+    while READY.load(SeqCst) < vcpus - 1 && waits < 5_000_000 {
+        waits += 1;
+        core::hint::spin_loop();
+    }
+    check_eq!(READY.load(SeqCst), vcpus - 1, "application processors ready to read");
+    GO.store(1, SeqCst);
+    warp_loop(0);
+    let mut waits = 0u64;
+    while DONE.load(SeqCst) < vcpus - 1 && waits < 200_000_000 {
+        waits += 1;
+        core::hint::spin_loop();
+    }
+    check_eq!(DONE.load(SeqCst), vcpus - 1, "application processors that finished their reads");
+    let warps = WARPS.load(SeqCst);
+    check_values!(
+        warps == 0,
+        0,
+        warps,
+        "readings below a value another vCPU had already read (expected: none; actual: the count)"
+    );
+}
+
+test_case! {
+    /// The TSC never warps between two vCPUs.
+    name = "cpu::tsc_warp::smp2", mode = Long64, path = Hw, requires = IRQCHIP, vcpus = 2;
+    fn tsc_warp_smp2() {
+        warp_case(0, 2);
+    }
+}
+
+test_case! {
+    /// The TSC never warps among four vCPUs.
+    name = "cpu::tsc_warp::smp4", mode = Long64, path = Hw, requires = IRQCHIP, vcpus = 4;
+    fn tsc_warp_smp4() {
+        warp_case(0, 4);
+    }
+}
+
+test_case! {
+    /// kvmclock never warps between two vCPUs while it says it is stable.
+    name = "pv::kvmclock_warp::smp2", mode = Long64, path = Para, requires = IRQCHIP | KVM_PV, vcpus = 2;
+    fn kvmclock_warp_smp2() {
+        warp_case(1, 2);
+    }
+}
+
+test_case! {
+    /// kvmclock never warps among four vCPUs while it says it is stable.
+    name = "pv::kvmclock_warp::smp4", mode = Long64, path = Para, requires = IRQCHIP | KVM_PV, vcpus = 4;
+    fn kvmclock_warp_smp4() {
+        warp_case(1, 4);
+    }
+}
