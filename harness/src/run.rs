@@ -303,6 +303,21 @@ pub struct Section {
     pub stats: Vec<StatDelta>,
 }
 
+/// Host-side debugging of vCPU 0 (service GUEST_DEBUG): the control flags set, and the
+/// KVM_EXIT_DEBUG exits since.
+#[derive(Default)]
+pub(crate) struct GuestDebug {
+    pub(crate) control: u64,
+    pub(crate) exits: u64,
+    pub(crate) first: Option<kvm_bindings::kvm_debug_exit_arch>,
+    /// The PC of each exit, the first [`GuestDebug::PCS`].
+    pub(crate) pcs: Vec<u64>,
+}
+
+impl GuestDebug {
+    pub(crate) const PCS: usize = 4096;
+}
+
 /// An open section: the statistics when it opened and the exits counted so far.
 #[derive(Default)]
 pub(crate) struct SectionProbe {
@@ -447,6 +462,38 @@ impl Vm {
         Ok(report)
     }
 
+    /// KVM_EXIT_DEBUG: recorded; a breakpoint is one shot (the host steps past a
+    /// software breakpoint's INT3 and turns guest debugging off), single-stepping goes on.
+    fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Step {
+        let d = &mut self.guest_debug;
+        d.exits += 1;
+        d.first.get_or_insert(arch);
+        if d.pcs.len() < GuestDebug::PCS {
+            d.pcs.push(arch.pc);
+        }
+        if d.control & hvprobe_abi::guest_debug::SINGLESTEP != 0 {
+            return Step::Continue;
+        }
+        const BP_VECTOR: u32 = 3;
+        if arch.exception == BP_VECTOR {
+            let Ok(mut regs) = self.vcpus[0].get_regs() else {
+                return Step::Stop(RunEnd::UnexpectedExit("KVM_GET_REGS failed after a debug exit".into()));
+            };
+            let mut byte = [0u8];
+            if self.memory.read(regs.rip, &mut byte).is_ok() && byte[0] == 0xcc {
+                regs.rip += 1;
+                if self.vcpus[0].set_regs(&regs).is_err() {
+                    return Step::Stop(RunEnd::UnexpectedExit("KVM_SET_REGS failed after a debug exit".into()));
+                }
+            }
+        }
+        self.guest_debug.control = 0;
+        match self.vcpus[0].set_guest_debug(&kvm_bindings::kvm_guest_debug::default()) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Stop(RunEnd::UnexpectedExit(format!("KVM_SET_GUEST_DEBUG off after a breakpoint: {e}"))),
+        }
+    }
+
     fn step(
         &mut self,
         run_ptr: *mut kvm_run,
@@ -517,6 +564,7 @@ impl Vm {
             // what the new priority unmasks. The harness has no userspace APIC and raises
             // interrupts only when a case asks: nothing to do but go on.
             VcpuExit::SetTpr => return Step::Continue,
+            VcpuExit::Debug(arch) => return self.debug_exit(arch),
             VcpuExit::InternalError => {
                 // SAFETY: the exit reason says the `internal` member of the union is valid.
                 let internal = unsafe { (*run_ptr).__bindgen_anon_1.internal };
@@ -664,6 +712,34 @@ impl Vm {
                     .and_then(|(name, stats)| stats.read().ok().and_then(|r| stats.value(&r, name)))
                     .ok_or(()),
             ),
+            service::GUEST_DEBUG => {
+                use hvprobe_abi::guest_debug::{ENABLE, INJECT_BP, INJECT_DB, SINGLESTEP, USE_HW_BP, USE_SW_BP};
+                if args[0] & !(ENABLE | SINGLESTEP | USE_SW_BP | USE_HW_BP | INJECT_DB | INJECT_BP) != 0 {
+                    return Some(Err(()));
+                }
+                let mut dbg = kvm_bindings::kvm_guest_debug { control: args[0] as u32, ..Default::default() };
+                dbg.arch.debugreg[0] = args[1];
+                dbg.arch.debugreg[7] = args[2];
+                // Turning debugging on starts a new record; turning it off keeps the record
+                // for DEBUG_EXITS.
+                if args[0] == 0 {
+                    self.guest_debug.control = 0;
+                } else {
+                    self.guest_debug = GuestDebug { control: args[0], ..GuestDebug::default() };
+                }
+                Some(self.vcpus[0].set_guest_debug(&dbg).map(|()| 0).map_err(|_| ()))
+            }
+            service::DEBUG_EXITS => {
+                let d = &self.guest_debug;
+                Some(match (args[0], d.first) {
+                    (0, _) => Ok(d.exits),
+                    (1, Some(f)) => Ok(f.exception.into()),
+                    (2, Some(f)) => Ok(f.pc),
+                    (3, Some(f)) => Ok(f.dr6),
+                    (4, _) => Ok(d.pcs.iter().filter(|&&pc| (args[1]..args[2]).contains(&pc)).count() as u64),
+                    _ => Err(()),
+                })
+            }
             service::HOST_CLOCK => {
                 let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 // SAFETY: clock_gettime writes the timespec it is given.

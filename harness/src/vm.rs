@@ -108,6 +108,9 @@ pub struct Vm {
     pub(crate) irqfds: Vec<(u32, EventFd, Option<EventFd>)>,
     /// A vector to inject with KVM_INTERRUPT when vCPU 0 can take it (no irqchip).
     pub(crate) pending_interrupt: Option<u32>,
+    /// Host-side debugging the guest asked for (service GUEST_DEBUG) and the
+    /// KVM_EXIT_DEBUG exits seen since.
+    pub(crate) guest_debug: crate::run::GuestDebug,
 }
 
 /// Guest RAM as a case starts it: a copy-on-write mapping of the payload's boot image,
@@ -268,6 +271,7 @@ impl Vm {
             devices: Default::default(),
             irqfds: Vec::new(),
             pending_interrupt: None,
+            guest_debug: Default::default(),
         })
     }
 

@@ -333,9 +333,11 @@ pub mod requires {
     /// Coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO); the
     /// harness registers [`super::layout::COALESCED_MMIO`] and [`super::port::COALESCED_PIO`].
     pub const COALESCED: u64 = 1 << 9;
+    /// Host-side debugging of the vCPU (KVM_CAP_SET_GUEST_DEBUG, api.rst 4.39).
+    pub const GUEST_DEBUG: u64 = 1 << 10;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 10] = [
+    pub const NAMES: [(u64, &str); 11] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -346,7 +348,19 @@ pub mod requires {
         (NO_IRQCHIP, "a VM without the in-kernel irqchip (always possible)"),
         (READONLY_MEM, "read-only memory slots (KVM_CAP_READONLY_MEM)"),
         (COALESCED, "coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO)"),
+        (GUEST_DEBUG, "host-side guest debugging (KVM_CAP_SET_GUEST_DEBUG)"),
     ];
+}
+
+/// KVM_SET_GUEST_DEBUG's control flags (include/uapi/linux/kvm.h and the x86
+/// asm/kvm.h), for [`proto::service::GUEST_DEBUG`].
+pub mod guest_debug {
+    pub const ENABLE: u64 = 0x1;
+    pub const SINGLESTEP: u64 = 0x2;
+    pub const USE_SW_BP: u64 = 0x10000;
+    pub const USE_HW_BP: u64 = 0x20000;
+    pub const INJECT_DB: u64 = 0x40000;
+    pub const INJECT_BP: u64 = 0x80000;
 }
 
 /// A software-interrupt vector whose gate has DPL 3, so CPL3 code may INT to it.
@@ -562,7 +576,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 8;
+    pub const ABI_VERSION: u32 = 9;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -740,6 +754,20 @@ pub mod proto {
         /// userspace: two readings bracketed by guest clock readings bound the guest's
         /// measurement of an interval from both sides, however long the exits took.
         pub const HOST_CLOCK: u32 = 29;
+        /// KVM_SET_GUEST_DEBUG on vCPU 0 (api.rst 4.39): `args[0]` the control flags
+        /// ([`super::guest_debug`]; any other bit fails the request), `args[1]`
+        /// debugreg[0] (a breakpoint address), `args[2]`
+        /// debugreg[7]. Turning debugging on forgets the debug exits recorded so far;
+        /// turning it off (`args[0]` = 0) keeps them for DEBUG_EXITS. The host ends
+        /// breakpoint debugging by itself at the first KVM_EXIT_DEBUG of a breakpoint (one
+        /// shot: it steps past a software breakpoint's INT3 and turns guest debugging off);
+        /// single-stepping lasts until the guest turns it off with `args[0]` = 0.
+        pub const GUEST_DEBUG: u32 = 30;
+        /// What the host recorded of the KVM_EXIT_DEBUG exits since the last GUEST_DEBUG:
+        /// `args[0]` = 0 the count, 1 the first exit's exception vector, 2 its PC (the
+        /// linear address of the instruction), 3 its DR6 (these fail if there was none),
+        /// 4 how many of the first 4,096 exits had a PC in [`args[1]`, `args[2]`).
+        pub const DEBUG_EXITS: u32 = 31;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

@@ -8,6 +8,7 @@ mod cpu_seg;
 mod cpu_sys;
 mod emulator;
 mod gated;
+mod guest_debug;
 mod hostile;
 mod io;
 mod io_ext;

@@ -1,0 +1,215 @@
+//! Host-side debugging (KVM_SET_GUEST_DEBUG, api.rst 4.39): the host single-steps the
+//! guest, sets software and hardware breakpoints in it, and injects #DB and #BP. The
+//! guest asks for each through the GUEST_DEBUG service and reads what the host saw with
+//! DEBUG_EXITS. A debugger's breakpoints and steps must stay invisible to the guest: no
+//! #DB or #BP reaches it, and RFLAGS.TF and DR7 read as the guest left them.
+
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use hvprobe_rt::abi::guest_debug::{ENABLE, INJECT_BP, INJECT_DB, SINGLESTEP, USE_HW_BP, USE_SW_BP};
+use hvprobe_rt::abi::proto::service;
+use hvprobe_rt::abi::requires::GUEST_DEBUG;
+
+use hvprobe_rt::exception::{self, Frame, set_handler};
+use hvprobe_rt::proto::service as request;
+use hvprobe_rt::user::call_at_cpl3;
+use hvprobe_rt::{catch, check, check_eq, check_no_exception, test_case};
+
+fn guest_debug(control: u64, addr: u64, dr7: u64) {
+    check_eq!(request(service::GUEST_DEBUG, [control, addr, dr7, 0]), Ok(0), "KVM_SET_GUEST_DEBUG {:#x}", control);
+}
+
+fn exits(what: u64) -> Option<u64> {
+    request(service::DEBUG_EXITS, [what, 0, 0, 0]).ok()
+}
+
+/// Eight PUSHFQ/POP pairs: RFLAGS as the guest sees it while the host steps it (TF
+/// OR-ed over the eight), and the addresses of the sixteen instructions' range.
+fn stepped_body() -> (u64, u64, u64) {
+    let (tf, start, end): (u64, u64, u64);
+    // SAFETY: reads RFLAGS eight times; the stack is balanced.
+    unsafe {
+        core::arch::asm!(
+            "lea {s}, [rip + 3f]",
+            "lea {e}, [rip + 4f]",
+            "xor {t}, {t}",
+            "3:",
+            "pushfq", "pop {f}", "or {t}, {f}",
+            "pushfq", "pop {f}", "or {t}, {f}",
+            "pushfq", "pop {f}", "or {t}, {f}",
+            "pushfq", "pop {f}", "or {t}, {f}",
+            "4:",
+            t = out(reg) tf, f = out(reg) _, s = out(reg) start, e = out(reg) end,
+        )
+    };
+    (tf & 1 << 8, start, end)
+}
+
+static STEPPED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+extern "C" fn stepped_at_cpl3(_: u64) {
+    let (tf, start, end) = stepped_body();
+    for (slot, v) in STEPPED.iter().zip([tf, start, end]) {
+        slot.store(v, SeqCst);
+    }
+}
+
+fn singlestep_case(cpl3: bool) {
+    guest_debug(ENABLE | SINGLESTEP, 0, 0);
+    let (e, (tf, start, end)) = if cpl3 {
+        let e = call_at_cpl3(stepped_at_cpl3, 0);
+        (e, (STEPPED[0].load(SeqCst), STEPPED[1].load(SeqCst), STEPPED[2].load(SeqCst)))
+    } else {
+        (None, stepped_body())
+    };
+    guest_debug(0, 0, 0);
+    check_no_exception!(e);
+    check_eq!(exits(1), Some(u64::from(exception::DB)), "the exception of the first debug exit");
+    let inside = request(service::DEBUG_EXITS, [4, start, end, 0]).ok();
+    check_eq!(inside, Some(12), "single-step exits with a PC on the twelve stepped instructions");
+    check_eq!(tf, 0, "RFLAGS.TF seen by PUSHFQ while the host single-steps (it must stay the guest's)");
+}
+
+test_case! {
+    /// KVM_GUESTDBG_SINGLESTEP at CPL0: the host gets one KVM_EXIT_DEBUG (#DB) per
+    /// instruction, and the guest sees neither a #DB nor TF in its RFLAGS.
+    name = "cpu::guest_debug_singlestep::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_singlestep() {
+        singlestep_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the stepped code at CPL3.
+    name = "cpu::guest_debug_singlestep::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_singlestep_cpl3() {
+        singlestep_case(true);
+    }
+}
+
+extern "C" fn int3_at_cpl3(_: u64) {
+    // SAFETY: the host's software breakpoint takes the INT3 and steps past it.
+    unsafe { core::arch::asm!("int3", options(nostack, nomem)) };
+}
+
+fn sw_bp_case(cpl3: bool) {
+    guest_debug(ENABLE | USE_SW_BP, 0, 0);
+    let (e, at) = if cpl3 {
+        (call_at_cpl3(int3_at_cpl3, 0), int3_at_cpl3 as *const () as u64)
+    } else {
+        let e = catch!("int3");
+        (e, exception::armed_rip())
+    };
+    check!(e.is_none(), "the guest took {:?} for an INT3 the host's software breakpoint owns", e.map(|e| e.vector));
+    check_eq!(exits(0), Some(1), "debug exits for one INT3");
+    check_eq!(exits(1), Some(u64::from(exception::BP)), "the exception of the debug exit");
+    let pc = exits(2).unwrap_or(0);
+    check!(pc.wrapping_sub(at) < 16, "the debug exit's PC is not at the INT3");
+}
+
+test_case! {
+    /// KVM_GUESTDBG_USE_SW_BP: an INT3 at CPL0 exits to the host (#BP, PC at the INT3),
+    /// which steps past it; the guest sees no #BP.
+    name = "cpu::guest_debug_sw_bp::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_sw_bp() {
+        sw_bp_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the INT3 at CPL3.
+    name = "cpu::guest_debug_sw_bp::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_sw_bp_cpl3() {
+        sw_bp_case(true);
+    }
+}
+
+#[inline(never)]
+extern "C" fn breakpoint_target(x: u64) {
+    // SAFETY: a plain computation the breakpoint stops on; the result goes to a static.
+    unsafe { core::ptr::write_volatile(&raw mut TARGET_RAN, x + 1) };
+}
+
+static mut TARGET_RAN: u64 = 0;
+
+fn hw_bp_case(cpl3: bool) {
+    let target = breakpoint_target as *const () as u64;
+    let guest_dr7 = || -> u64 {
+        let v: u64;
+        // SAFETY: reads DR7 at CPL0.
+        unsafe { core::arch::asm!("mov {0}, dr7", out(reg) v, options(nomem, nostack)) };
+        v
+    };
+    let before = guest_dr7();
+    // DR7: L0 (bit 0), R/W0 = 00 (execute), LEN0 = 00 (SDM Vol. 3B 19.2.4).
+    guest_debug(ENABLE | USE_HW_BP, target, 1 | 1 << 10);
+    let seen = guest_dr7();
+    // The call's caller-saved registers are listed one by one: catch! has a generic
+    // output of its own, which rules out clobber_abi.
+    let e = if cpl3 {
+        call_at_cpl3(breakpoint_target, 41)
+    } else {
+        catch!("call {f}", f = in(reg) target, inout("rdi") 41u64 => _, out("rax") _, out("rcx") _, out("rdx") _,
+            out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _)
+    };
+    check_no_exception!(e);
+    // SAFETY: written by the target.
+    check_eq!(unsafe { core::ptr::read_volatile(&raw const TARGET_RAN) }, 42, "the target ran once the host let it");
+    check_eq!(seen, before, "the guest's DR7 while the host's breakpoint is armed");
+    check_eq!(exits(0), Some(1), "debug exits for one execution of the target");
+    check_eq!(exits(1), Some(u64::from(exception::DB)), "the exception of the debug exit");
+    check_eq!(exits(2), Some(target), "the debug exit's PC");
+    check_eq!(exits(3).map(|dr6| dr6 & 1), Some(1), "DR6.B0 of the debug exit");
+}
+
+test_case! {
+    /// KVM_GUESTDBG_USE_HW_BP with an execute breakpoint in debugreg[0]: calling the
+    /// target at CPL0 exits to the host (#DB, PC the target, DR6.B0); the guest's own DR7
+    /// reads unchanged and it sees no #DB.
+    name = "cpu::guest_debug_hw_bp::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_hw_bp() {
+        hw_bp_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the target called at CPL3.
+    name = "cpu::guest_debug_hw_bp::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_hw_bp_cpl3() {
+        hw_bp_case(true);
+    }
+}
+
+static INJECTED: AtomicU64 = AtomicU64::new(u64::MAX);
+static INJECTED_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Records the injected exception and returns past it. A handler, not catch!: the
+/// exception arrives when the vCPU re-enters after the service call, in the middle of
+/// the protocol code, which must run to its end.
+fn injected(frame: &mut Frame) {
+    INJECTED.store(frame.vector, SeqCst);
+    INJECTED_COUNT.fetch_add(1, SeqCst);
+}
+
+fn inject_case(flag: u64, vector: u8) {
+    set_handler(vector, injected);
+    guest_debug(ENABLE | flag, 0, 0);
+    guest_debug(0, 0, 0);
+    check_eq!(INJECTED_COUNT.load(SeqCst), 1, "exceptions the injection raised in the guest");
+    check_eq!(INJECTED.load(SeqCst), u64::from(vector), "the vector the guest took");
+}
+
+test_case! {
+    /// KVM_GUESTDBG_INJECT_BP queues a #BP for the guest.
+    name = "cpu::guest_debug_inject_bp::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_inject_bp() {
+        inject_case(INJECT_BP, exception::BP);
+    }
+}
+
+test_case! {
+    /// KVM_GUESTDBG_INJECT_DB queues a #DB for the guest.
+    name = "cpu::guest_debug_inject_db::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_inject_db() {
+        inject_case(INJECT_DB, exception::DB);
+    }
+}
