@@ -78,6 +78,9 @@ impl Kvm {
                     && self.kvm.check_extension(kvm_ioctls::Cap::CoalescedPio)
             }
             requires::GUEST_DEBUG => self.kvm.check_extension(kvm_ioctls::Cap::SetGuestDebug),
+            requires::ENFORCE_PV_CPUID => {
+                self.kvm.check_extension_raw(crate::vm::KVM_CAP_ENFORCE_PV_FEATURE_CPUID.into()) > 0
+            }
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
             }),

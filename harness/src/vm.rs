@@ -27,6 +27,8 @@ pub struct VmConfig {
     pub cpuid_edit: Option<CpuidEdit>,
     /// CPUID bits to clear (a case's declared `cpuid_clear`), after `cpuid_edit`.
     pub cpuid_clear: Vec<hvprobe_abi::CpuidClear>,
+    /// Enable KVM_CAP_ENFORCE_PV_FEATURE_CPUID on every vCPU (api.rst 7.27).
+    pub enforce_pv_cpuid: bool,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
     /// doorbell.
     pub ioeventfds: bool,
@@ -50,6 +52,7 @@ impl Default for VmConfig {
             irqchip: false,
             cpuid_edit: None,
             cpuid_clear: Vec::new(),
+            enforce_pv_cpuid: false,
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
@@ -68,6 +71,9 @@ pub const IOEVENTS: [(&str, IoEventAddress, Option<u32>); 4] = [
     ("mmio", IoEventAddress::Mmio(layout::IOEVENTFD_MMIO), None),
     ("mmio_datamatch", IoEventAddress::Mmio(layout::IOEVENTFD_MMIO + 8), Some(BENCH_DATAMATCH)),
 ];
+
+/// include/uapi/linux/kvm.h; not in kvm-bindings.
+pub(crate) const KVM_CAP_ENFORCE_PV_FEATURE_CPUID: u32 = 190;
 
 /// Where the identity-map TSS pages of VMX live (KVM_SET_TSS_ADDR): three pages in the
 /// hole below the 4 GiB boundary, far from RAM and the test devices.
@@ -212,6 +218,14 @@ impl Vm {
             let table = cpuid_for_vcpu(&cpuid, id);
             let fam = CpuId::from_entries(&table).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
             vcpu.set_cpuid2(&fam).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+            if config.enforce_pv_cpuid {
+                let cap = kvm_bindings::kvm_enable_cap {
+                    cap: KVM_CAP_ENFORCE_PV_FEATURE_CPUID,
+                    args: [1, 0, 0, 0],
+                    ..Default::default()
+                };
+                vcpu.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(ENFORCE_PV_FEATURE_CPUID)"))?;
+            }
             if let Some(entries) = config.dirty_ring {
                 rings.push(crate::dirty::DirtyRing::map(&vcpu, entries)?);
             }

@@ -335,9 +335,12 @@ pub mod requires {
     pub const COALESCED: u64 = 1 << 9;
     /// Host-side debugging of the vCPU (KVM_CAP_SET_GUEST_DEBUG, api.rst 4.39).
     pub const GUEST_DEBUG: u64 = 1 << 10;
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.27), which the host then enables on
+    /// every vCPU: paravirtual features work only as CPUID 0x40000001 lists them.
+    pub const ENFORCE_PV_CPUID: u64 = 1 << 11;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 11] = [
+    pub const NAMES: [(u64, &str); 12] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -349,6 +352,7 @@ pub mod requires {
         (READONLY_MEM, "read-only memory slots (KVM_CAP_READONLY_MEM)"),
         (COALESCED, "coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO)"),
         (GUEST_DEBUG, "host-side guest debugging (KVM_CAP_SET_GUEST_DEBUG)"),
+        (ENFORCE_PV_CPUID, "enforced paravirtual CPUID (KVM_CAP_ENFORCE_PV_FEATURE_CPUID)"),
     ];
 }
 

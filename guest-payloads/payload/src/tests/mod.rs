@@ -19,6 +19,7 @@ mod low;
 mod paths;
 mod pf_matrix;
 mod pv;
+mod pv_enforce;
 mod pv_ext;
 mod state;
 mod svm_ud;
