@@ -78,6 +78,10 @@ impl Kvm {
                     && self.kvm.check_extension(kvm_ioctls::Cap::CoalescedPio)
             }
             requires::GUEST_DEBUG => self.kvm.check_extension(kvm_ioctls::Cap::SetGuestDebug),
+            requires::USER_MSR => {
+                self.kvm.check_extension(kvm_ioctls::Cap::X86UserSpaceMsr)
+                    && self.kvm.check_extension(kvm_ioctls::Cap::X86MsrFilter)
+            }
             requires::ENFORCE_PV_CPUID => {
                 self.kvm.check_extension_raw(crate::vm::KVM_CAP_ENFORCE_PV_FEATURE_CPUID.into()) > 0
             }

@@ -318,6 +318,14 @@ impl GuestDebug {
     pub(crate) const PCS: usize = 4096;
 }
 
+/// MSR exits served in userspace (`hvprobe_abi::user_msr`): how many, and the last write.
+#[derive(Default)]
+pub(crate) struct UserMsr {
+    pub(crate) exits: u64,
+    /// Index, value and exit reason of the last WRMSR.
+    pub(crate) last_write: Option<(u32, u64, u32)>,
+}
+
 /// An open section: the statistics when it opened and the exits counted so far.
 #[derive(Default)]
 pub(crate) struct SectionProbe {
@@ -565,6 +573,25 @@ impl Vm {
             // interrupts only when a case asks: nothing to do but go on.
             VcpuExit::SetTpr => return Step::Continue,
             VcpuExit::Debug(arch) => return self.debug_exit(arch),
+            VcpuExit::X86Rdmsr(exit) => {
+                use hvprobe_abi::user_msr::{FILTERED, FILTERED_VALUE, UNKNOWN, UNKNOWN_VALUE};
+                self.user_msr.exits += 1;
+                match exit.index {
+                    UNKNOWN => *exit.data = UNKNOWN_VALUE,
+                    FILTERED => *exit.data = FILTERED_VALUE,
+                    // Any other MSR is what KVM would refuse: #GP(0) in the guest.
+                    _ => *exit.error = 1,
+                }
+                return Step::Continue;
+            }
+            VcpuExit::X86Wrmsr(exit) => {
+                self.user_msr.exits += 1;
+                self.user_msr.last_write = Some((exit.index, exit.data, exit.reason.bits()));
+                if exit.index == hvprobe_abi::user_msr::REFUSED {
+                    *exit.error = 1;
+                }
+                return Step::Continue;
+            }
             VcpuExit::InternalError => {
                 // SAFETY: the exit reason says the `internal` member of the union is valid.
                 let internal = unsafe { (*run_ptr).__bindgen_anon_1.internal };
@@ -737,6 +764,16 @@ impl Vm {
                     (2, Some(f)) => Ok(f.pc),
                     (3, Some(f)) => Ok(f.dr6),
                     (4, _) => Ok(d.pcs.iter().filter(|&&pc| (args[1]..args[2]).contains(&pc)).count() as u64),
+                    _ => Err(()),
+                })
+            }
+            service::USER_MSR_LAST => {
+                let u = &self.user_msr;
+                Some(match (args[0], u.last_write) {
+                    (0, Some((index, _, _))) => Ok(index.into()),
+                    (1, Some((_, value, _))) => Ok(value),
+                    (2, Some((_, _, reason))) => Ok(reason.into()),
+                    (3, _) => Ok(u.exits),
                     _ => Err(()),
                 })
             }

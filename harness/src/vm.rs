@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub cpuid_clear: Vec<hvprobe_abi::CpuidClear>,
     /// Enable KVM_CAP_ENFORCE_PV_FEATURE_CPUID on every vCPU (api.rst 7.27).
     pub enforce_pv_cpuid: bool,
+    /// Serve unknown and filtered MSRs in userspace (`hvprobe_abi::user_msr`).
+    pub user_msr: bool,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
     /// doorbell.
     pub ioeventfds: bool,
@@ -53,6 +55,7 @@ impl Default for VmConfig {
             cpuid_edit: None,
             cpuid_clear: Vec::new(),
             enforce_pv_cpuid: false,
+            user_msr: false,
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
@@ -117,6 +120,8 @@ pub struct Vm {
     /// Host-side debugging the guest asked for (service GUEST_DEBUG) and the
     /// KVM_EXIT_DEBUG exits seen since.
     pub(crate) guest_debug: crate::run::GuestDebug,
+    /// The MSR exits served in userspace (`VmConfig::user_msr`).
+    pub(crate) user_msr: crate::run::UserMsr,
 }
 
 /// Guest RAM as a case starts it: a copy-on-write mapping of the payload's boot image,
@@ -205,6 +210,9 @@ impl Vm {
             cap.args[0] = bytes.into();
             vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
         }
+        if config.user_msr {
+            user_msr_setup(&vm)?;
+        }
         if config.disable_quirks != 0 {
             let mut cap =
                 kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2, ..Default::default() };
@@ -286,6 +294,7 @@ impl Vm {
             irqfds: Vec::new(),
             pending_interrupt: None,
             guest_debug: Default::default(),
+            user_msr: Default::default(),
         })
     }
 
@@ -314,6 +323,32 @@ fn set_hypervisor_present(table: &mut [kvm_cpuid_entry2]) {
     for e in table.iter_mut().filter(|e| e.function == 1) {
         e.ecx |= 1 << 31;
     }
+}
+
+/// Exits for unknown and filtered MSRs (KVM_CAP_X86_USER_SPACE_MSR, api.rst 7.21) and
+/// the filter of `hvprobe_abi::user_msr` (KVM_X86_SET_MSR_FILTER, api.rst 4.126).
+fn user_msr_setup(vm: &VmFd) -> Result<(), Error> {
+    use hvprobe_abi::user_msr::{FILTERED, WRITE_FILTERED};
+    use kvm_ioctls::{MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+    let reasons = MsrExitReason::Unknown | MsrExitReason::Filter;
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        args: [reasons.bits().into(), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+    // A 0 bit denies the operations the range's flags name.
+    let deny = [0u8];
+    let ranges = [
+        MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: FILTERED,
+            msr_count: 1,
+            bitmap: &deny,
+        },
+        MsrFilterRange { flags: MsrFilterRangeFlags::WRITE, base: WRITE_FILTERED, msr_count: 1, bitmap: &deny },
+    ];
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(Error::kvm("KVM_X86_SET_MSR_FILTER"))
 }
 
 /// Clears the bits a case declared absent (`TestCase::cpuid_clear`).

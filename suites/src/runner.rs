@@ -107,6 +107,7 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
         cpuid_clear: case.cpuid_clear.clone(),
         enforce_pv_cpuid: case.requires & requires::ENFORCE_PV_CPUID != 0,
+        user_msr: case.requires & requires::USER_MSR != 0,
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
         pit: case.requires & requires::PIT != 0,
         readonly_slot: case.requires & requires::READONLY_MEM != 0,

@@ -338,9 +338,13 @@ pub mod requires {
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (api.rst 7.27), which the host then enables on
     /// every vCPU: paravirtual features work only as CPUID 0x40000001 lists them.
     pub const ENFORCE_PV_CPUID: u64 = 1 << 11;
+    /// MSR accesses in userspace (KVM_CAP_X86_USER_SPACE_MSR and KVM_CAP_X86_MSR_FILTER,
+    /// api.rst 7.21 and 4.126): the host asks for exits on unknown and filtered MSRs and
+    /// installs the filter of [`super::user_msr`], then serves those MSRs itself.
+    pub const USER_MSR: u64 = 1 << 12;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 12] = [
+    pub const NAMES: [(u64, &str); 13] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -353,7 +357,25 @@ pub mod requires {
         (COALESCED, "coalesced MMIO and PIO (KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO)"),
         (GUEST_DEBUG, "host-side guest debugging (KVM_CAP_SET_GUEST_DEBUG)"),
         (ENFORCE_PV_CPUID, "enforced paravirtual CPUID (KVM_CAP_ENFORCE_PV_FEATURE_CPUID)"),
+        (USER_MSR, "MSR exits and filters (KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER)"),
     ];
+}
+
+/// The MSRs the host serves in userspace under [`requires::USER_MSR`].
+pub mod user_msr {
+    /// An MSR index KVM does not know: reads and writes exit with reason UNKNOWN. A read
+    /// returns [`UNKNOWN_VALUE`]; a write is recorded (service [`super::proto::service::USER_MSR_LAST`]).
+    pub const UNKNOWN: u32 = 0x1234_0000;
+    pub const UNKNOWN_VALUE: u64 = 0x0123_4567_89ab_cdef;
+    /// An unknown MSR the host refuses: the exit's `error` is set, so the guest gets #GP(0).
+    pub const REFUSED: u32 = 0x1234_0001;
+    /// An MSR KVM knows, denied for reads and writes by the filter: accesses exit with
+    /// reason FILTER; a read returns [`FILTERED_VALUE`] instead of the register, a write
+    /// is recorded and never reaches it. IA32_SYSENTER_ESP: harmless in 64-bit mode.
+    pub const FILTERED: u32 = 0x175;
+    pub const FILTERED_VALUE: u64 = 0x5eed_f11e;
+    /// An MSR the filter denies for writes only: reads go to KVM as usual.
+    pub const WRITE_FILTERED: u32 = 0x176;
 }
 
 /// KVM_SET_GUEST_DEBUG's control flags (include/uapi/linux/kvm.h and the x86
@@ -772,6 +794,10 @@ pub mod proto {
         /// linear address of the instruction), 3 its DR6 (these fail if there was none),
         /// 4 how many of the first 4,096 exits had a PC in [`args[1]`, `args[2]`).
         pub const DEBUG_EXITS: u32 = 31;
+        /// The last MSR write the host served in userspace (see [`super::super::user_msr`]):
+        /// `args[0]` = 0 its index, 1 its value, 2 the exit reason (KVM_MSR_EXIT_REASON_*),
+        /// 3 how many MSR exits there were. Fails before the first.
+        pub const USER_MSR_LAST: u32 = 32;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
