@@ -117,6 +117,13 @@ impl GuestMemory {
         unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
     }
 
+    /// Deletes memory slot `slot` of `vm` (KVM_SET_USER_MEMORY_REGION with size 0).
+    pub(crate) fn unmap_slot(vm: &kvm_ioctls::VmFd, slot: u32) -> Result<(), Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region { slot, ..Default::default() };
+        // SAFETY: deleting a slot maps nothing.
+        unsafe { vm.set_user_memory_region(region) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION (delete)"))
+    }
+
     fn check(&self, addr: u64, len: u64) -> Result<usize, Error> {
         match addr.checked_add(len) {
             Some(end) if end <= self.size => Ok(addr as usize),

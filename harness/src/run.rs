@@ -470,6 +470,45 @@ impl Vm {
         Ok(report)
     }
 
+    /// The MEMSLOT service: add, move or delete the hot-plugged slot. The slot's memory
+    /// is dropped only after KVM deleted the slot, and kept with its old address when a
+    /// move fails.
+    fn memslot(&mut self, args: [u64; 4]) -> Result<u64, ()> {
+        use hvprobe_abi::layout::{HOTPLUG_BASE, HOTPLUG_SIZE, HOTPLUG_WINDOW};
+        use hvprobe_abi::proto::{MEMSLOT_ADD, MEMSLOT_DELETE, MEMSLOT_MOVE};
+        let gpa = args[1];
+        let in_window = gpa.is_multiple_of(4096)
+            && gpa >= HOTPLUG_BASE
+            && gpa.checked_add(HOTPLUG_SIZE).is_some_and(|end| end <= HOTPLUG_BASE + HOTPLUG_WINDOW);
+        match args[0] {
+            MEMSLOT_ADD if in_window && self.hotplug.is_none() => {
+                let memory = crate::GuestMemory::new(HOTPLUG_SIZE).map_err(|_| ())?;
+                for offset in (0..HOTPLUG_SIZE).step_by(8) {
+                    memory.write_u64(offset, args[2] ^ offset).map_err(|_| ())?;
+                }
+                // SAFETY: the memory is kept in `hotplug`, declared after the VM fd, until
+                // KVM has deleted the slot.
+                unsafe { memory.map_as_slot(&self.vm_fd, crate::vm::HOTPLUG_SLOT, gpa, 0) }.map_err(|_| ())?;
+                self.hotplug = Some((gpa, memory));
+                Ok(0)
+            }
+            MEMSLOT_MOVE if in_window => {
+                let (at, memory) = self.hotplug.as_mut().ok_or(())?;
+                // Same slot and memory at another address: KVM's move (api.rst 4.35).
+                // SAFETY: as for ADD; on failure the slot stays where it was.
+                unsafe { memory.map_as_slot(&self.vm_fd, crate::vm::HOTPLUG_SLOT, gpa, 0) }.map_err(|_| ())?;
+                *at = gpa;
+                Ok(0)
+            }
+            MEMSLOT_DELETE if self.hotplug.is_some() => {
+                crate::GuestMemory::unmap_slot(&self.vm_fd, crate::vm::HOTPLUG_SLOT).map_err(|_| ())?;
+                self.hotplug = None;
+                Ok(0)
+            }
+            _ => Err(()),
+        }
+    }
+
     /// KVM_EXIT_DEBUG: recorded; a breakpoint is one shot (the host steps past a
     /// software breakpoint's INT3 and turns guest debugging off), single-stepping goes on.
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Step {
@@ -777,6 +816,7 @@ impl Vm {
                     _ => Err(()),
                 })
             }
+            service::MEMSLOT => Some(self.memslot(args)),
             service::HOST_CLOCK => {
                 let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 // SAFETY: clock_gettime writes the timespec it is given.

@@ -75,6 +75,9 @@ pub const IOEVENTS: [(&str, IoEventAddress, Option<u32>); 4] = [
     ("mmio_datamatch", IoEventAddress::Mmio(layout::IOEVENTFD_MMIO + 8), Some(BENCH_DATAMATCH)),
 ];
 
+/// The memory slot id of the MEMSLOT service's slot (0 is RAM, 1 the read-only slot).
+pub(crate) const HOTPLUG_SLOT: u32 = 2;
+
 /// include/uapi/linux/kvm.h; not in kvm-bindings.
 pub(crate) const KVM_CAP_ENFORCE_PV_FEATURE_CPUID: u32 = 190;
 
@@ -103,6 +106,9 @@ pub struct Vm {
     pub(crate) memory: GuestMemory,
     /// The read-only slot's backing memory, when mapped (dropped after the VM fd too).
     _readonly: Option<GuestMemory>,
+    /// The slot the MEMSLOT service added, at its guest-physical address (dropped after
+    /// the VM fd too).
+    pub(crate) hotplug: Option<(u64, GuestMemory)>,
     pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     pub(crate) vcpu_mmap_size: usize,
     pub(crate) irqchip: bool,
@@ -283,6 +289,7 @@ impl Vm {
             vm_fd: vm,
             memory,
             _readonly: readonly,
+            hotplug: None,
             cpuid,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
             irqchip: config.irqchip,

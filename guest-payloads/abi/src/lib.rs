@@ -78,6 +78,11 @@ pub mod layout {
     /// memory; writes exit to the VMM as MMIO and change nothing.
     pub const READONLY_BASE: u64 = 0xd000_0000;
     pub const READONLY_SIZE: u64 = 0x1000;
+    /// The window where the MEMSLOT service adds, moves and deletes a memory slot of
+    /// [`HOTPLUG_SIZE`] bytes while the guest runs. Unmapped (absent MMIO) otherwise.
+    pub const HOTPLUG_BASE: u64 = 0xe800_0000;
+    pub const HOTPLUG_WINDOW: u64 = 0x10_0000;
+    pub const HOTPLUG_SIZE: u64 = 0x2000;
     /// The shared-ring device (the `para` path for moving bytes), one page of RAM: the
     /// guest writes bytes at `RING + RING_DATA + (produced % RING_SIZE)`, then the
     /// free-running u32 count of bytes produced at `RING + RING_PRODUCED`, then writes
@@ -798,6 +803,13 @@ pub mod proto {
         /// `args[0]` = 0 its index, 1 its value, 2 the exit reason (KVM_MSR_EXIT_REASON_*),
         /// 3 how many MSR exits there were. Fails before the first.
         pub const USER_MSR_LAST: u32 = 32;
+        /// A memory slot in [`super::super::layout::HOTPLUG_BASE`]'s window, changed while
+        /// the guest runs (KVM_SET_USER_MEMORY_REGION, api.rst 4.35): `args[0]` =
+        /// [`super::MEMSLOT_ADD`] maps fresh memory at `args[1]` whose u64 at offset o holds
+        /// `args[2] ^ o`; [`super::MEMSLOT_MOVE`] moves the slot to `args[1]`;
+        /// [`super::MEMSLOT_DELETE`] deletes it. Fails outside the window, for an
+        /// unaligned address, for a second ADD, or a MOVE or DELETE of no slot.
+        pub const MEMSLOT: u32 = 33;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
@@ -812,6 +824,11 @@ pub mod proto {
     /// KVM_CLEAR_DIRTY_LOG of the pages in [`args[1]`, `args[2]`) (manual mode), also in
     /// the host's record.
     pub const DIRTY_CLEAR: u64 = 3;
+
+    /// MEMSLOT ops.
+    pub const MEMSLOT_ADD: u64 = 0;
+    pub const MEMSLOT_DELETE: u64 = 1;
+    pub const MEMSLOT_MOVE: u64 = 2;
 
     /// IOEVENT_COUNT's index of the shared ring's doorbell (after the four test ioeventfds).
     pub const IOEVENT_RING_DOORBELL: u64 = 4;

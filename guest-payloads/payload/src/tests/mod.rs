@@ -16,6 +16,7 @@ mod irq;
 mod irq_ext;
 mod irq_lapic;
 mod low;
+mod memslot;
 mod msr_user;
 mod paths;
 mod pf_matrix;
