@@ -508,3 +508,27 @@ test_case! {
         check_exception!(catch!("fxrstor64 [{0}]", in(reg) at), exception::UD, None);
     }
 }
+
+test_case! {
+    /// Without x2APIC in CPUID.01H:ECX[21], setting IA32_APIC_BASE.EXTD (bit 10) raises
+    /// #GP(0) (SDM Vol. 3A 11.12.1: EXTD is reserved when x2APIC is not enumerated).
+    name = "irq::x2apic_enable_absent::xapic", mode = Long64, path = Full, requires = hvprobe_rt::abi::requires::IRQCHIP,
+        cpuid_clear = [(1, 0, ECX, 1 << 21)];
+    fn x2apic_enable_absent() {
+        check_cleared(1, 0, CpuidClear::ECX, 1 << 21);
+        // SAFETY: IA32_APIC_BASE exists with the in-kernel LAPIC.
+        let base = unsafe { cpu::rdmsr(0x1b) };
+        let value = base | 1 << 11 | 1 << 10;
+        let e = catch!("wrmsr", in("ecx") 0x1b, in("eax") value as u32, in("edx") (value >> 32) as u32);
+        if e.is_none() {
+            // SAFETY: back to the xAPIC mode the write should not have left (x2APIC to
+            // xAPIC needs a pass through disabled: SDM Vol. 3A 11.12.5).
+            unsafe {
+                cpu::wrmsr(0x1b, base & !(1 << 11 | 1 << 10));
+                cpu::wrmsr(0x1b, base);
+            }
+        }
+        check!(e.is_some(), "setting IA32_APIC_BASE.EXTD without x2APIC in CPUID raised no exception");
+        check_exception!(e, exception::GP, Some(0));
+    }
+}

@@ -7,7 +7,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use hvprobe_rt::abi::proto::service;
-use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV, NO_IRQCHIP, PIT};
+use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV, NO_IRQCHIP, PIT, X2APIC};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::ioapic;
@@ -655,7 +655,7 @@ test_case! {
 
 test_case! {
     /// As `::xapic`, the EOI through the x2APIC MSR.
-    name = "irq::ioapic_level_redeliver::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    name = "irq::ioapic_level_redeliver::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
     fn ioapic_level_redeliver_x2() {
         level_redeliver(Apic::X2Apic);
     }
@@ -684,7 +684,7 @@ test_case! {
 
 test_case! {
     /// As `::xapic`, in x2APIC mode.
-    name = "irq::ioapic_level_unmask::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    name = "irq::ioapic_level_unmask::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
     fn ioapic_level_unmask_x2() {
         level_unmask(Apic::X2Apic);
     }
@@ -713,7 +713,7 @@ test_case! {
 
 test_case! {
     /// As `::xapic`, in x2APIC mode.
-    name = "irq::ioapic_level_mask_retrigger::x2apic", mode = Long64, path = Hw, requires = IRQCHIP;
+    name = "irq::ioapic_level_mask_retrigger::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
     fn ioapic_level_mask_retrigger_x2() {
         level_mask_retrigger(Apic::X2Apic);
     }
@@ -741,5 +741,99 @@ test_case! {
         irq_line(LEVEL_PIN, false);
         check_eq!(AP_TAKERS.load(SeqCst), 0b10, "APIC IDs that took the level pin (bit n = ID n)");
         check_eq!(remote_irr(), 0, "remote IRR after vCPU 1's EOI");
+    }
+}
+
+// NMI latching and priority (SDM Vol. 3A 6.7.1: while an NMI handler runs, at most one
+// more NMI is held pending; 6.9: an NMI is serviced before a maskable interrupt pending at
+// the same instruction boundary).
+
+/// What each NMI handler entry asks for: 0 nothing, 1 two more NMIs, 2 a fixed self-IPI
+/// and one more NMI.
+static NMI_PLAN: AtomicU64 = AtomicU64::new(0);
+/// Order of arrivals: each handler appends its tag (1 = NMI, 2 = the fixed vector) in
+/// four bits.
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
+const ORDER_VECTOR: u8 = 0x6a;
+
+fn arrive(tag: u64) {
+    let _ = ARRIVALS.fetch_update(SeqCst, SeqCst, |a| Some(a << 4 | tag));
+}
+
+fn latching_nmi(_: &mut Frame) {
+    let n = NMI_COUNT.fetch_add(1, SeqCst) + 1;
+    arrive(1);
+    if n == 1 {
+        match NMI_PLAN.load(SeqCst) {
+            1 => {
+                let _ = request(service::NMI, [0; 4]);
+                let _ = request(service::NMI, [0; 4]);
+            }
+            2 => {
+                // Shorthand "self": no destination to write (and x2APIC has no ICR_HIGH).
+                active().write(reg::ICR_LOW, 1 << 18 | ORDER_VECTOR as u32);
+                let _ = request(service::NMI, [0; 4]);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn order_handler(_: &mut Frame) {
+    COUNT[ORDER_VECTOR as usize].fetch_add(1, SeqCst);
+    arrive(2);
+    active().eoi();
+}
+
+test_case! {
+    /// Two NMIs raised inside the NMI handler: one is latched, the other lost, so the
+    /// guest takes two NMIs in all (SDM Vol. 3A 6.7.1).
+    name = "irq::nmi_latch_one::long64", mode = Long64, path = Full, requires = IRQCHIP;
+    fn nmi_latch_one() {
+        set_handler(2, latching_nmi);
+        Apic::XApic.enable();
+        NMI_PLAN.store(1, SeqCst);
+        check_eq!(request(service::NMI, [0; 4]), Ok(0), "KVM_NMI");
+        wait_nmis(2);
+        // A third NMI, if the hypervisor kept one, comes within a window (a HLT the
+        // backstop timer ends); a spin would cost seconds of emulated CPL0 on PVM.
+        window();
+        check_eq!(NMI_COUNT.load(SeqCst), 2, "NMIs taken for three raised, two of them while the first was in service");
+    }
+}
+
+fn nmi_before_intr(mode: Apic) {
+    X2.store((mode == Apic::X2Apic) as u64, SeqCst);
+    set_handler(2, latching_nmi);
+    set_handler(ORDER_VECTOR, order_handler);
+    mode.enable();
+    NMI_PLAN.store(2, SeqCst);
+    // SAFETY: interrupts on, so that the fixed interrupt can arrive after the NMI handler.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+    check_eq!(request(service::NMI, [0; 4]), Ok(0), "KVM_NMI");
+    wait_nmis(2);
+    if count(ORDER_VECTOR) == 0 {
+        window();
+    }
+    // SAFETY: as above.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    check_eq!(ARRIVALS.load(SeqCst), 0x112, "arrival order (1 = NMI, 2 = the fixed self-IPI; oldest first)");
+}
+
+test_case! {
+    /// Inside the NMI handler a fixed self-IPI and a second NMI become pending; at the
+    /// handler's IRET the NMI is taken before the maskable interrupt (SDM Vol. 3A 6.9,
+    /// priority among simultaneous events).
+    name = "irq::nmi_before_intr::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn nmi_before_intr_xapic() {
+        nmi_before_intr(Apic::XApic);
+    }
+}
+
+test_case! {
+    /// As `::xapic`, in x2APIC mode.
+    name = "irq::nmi_before_intr::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
+    fn nmi_before_intr_x2apic() {
+        nmi_before_intr(Apic::X2Apic);
     }
 }

@@ -146,3 +146,50 @@ test_case! {
         warp_case(1, 4);
     }
 }
+
+static AP_TSC: AtomicU64 = AtomicU64::new(0);
+const TSC_READ_VECTOR: u8 = 0x4e;
+
+fn ap_tsc(_: &mut Frame) {
+    AP_TSC.store(cpu::rdtsc(), SeqCst);
+    Apic::XApic.eoi();
+}
+
+test_case! {
+    /// IA32_TSC_ADJUST is per logical processor: adding 2^40 on vCPU 0 moves vCPU 0's TSC
+    /// by that much and leaves vCPU 1's where it was (SDM Vol. 3B 18.17.3; Vol. 4
+    /// Table 2-2, "thread" scope).
+    name = "cpu::tsc_adjust_per_vcpu::smp2", mode = Long64, path = Full, requires = IRQCHIP, vcpus = 2;
+    fn tsc_adjust_per_vcpu() {
+        if cpuid_as_set(7, 0).is_none_or(|c| c.ebx & 1 << 1 == 0) {
+            skip!("KVM does not offer IA32_TSC_ADJUST (CPUID.(7,0):EBX[1])");
+        }
+        set_handler(TSC_READ_VECTOR, ap_tsc);
+        let apic = Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, 2_000_000), "vCPU 1 did not come online");
+        const JUMP: u64 = 1 << 40;
+        // SAFETY: IA32_TSC_ADJUST (3Bh) exists where the table offers it; put back below.
+        let adjust = unsafe { cpu::rdmsr(0x3b) };
+        // SAFETY: as above.
+        unsafe { cpu::wrmsr(0x3b, adjust.wrapping_add(JUMP)) };
+        apic.write(reg::ICR_HIGH, 1 << 24);
+        apic.write(reg::ICR_LOW, TSC_READ_VECTOR as u32);
+        let mut waits = 0u64;
+        while AP_TSC.load(SeqCst) == 0 && waits < 5_000_000 {
+            waits += 1;
+            core::hint::spin_loop();
+        }
+        let mine = cpu::rdtsc();
+        // SAFETY: as above.
+        unsafe { cpu::wrmsr(0x3b, adjust) };
+        let theirs = AP_TSC.load(SeqCst);
+        check!(theirs != 0, "vCPU 1 did not read its TSC");
+        let gap = mine.wrapping_sub(theirs);
+        check_values!(
+            (JUMP / 2..JUMP + JUMP / 2).contains(&gap),
+            JUMP,
+            gap,
+            "vCPU 0's TSC ahead of vCPU 1's by the adjustment (expected: 2^40; actual: the gap)"
+        );
+    }
+}
