@@ -17,6 +17,35 @@ pub fn pte_mut(addr: u64) -> &'static mut u64 {
     unsafe { &mut *((table + index * 8) as *mut u64) }
 }
 
+/// The page-directory entry that maps `addr` with a 2 MiB page (bit 7, PS), for an
+/// address above the 4 KiB-mapped first 2 MiB and below 4 GiB. Found by walking from CR3.
+pub fn pde_mut(addr: u64) -> &'static mut u64 {
+    assert!((hvprobe_abi::layout::IMAGE_END..1 << 32).contains(&addr), "only 2 MiB pages below 4 GiB");
+    let mut table = crate::cpu::read_cr3() & !0xfff;
+    for shift in [39u32, 30] {
+        let index = (addr >> shift) & 0x1ff;
+        // SAFETY: the harness builds the tables in identity-mapped RAM; the PML4E and
+        // PDPTE on the walk are present and point at the next table.
+        let entry = unsafe { *((table + index * 8) as *const u64) };
+        table = entry & FRAME;
+    }
+    let index = (addr >> 21) & 0x1ff;
+    // SAFETY: as above; the entry lives as long as the VM.
+    unsafe { &mut *((table + index * 8) as *mut u64) }
+}
+
+/// Runs `body` while the PDE of `addr` holds `edit(old)`, as [`with_pte`] does for a PTE.
+pub fn with_pde<R>(addr: u64, edit: impl FnOnce(u64) -> u64, body: impl FnOnce() -> R) -> R {
+    let pde = pde_mut(addr);
+    let saved = *pde;
+    *pde = edit(saved);
+    invlpg(addr);
+    let result = body();
+    *pde = saved;
+    invlpg(addr);
+    result
+}
+
 pub const PRESENT: u64 = 1 << 0;
 /// The physical frame address bits of an entry.
 pub const FRAME: u64 = 0x000f_ffff_ffff_f000;

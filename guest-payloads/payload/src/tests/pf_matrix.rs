@@ -24,10 +24,21 @@ enum Access {
     Fetch,
 }
 
-/// The target: the scratch page, holding RET at its start so that a fetch that is
-/// allowed comes straight back.
-fn target() -> u64 {
-    let page = paging::scratch_page();
+/// Which level of the walk the case edits: the PTE of a 4 KiB page, or the PDE of a 2 MiB
+/// page (the state region's, which this case alone uses).
+#[derive(Clone, Copy, PartialEq)]
+enum Level {
+    Pte,
+    Pde,
+}
+
+/// The target for `level`, holding RET at its start so that a fetch that is allowed
+/// comes straight back: the scratch page, or a word in the state region's 2 MiB page.
+fn target(level: Level) -> u64 {
+    let page = match level {
+        Level::Pte => paging::scratch_page(),
+        Level::Pde => hvprobe_rt::abi::layout::STATE_REGION + 0x8_0000,
+    };
     // SAFETY: the scratch page belongs to the image and nothing else uses it.
     unsafe { (page as *mut u8).write_volatile(0xc3) };
     page
@@ -75,11 +86,11 @@ fn expected(what: Access, cpl3: bool, wp: bool, user: bool, writable: bool, xd: 
 
 /// Runs the eight PTE combinations and fails once, naming every combination that
 /// deviates (bit n of the mask: n = U/S << 2 | R/W << 1 | XD) and the first of them.
-fn matrix(what: Access, cpl3: bool, wp: bool) {
+fn matrix(what: Access, cpl3: bool, wp: bool, level: Level) {
     if cpuid_as_set(0x8000_0001, 0).is_none_or(|c| c.edx & 1 << 20 == 0) {
         skip!("KVM does not offer NX");
     }
-    let addr = target();
+    let addr = target(level);
     // SAFETY: NXE makes XD a permission bit; WP only changes supervisor writes. Both are
     // put back below.
     let (efer, cr0) = unsafe {
@@ -94,7 +105,11 @@ fn matrix(what: Access, cpl3: bool, wp: bool) {
     for combo in 0..8u32 {
         let (user, writable, xd) = (combo & 4 != 0, combo & 2 != 0, combo & 1 != 0);
         let bits = if user { USER } else { 0 } | if writable { WRITABLE } else { 0 } | if xd { XD } else { 0 };
-        let e = paging::with_pte(addr, |pte| (pte & !(USER | WRITABLE | XD)) | bits, || access(what, cpl3, addr));
+        let edit = |entry: u64| (entry & !(USER | WRITABLE | XD)) | bits;
+        let e = match level {
+            Level::Pte => paging::with_pte(addr, edit, || access(what, cpl3, addr)),
+            Level::Pde => paging::with_pde(addr, edit, || access(what, cpl3, addr)),
+        };
         let want = expected(what, cpl3, wp, user, writable, xd);
         let got = e.map(|e| (e.vector, e.error_code, e.cr2));
         let right = match (want, got) {
@@ -128,12 +143,12 @@ fn matrix(what: Access, cpl3: bool, wp: bool) {
 }
 
 macro_rules! matrix_cases {
-    ($($(#[$doc:meta])* $fn:ident: $name:literal, $what:ident, $cpl3:expr, $wp:expr;)+) => {$(
+    ($($(#[$doc:meta])* $fn:ident: $name:literal, $what:ident, $cpl3:expr, $wp:expr, $level:ident;)+) => {$(
         test_case! {
             $(#[$doc])*
             name = $name, mode = Long64, path = Hw;
             fn $fn() {
-                matrix(Access::$what, $cpl3, $wp);
+                matrix(Access::$what, $cpl3, $wp, Level::$level);
             }
         }
     )+};
@@ -141,19 +156,36 @@ macro_rules! matrix_cases {
 
 matrix_cases! {
     /// Supervisor reads: allowed whatever the PTE says (no SMAP).
-    pf_matrix_read: "cpu::pf_matrix_read::long64", Read, false, false;
+    pf_matrix_read: "cpu::pf_matrix_read::long64", Read, false, false, Pte;
     /// User reads: allowed on U/S = 1 pages only; #PF(U) otherwise.
-    pf_matrix_read_cpl3: "cpu::pf_matrix_read::cpl3", Read, true, false;
+    pf_matrix_read_cpl3: "cpu::pf_matrix_read::cpl3", Read, true, false, Pte;
     /// Supervisor writes with CR0.WP clear: allowed even to read-only pages.
-    pf_matrix_write: "cpu::pf_matrix_write::long64", Write, false, false;
+    pf_matrix_write: "cpu::pf_matrix_write::long64", Write, false, false, Pte;
     /// Supervisor writes with CR0.WP set: read-only pages fault with #PF(P|W).
-    pf_matrix_write_wp: "cpu::pf_matrix_write_wp::long64", Write, false, true;
+    pf_matrix_write_wp: "cpu::pf_matrix_write_wp::long64", Write, false, true, Pte;
     /// User writes with CR0.WP clear: need U/S = 1 and R/W = 1.
-    pf_matrix_write_cpl3: "cpu::pf_matrix_write::cpl3", Write, true, false;
+    pf_matrix_write_cpl3: "cpu::pf_matrix_write::cpl3", Write, true, false, Pte;
     /// User writes with CR0.WP set: the same rule (WP only restrains the supervisor).
-    pf_matrix_write_wp_cpl3: "cpu::pf_matrix_write_wp::cpl3", Write, true, true;
+    pf_matrix_write_wp_cpl3: "cpu::pf_matrix_write_wp::cpl3", Write, true, true, Pte;
     /// Supervisor fetches: allowed unless XD (no SMEP); #PF(P|I/D) otherwise.
-    pf_matrix_fetch: "cpu::pf_matrix_fetch::long64", Fetch, false, false;
+    pf_matrix_fetch: "cpu::pf_matrix_fetch::long64", Fetch, false, false, Pte;
     /// User fetches: need U/S = 1 and XD = 0.
-    pf_matrix_fetch_cpl3: "cpu::pf_matrix_fetch::cpl3", Fetch, true, false;
+    pf_matrix_fetch_cpl3: "cpu::pf_matrix_fetch::cpl3", Fetch, true, false, Pte;
+    /// The same rules for a 2 MiB page, the permissions in its PDE (SDM Vol. 3A 4.6: the
+    /// access rights of a large page are those of the entries that map it).
+    pf_matrix_large_read: "cpu::pf_matrix_large_read::long64", Read, false, false, Pde;
+    /// User reads of a 2 MiB page.
+    pf_matrix_large_read_cpl3: "cpu::pf_matrix_large_read::cpl3", Read, true, false, Pde;
+    /// Supervisor writes to a 2 MiB page, CR0.WP clear.
+    pf_matrix_large_write: "cpu::pf_matrix_large_write::long64", Write, false, false, Pde;
+    /// Supervisor writes to a 2 MiB page, CR0.WP set.
+    pf_matrix_large_write_wp: "cpu::pf_matrix_large_write_wp::long64", Write, false, true, Pde;
+    /// User writes to a 2 MiB page, CR0.WP clear.
+    pf_matrix_large_write_cpl3: "cpu::pf_matrix_large_write::cpl3", Write, true, false, Pde;
+    /// User writes to a 2 MiB page, CR0.WP set.
+    pf_matrix_large_write_wp_cpl3: "cpu::pf_matrix_large_write_wp::cpl3", Write, true, true, Pde;
+    /// Supervisor fetches from a 2 MiB page.
+    pf_matrix_large_fetch: "cpu::pf_matrix_large_fetch::long64", Fetch, false, false, Pde;
+    /// User fetches from a 2 MiB page.
+    pf_matrix_large_fetch_cpl3: "cpu::pf_matrix_large_fetch::cpl3", Fetch, true, false, Pde;
 }

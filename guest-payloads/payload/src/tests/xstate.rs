@@ -755,3 +755,364 @@ test_case! {
         fxsave_case(true);
     }
 }
+
+// The SSE family beyond SSE: SSE2 doubles, SSSE3, SSE4.1, SSE4.2 and POPCNT, PCLMULQDQ,
+// and the BMI scalar instructions, each value-checked against integer or soft-float
+// arithmetic in the guest, at CPL0 and CPL3, where the table offers the extension.
+
+/// Runs a sequence at CPL0 inline under catch!, or at CPL3 through its function.
+macro_rules! run_seq {
+    ($seq:ident, $f:ident, $cpl3:expr) => {
+        if $cpl3 { call_at_cpl3($f, lanes()) } else { $seq!(catch, p = in(reg) lanes()) }
+    };
+}
+
+/// Defines the CPL3 function of a sequence.
+macro_rules! seq_fn {
+    ($seq:ident, $f:ident) => {
+        extern "C" fn $f(p: u64) {
+            // SAFETY: `p` is LANES; the vector registers are not used by this soft-float
+            // target's code.
+            unsafe { $seq!(asm, p = in(reg) p, options(nostack)) };
+        }
+    };
+}
+
+fn words(v: [u32; 8]) -> [u32; 4] {
+    [v[0], v[1], v[2], v[3]]
+}
+
+fn bytes(v: [u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in v.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+fn qword(v: [u32; 8], i: usize) -> u64 {
+    u64::from(v[2 * i]) | u64::from(v[2 * i + 1]) << 32
+}
+
+/// Skips unless the table has every bit of `mask` in (leaf, 0) register `reg`.
+fn require(leaf: u32, reg: u32, mask: u32, what: &str) {
+    if !offered(leaf, 0, reg, mask) {
+        hvprobe_rt::skip!("KVM does not offer {}", what);
+    }
+}
+
+macro_rules! sse2_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movapd xmm0, [{p}]", "movapd xmm1, [{p} + 32]",
+            "movapd xmm2, xmm0", "addpd xmm2, xmm1", "movapd [{p} + 64], xmm2",
+            "movapd xmm2, xmm0", "mulpd xmm2, xmm1", "movapd [{p} + 96], xmm2",
+            "sqrtpd xmm2, [{p} + 48]", "movapd [{p} + 128], xmm2",
+            "movdqa xmm2, xmm0", "pmuludq xmm2, xmm1", "movdqa [{p} + 160], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse2_seq, sse2_ops);
+
+/// SSE2 on doubles: the lanes' first 16 bytes as two doubles each, against soft-float;
+/// PMULUDQ of the low dwords; SQRTPD of B's upper half, one positive double (its root
+/// squared gives it back within rounding) and one negative (the default NaN).
+fn sse2_case(cpl3: bool) {
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(sse2_seq, sse2_ops, cpl3));
+    for i in 0..2 {
+        let (a, b) = (f64::from_bits(qword(A, i)), f64::from_bits(qword(B, i)));
+        check_eq!(qword(out(0), i), (a + b).to_bits(), "ADDPD lane {}", i);
+        check_eq!(qword(out(1), i), (a * b).to_bits(), "MULPD lane {}", i);
+        check_eq!(qword(out(3), i), u64::from(A[2 * i]) * u64::from(B[2 * i]), "PMULUDQ lane {}", i);
+    }
+    let x = f64::from_bits(qword(B, 2));
+    let r = f64::from_bits(qword(out(2), 0));
+    let (lo, hi) = (x * (1.0 - 1.0 / (1u64 << 50) as f64), x * (1.0 + 1.0 / (1u64 << 50) as f64));
+    check!(x > 0.0 && r > 0.0 && r * r >= lo && r * r <= hi, "SQRTPD of a positive double, squared, is not the double");
+    check_eq!(qword(out(2), 1), 0xfff8_0000_0000_0000, "SQRTPD of a negative double: the default NaN");
+}
+
+test_case! {
+    /// SSE2 double-precision and integer arithmetic at CPL0 (SDM Vol. 2 ADDPD, MULPD,
+    /// SQRTPD, PMULUDQ).
+    name = "cpu::sse2_arith::long64", mode = Long64, path = Hw;
+    fn sse2_arith() {
+        sse2_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse2_arith::cpl3", mode = Long64, path = Hw;
+    fn sse2_arith_cpl3() {
+        sse2_case(true);
+    }
+}
+
+macro_rules! ssse3_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movdqa xmm0, [{p}]", "movdqa xmm1, [{p} + 32]",
+            "movdqa xmm2, xmm0", "pshufb xmm2, xmm1", "movdqa [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "phaddd xmm2, xmm1", "movdqa [{p} + 96], xmm2",
+            "movdqa xmm2, xmm0", "palignr xmm2, xmm1, 4", "movdqa [{p} + 128], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(ssse3_seq, ssse3_ops);
+
+fn ssse3_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 9, "SSSE3");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(ssse3_seq, ssse3_ops, cpl3));
+    let (a, b) = (words(A), words(B));
+    let (ab, bb, shuf) = (bytes(a), bytes(b), bytes(words(out(0))));
+    for i in 0..16 {
+        let want = if bb[i] & 0x80 != 0 { 0 } else { ab[(bb[i] & 15) as usize] };
+        check_eq!(shuf[i], want, "PSHUFB byte {}", i);
+    }
+    let hadd = [a[0].wrapping_add(a[1]), a[2].wrapping_add(a[3]), b[0].wrapping_add(b[1]), b[2].wrapping_add(b[3])];
+    check_eq!(words(out(1)), hadd, "PHADDD");
+    check_eq!(words(out(2)), [b[1], b[2], b[3], a[0]], "PALIGNR 4");
+}
+
+test_case! {
+    /// SSSE3 at CPL0 (SDM Vol. 2 PSHUFB, PHADDD, PALIGNR).
+    name = "cpu::ssse3_arith::long64", mode = Long64, path = Hw;
+    fn ssse3_arith() {
+        ssse3_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::ssse3_arith::cpl3", mode = Long64, path = Hw;
+    fn ssse3_arith_cpl3() {
+        ssse3_case(true);
+    }
+}
+
+macro_rules! sse41_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movdqa xmm0, [{p}]", "movdqa xmm1, [{p} + 32]",
+            "movdqa xmm2, xmm0", "pmulld xmm2, xmm1", "movdqa [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "pmaxsd xmm2, xmm1", "movdqa [{p} + 96], xmm2",
+            "movdqa xmm2, xmm0", "pblendw xmm2, xmm1, 0xa5", "movdqa [{p} + 128], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse41_seq, sse41_ops);
+
+fn sse41_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 19, "SSE4.1");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(sse41_seq, sse41_ops, cpl3));
+    let (a, b) = (words(A), words(B));
+    for i in 0..4 {
+        check_eq!(out(0)[i], a[i].wrapping_mul(b[i]), "PMULLD lane {}", i);
+        check_eq!(out(1)[i], (a[i] as i32).max(b[i] as i32) as u32, "PMAXSD lane {}", i);
+        // PBLENDW 0xa5: words 0, 2, 5, 7 from the source.
+        let word = |v: u32, hi: bool| if hi { v >> 16 } else { v & 0xffff };
+        let pick = |w: usize| if 0xa5 >> w & 1 == 1 { word(b[w / 2], w % 2 == 1) } else { word(a[w / 2], w % 2 == 1) };
+        check_eq!(out(2)[i], pick(2 * i) | pick(2 * i + 1) << 16, "PBLENDW 0xa5 lane {}", i);
+    }
+}
+
+test_case! {
+    /// SSE4.1 at CPL0 (SDM Vol. 2 PMULLD, PMAXSD, PBLENDW).
+    name = "cpu::sse41_arith::long64", mode = Long64, path = Hw;
+    fn sse41_arith() {
+        sse41_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse41_arith::cpl3", mode = Long64, path = Hw;
+    fn sse41_arith_cpl3() {
+        sse41_case(true);
+    }
+}
+
+macro_rules! sse42_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "mov eax, 0xffffffff",
+            "crc32 eax, dword ptr [{p}]", "crc32 eax, dword ptr [{p} + 4]",
+            "crc32 eax, dword ptr [{p} + 8]", "crc32 eax, dword ptr [{p} + 12]",
+            "mov dword ptr [{p} + 64], eax",
+            "popcnt rax, qword ptr [{p}]", "mov qword ptr [{p} + 96], rax",
+            "popcnt rax, qword ptr [{p} + 32]", "mov qword ptr [{p} + 104], rax",
+            out("rax") _,
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse42_seq, sse42_ops);
+
+/// CRC-32C (Castagnoli, reflected), one byte at a time, as CRC32 accumulates it (SDM
+/// Vol. 2A CRC32: no pre- or post-inversion).
+fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { crc >> 1 ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+fn sse42_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 20 | 1 << 23, "SSE4.2 and POPCNT");
+    reset_lanes();
+    check_no_exception!(run_seq!(sse42_seq, sse42_ops, cpl3));
+    check_eq!(out(0)[0], crc32c(u32::MAX, &bytes(words(A))), "CRC32 over A[0..4] from 0xffffffff");
+    check_eq!(qword(out(1), 0), u64::from(qword(A, 0).count_ones()), "POPCNT of A's first qword");
+    check_eq!(qword(out(1), 1), u64::from(qword(B, 0).count_ones()), "POPCNT of B's first qword");
+}
+
+test_case! {
+    /// SSE4.2 CRC32 and POPCNT at CPL0 (SDM Vol. 2A CRC32, Vol. 2B POPCNT).
+    name = "cpu::sse42_crc32_popcnt::long64", mode = Long64, path = Hw;
+    fn sse42_crc32_popcnt() {
+        sse42_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse42_crc32_popcnt::cpl3", mode = Long64, path = Hw;
+    fn sse42_crc32_popcnt_cpl3() {
+        sse42_case(true);
+    }
+}
+
+macro_rules! pclmul_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movdqa xmm0, [{p}]", "movdqa xmm1, [{p} + 32]",
+            "movdqa xmm2, xmm0", "pclmulqdq xmm2, xmm1, 0x00", "movdqa [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "pclmulqdq xmm2, xmm1, 0x11", "movdqa [{p} + 96], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(pclmul_seq, pclmul_ops);
+
+/// Carry-less 64 x 64 -> 128 multiply.
+fn clmul(a: u64, b: u64) -> u128 {
+    (0..64).filter(|i| b >> i & 1 == 1).fold(0u128, |acc, i| acc ^ u128::from(a) << i)
+}
+
+fn pclmul_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 1, "PCLMULQDQ");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(pclmul_seq, pclmul_ops, cpl3));
+    for (k, i) in [(0usize, 0usize), (1, 1)] {
+        let want = clmul(qword(A, i), qword(B, i));
+        let got = u128::from(qword(out(k), 0)) | u128::from(qword(out(k), 1)) << 64;
+        check_eq!(got as u64, want as u64, "PCLMULQDQ {:#x} low half", k * 0x11);
+        check_eq!((got >> 64) as u64, (want >> 64) as u64, "PCLMULQDQ {:#x} high half", k * 0x11);
+    }
+}
+
+test_case! {
+    /// PCLMULQDQ at CPL0 (SDM Vol. 2B PCLMULQDQ, immediates 0x00 and 0x11).
+    name = "cpu::pclmulqdq_arith::long64", mode = Long64, path = Hw;
+    fn pclmulqdq_arith() {
+        pclmul_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::pclmulqdq_arith::cpl3", mode = Long64, path = Hw;
+    fn pclmulqdq_arith_cpl3() {
+        pclmul_case(true);
+    }
+}
+
+macro_rules! bmi_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "mov rax, qword ptr [{p}]", "mov rcx, qword ptr [{p} + 32]",
+            "andn rdx, rax, rcx", "mov qword ptr [{p} + 64], rdx",
+            "mov edx, 0x1004", "bextr rdx, rax, rdx", "mov qword ptr [{p} + 72], rdx",
+            "blsr rdx, rax", "mov qword ptr [{p} + 80], rdx",
+            "tzcnt rdx, rcx", "mov qword ptr [{p} + 88], rdx",
+            "lzcnt rdx, rcx", "mov qword ptr [{p} + 96], rdx",
+            "pdep rdx, rax, rcx", "mov qword ptr [{p} + 104], rdx",
+            "pext rdx, rax, rcx", "mov qword ptr [{p} + 112], rdx",
+            out("rax") _, out("rcx") _, out("rdx") _,
+            $($ops)*
+        )
+    };
+}
+seq_fn!(bmi_seq, bmi_ops);
+
+fn pdep(src: u64, mask: u64) -> u64 {
+    let (mut out, mut k) = (0u64, 0);
+    for i in 0..64 {
+        if mask >> i & 1 == 1 {
+            out |= (src >> k & 1) << i;
+            k += 1;
+        }
+    }
+    out
+}
+
+fn pext(src: u64, mask: u64) -> u64 {
+    let (mut out, mut k) = (0u64, 0);
+    for i in 0..64 {
+        if mask >> i & 1 == 1 {
+            out |= (src >> i & 1) << k;
+            k += 1;
+        }
+    }
+    out
+}
+
+fn bmi_case(cpl3: bool) {
+    require(7, CpuidClear::EBX, 1 << 3 | 1 << 8, "BMI1 and BMI2");
+    require(0x8000_0001, CpuidClear::ECX, 1 << 5, "LZCNT (ABM)");
+    reset_lanes();
+    check_no_exception!(run_seq!(bmi_seq, bmi_ops, cpl3));
+    let (a, b) = (qword(A, 0), qword(B, 0));
+    let o = out(0);
+    let got = |i: usize| u64::from(o[2 * i]) | u64::from(o[2 * i + 1]) << 32;
+    let o4 = out(1);
+    let got4 = |i: usize| u64::from(o4[2 * i]) | u64::from(o4[2 * i + 1]) << 32;
+    check_eq!(got(0), !a & b, "ANDN");
+    check_eq!(got(1), (a >> 4) & 0xffff, "BEXTR start 4 length 16");
+    check_eq!(got(2), a & a.wrapping_sub(1), "BLSR");
+    check_eq!(got(3), u64::from(b.trailing_zeros()), "TZCNT");
+    check_eq!(got4(0), u64::from(b.leading_zeros()), "LZCNT");
+    check_eq!(got4(1), pdep(a, b), "PDEP");
+    check_eq!(got4(2), pext(a, b), "PEXT");
+}
+
+test_case! {
+    /// BMI1, BMI2 and LZCNT at CPL0 (SDM Vol. 2 ANDN, BEXTR, BLSR, TZCNT, LZCNT, PDEP,
+    /// PEXT).
+    name = "cpu::bmi_arith::long64", mode = Long64, path = Hw;
+    fn bmi_arith() {
+        bmi_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::bmi_arith::cpl3", mode = Long64, path = Hw;
+    fn bmi_arith_cpl3() {
+        bmi_case(true);
+    }
+}
