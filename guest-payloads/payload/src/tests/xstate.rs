@@ -1116,3 +1116,222 @@ test_case! {
         bmi_case(true);
     }
 }
+
+macro_rules! sse3_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movaps xmm0, [{p}]", "movaps xmm1, [{p} + 32]",
+            "movaps xmm2, xmm0", "addsubps xmm2, xmm1", "movaps [{p} + 64], xmm2",
+            "movaps xmm2, xmm0", "haddps xmm2, xmm1", "movaps [{p} + 96], xmm2",
+            "movddup xmm2, [{p} + 32]", "movaps [{p} + 128], xmm2",
+            "lddqu xmm2, [{p} + 4]", "movdqu [{p} + 160], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse3_seq, sse3_ops);
+
+fn sse3_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 0, "SSE3");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(sse3_seq, sse3_ops, cpl3));
+    let sub = |a: u32, b: u32| (f32::from_bits(a) - f32::from_bits(b)).to_bits();
+    for i in 0..4 {
+        let want = if i % 2 == 0 { sub(A[i], B[i]) } else { add(A[i], B[i]) };
+        check_eq!(out(0)[i], want, "ADDSUBPS lane {}", i);
+    }
+    check_eq!(words(out(1)), [add(A[0], A[1]), add(A[2], A[3]), add(B[0], B[1]), add(B[2], B[3])], "HADDPS");
+    check_eq!(words(out(2)), [B[0], B[1], B[0], B[1]], "MOVDDUP");
+    check_eq!(words(out(3)), [A[1], A[2], A[3], A[4]], "LDDQU of an unaligned 16 bytes");
+}
+
+test_case! {
+    /// SSE3 at CPL0 (SDM Vol. 2 ADDSUBPS, HADDPS, MOVDDUP, LDDQU).
+    name = "cpu::sse3_arith::long64", mode = Long64, path = Hw;
+    fn sse3_arith() {
+        sse3_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse3_arith::cpl3", mode = Long64, path = Hw;
+    fn sse3_arith_cpl3() {
+        sse3_case(true);
+    }
+}
+
+macro_rules! sse41b_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movaps xmm0, [{p}]", "movaps xmm1, [{p} + 32]",
+            "roundps xmm2, xmm1, 1", "movaps [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "pinsrd xmm2, dword ptr [{p} + 44], 2", "movdqa [{p} + 96], xmm2",
+            "pextrd dword ptr [{p} + 128], xmm1, 3",
+            "movdqa xmm2, xmm0", "pminud xmm2, xmm1", "movdqa [{p} + 160], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse41b_seq, sse41b_ops);
+
+fn sse41b_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 19, "SSE4.1");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(sse41b_seq, sse41b_ops, cpl3));
+    // ROUNDPS mode 1 rounds toward negative infinity: B[0..4] = 2.25, 0.5, 4.0, 0.25.
+    check_eq!(words(out(0)), [0x4000_0000, 0, 0x4080_0000, 0], "ROUNDPS toward -inf");
+    check_eq!(words(out(1)), [A[0], A[1], B[3], A[3]], "PINSRD into lane 2");
+    check_eq!(out(2)[0], B[3], "PEXTRD of lane 3");
+    for i in 0..4 {
+        check_eq!(out(3)[i], A[i].min(B[i]), "PMINUD lane {}", i);
+    }
+}
+
+test_case! {
+    /// More SSE4.1 at CPL0 (SDM Vol. 2 ROUNDPS, PINSRD, PEXTRD, PMINUD).
+    name = "cpu::sse41_round_insert::long64", mode = Long64, path = Hw;
+    fn sse41_round_insert() {
+        sse41b_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse41_round_insert::cpl3", mode = Long64, path = Hw;
+    fn sse41_round_insert_cpl3() {
+        sse41b_case(true);
+    }
+}
+
+macro_rules! adx_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "mov rax, qword ptr [{p}]", "mov rcx, qword ptr [{p} + 32]",
+            "stc", "adcx rax, rcx", "mov qword ptr [{p} + 64], rax", "setc byte ptr [{p} + 72]",
+            "mov rax, -1", "xor edx, edx", "add edx, 0",
+            "mov rdx, 0x7fffffffffffffff", "adox rdx, rax", "mov qword ptr [{p} + 80], rdx", "seto byte ptr [{p} + 88]",
+            out("rax") _, out("rcx") _, out("rdx") _,
+            $($ops)*
+        )
+    };
+}
+seq_fn!(adx_seq, adx_ops);
+
+fn adx_case(cpl3: bool) {
+    require(7, CpuidClear::EBX, 1 << 19, "ADX");
+    reset_lanes();
+    check_no_exception!(run_seq!(adx_seq, adx_ops, cpl3));
+    let (a, b) = (qword(A, 0), qword(B, 0));
+    let (sum, c1) = a.overflowing_add(b);
+    let (sum, c2) = sum.overflowing_add(1);
+    check_eq!(qword(out(0), 0), sum, "ADCX with CF set");
+    check_eq!(out(0)[2] & 0xff, (c1 || c2) as u32, "CF after ADCX");
+    // ADOX: 0x7fff...ffff + 0xffff...ffff + OF (clear after ADD) = 0x7fff...fffe, OF = 1
+    // (unsigned carry out of bit 63, reported in OF).
+    check_eq!(qword(out(0), 2), 0x7fff_ffff_ffff_fffe, "ADOX");
+    check_eq!(out(0)[6] & 0xff, 1, "OF after ADOX (the carry)");
+}
+
+test_case! {
+    /// ADCX and ADOX at CPL0 (SDM Vol. 2A ADCX, ADOX: carries in CF and OF only).
+    name = "cpu::adx_arith::long64", mode = Long64, path = Hw;
+    fn adx_arith() {
+        adx_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::adx_arith::cpl3", mode = Long64, path = Hw;
+    fn adx_arith_cpl3() {
+        adx_case(true);
+    }
+}
+
+macro_rules! rdrand_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "xor ecx, ecx",
+            "2:", "rdrand rax", "jc 3f", "inc ecx", "cmp ecx, 100", "jb 2b", "3:",
+            "mov qword ptr [{p} + 64], rax", "mov dword ptr [{p} + 72], ecx",
+            "xor ecx, ecx",
+            "4:", "rdrand rax", "jc 5f", "inc ecx", "cmp ecx, 100", "jb 4b", "5:",
+            "mov qword ptr [{p} + 80], rax", "mov dword ptr [{p} + 88], ecx",
+            out("rax") _, out("rcx") _,
+            $($ops)*
+        )
+    };
+}
+seq_fn!(rdrand_seq, rdrand_ops);
+
+fn rdrand_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 30, "RDRAND");
+    reset_lanes();
+    check_no_exception!(run_seq!(rdrand_seq, rdrand_ops, cpl3));
+    check!(out(0)[2] < 100 && out(0)[6] < 100, "RDRAND returned CF = 0 a hundred times in a row");
+    check!(qword(out(0), 0) != qword(out(0), 2), "two RDRAND results with CF = 1 are equal");
+}
+
+test_case! {
+    /// RDRAND at CPL0 returns valid data (CF = 1) within a few tries, and two results
+    /// differ (SDM Vol. 2B RDRAND; Intel DRNG guide: retry up to ten times).
+    name = "cpu::rdrand::long64", mode = Long64, path = Hw;
+    fn rdrand() {
+        rdrand_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::rdrand::cpl3", mode = Long64, path = Hw;
+    fn rdrand_cpl3() {
+        rdrand_case(true);
+    }
+}
+
+macro_rules! x87_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "fninit",
+            "fld dword ptr [{p}]", "fld dword ptr [{p} + 32]", "faddp",
+            "fstp dword ptr [{p} + 64]",
+            "fld dword ptr [{p}]", "fld dword ptr [{p} + 32]", "fmulp",
+            "fstp dword ptr [{p} + 68]",
+            "fld dword ptr [{p} + 32]", "fsqrt", "fstp dword ptr [{p} + 72]",
+            "fild dword ptr [{p} + 76]", "fistp dword ptr [{p} + 80]",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(x87_seq, x87_ops);
+
+fn x87_case(cpl3: bool) {
+    reset_lanes();
+    // SAFETY: one case at a time; the integer FILD loads.
+    unsafe { core::ptr::write_volatile(&raw mut LANES.out[0][3], 12345) };
+    check_no_exception!(run_seq!(x87_seq, x87_ops, cpl3));
+    check_eq!(out(0)[0], add(A[0], B[0]), "FADDP of 1.5 and 2.25, stored as single");
+    check_eq!(out(0)[1], mul(A[0], B[0]), "FMULP of 1.5 and 2.25, stored as single");
+    check_eq!(out(0)[2], SQRT_B[0], "FSQRT of 2.25");
+    check_eq!(out(0)[4], 12345, "FILD then FISTP of an integer");
+}
+
+test_case! {
+    /// x87 arithmetic at CPL0 (SDM Vol. 2 FLD, FADDP, FMULP, FSQRT, FILD, FISTP; results
+    /// exact in single precision).
+    name = "cpu::x87_arith::long64", mode = Long64, path = Hw;
+    fn x87_arith() {
+        x87_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::x87_arith::cpl3", mode = Long64, path = Hw;
+    fn x87_arith_cpl3() {
+        x87_case(true);
+    }
+}
