@@ -1335,3 +1335,210 @@ test_case! {
         x87_case(true);
     }
 }
+
+/// GF(2^8) multiplication modulo the AES polynomial x^8 + x^4 + x^3 + x + 1.
+fn gmul(mut a: u8, mut b: u8) -> u8 {
+    let mut p = 0u8;
+    while b != 0 {
+        if b & 1 != 0 {
+            p ^= a;
+        }
+        let hi = a & 0x80;
+        a <<= 1;
+        if hi != 0 {
+            a ^= 0x1b;
+        }
+        b >>= 1;
+    }
+    p
+}
+
+/// The AES S-box entry of `x`, computed: the inverse in GF(2^8) (x^254), then the affine
+/// transform (FIPS-197 5.1.1).
+fn sbox(x: u8) -> u8 {
+    let mut inv = 1u8;
+    for _ in 0..254 {
+        inv = gmul(inv, x);
+    }
+    let inv = if x == 0 { 0 } else { inv };
+    inv ^ inv.rotate_left(1) ^ inv.rotate_left(2) ^ inv.rotate_left(3) ^ inv.rotate_left(4) ^ 0x63
+}
+
+/// One AES encryption round on a column-major state (FIPS-197 5.1: SubBytes, ShiftRows,
+/// MixColumns unless `last`, AddRoundKey), as AESENC and AESENCLAST compute it.
+fn aes_round(state: [u8; 16], key: [u8; 16], last: bool) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    for c in 0..4 {
+        for r in 0..4 {
+            s[4 * c + r] = sbox(state[4 * ((c + r) % 4) + r]);
+        }
+    }
+    if !last {
+        for c in 0..4 {
+            let col = [s[4 * c], s[4 * c + 1], s[4 * c + 2], s[4 * c + 3]];
+            for r in 0..4 {
+                s[4 * c + r] = gmul(col[r], 2) ^ gmul(col[(r + 1) % 4], 3) ^ col[(r + 2) % 4] ^ col[(r + 3) % 4];
+            }
+        }
+    }
+    for i in 0..16 {
+        s[i] ^= key[i];
+    }
+    s
+}
+
+macro_rules! aes_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movdqa xmm0, [{p}]", "movdqa xmm1, [{p} + 32]",
+            "movdqa xmm2, xmm0", "aesenc xmm2, xmm1", "movdqa [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "aesenclast xmm2, xmm1", "movdqa [{p} + 96], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(aes_seq, aes_ops);
+
+fn aes_case(cpl3: bool) {
+    require(1, CpuidClear::ECX, 1 << 25, "AES-NI");
+    enable_sse();
+    reset_lanes();
+    check_no_exception!(run_seq!(aes_seq, aes_ops, cpl3));
+    let (state, key) = (bytes(words(A)), bytes(words(B)));
+    check_eq!(bytes(words(out(0))), aes_round(state, key, false), "AESENC");
+    check_eq!(bytes(words(out(1))), aes_round(state, key, true), "AESENCLAST");
+}
+
+test_case! {
+    /// AES-NI rounds at CPL0 against FIPS-197 computed in the guest (SDM Vol. 2A AESENC,
+    /// AESENCLAST).
+    name = "cpu::aes_round::long64", mode = Long64, path = Hw;
+    fn aes_round_case() {
+        aes_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::aes_round::cpl3", mode = Long64, path = Hw;
+    fn aes_round_cpl3() {
+        aes_case(true);
+    }
+}
+
+macro_rules! sse4a_seq {
+    ($m:ident, $($ops:tt)*) => {
+        $m!(
+            "movdqa xmm0, [{p} + 224]", "movdqa xmm1, [{p} + 240]",
+            "movdqa xmm2, xmm0", "extrq xmm2, 12, 8", "movdqa [{p} + 64], xmm2",
+            "movdqa xmm2, xmm0", "insertq xmm2, xmm1, 16, 4", "movdqa [{p} + 96], xmm2",
+            $($ops)*
+        )
+    };
+}
+seq_fn!(sse4a_seq, sse4a_ops);
+
+fn sse4a_case(cpl3: bool) {
+    require(0x8000_0001, CpuidClear::ECX, 1 << 6, "SSE4A");
+    enable_sse();
+    reset_lanes();
+    // Inputs with every bit field busy (the float lanes' low bits are all zero): in the
+    // last output slot, which the sequence reads and does not write.
+    let (a, b) = (0x0123_4567_89ab_cdefu64, 0xfedc_ba98_7654_3210u64);
+    // SAFETY: one case at a time.
+    unsafe {
+        core::ptr::write_volatile(
+            &raw mut LANES.out[5],
+            [a as u32, (a >> 32) as u32, 0, 0, b as u32, (b >> 32) as u32, 0, 0],
+        )
+    };
+    check_no_exception!(run_seq!(sse4a_seq, sse4a_ops, cpl3));
+    // EXTRQ length 12, index 8: bits 19:8 of the low qword, zero-extended; the upper
+    // qword of the destination is undefined (APM Vol. 4 EXTRQ), so only the low one is
+    // checked.
+    check_eq!(qword(out(0), 0), (a >> 8) & 0xfff, "EXTRQ 12, 8");
+    // INSERTQ length 16, index 4: B's low 16 bits into A's bits 19:4.
+    let mask = 0xffffu64 << 4;
+    check_eq!(qword(out(1), 0), (a & !mask) | ((b & 0xffff) << 4), "INSERTQ 16, 4");
+}
+
+test_case! {
+    /// AMD's SSE4A at CPL0 (APM Vol. 4 EXTRQ, INSERTQ, immediate forms).
+    name = "cpu::sse4a_arith::long64", mode = Long64, path = Hw;
+    fn sse4a_arith() {
+        sse4a_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::sse4a_arith::cpl3", mode = Long64, path = Hw;
+    fn sse4a_arith_cpl3() {
+        sse4a_case(true);
+    }
+}
+
+/// A 64-byte line of its own, for the cache-line instructions.
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+static mut LINE: Line = Line([0; 8]);
+
+extern "C" fn line_ops(flags: u64) {
+    let at = &raw mut LINE as u64;
+    // SAFETY: the flush and write-back instructions do not change memory; CLZERO zeroes
+    // the line, which is the case's own.
+    unsafe {
+        core::arch::asm!("clflush [{0}]", in(reg) at, options(nostack));
+        if flags & 1 != 0 {
+            core::arch::asm!("clflushopt [{0}]", in(reg) at, options(nostack));
+        }
+        if flags & 2 != 0 {
+            core::arch::asm!("clwb [{0}]", in(reg) at, options(nostack));
+        }
+        if flags & 4 != 0 {
+            core::arch::asm!("clzero", in("rax") at + 8, options(nostack));
+        }
+    }
+}
+
+fn line_case(cpl3: bool) {
+    let leaf7 = cpuid_as_set(7, 0).map_or(0, |c| c.ebx);
+    let ext8 = cpuid_as_set(0x8000_0008, 0).map_or(0, |c| c.ebx);
+    let flags = u64::from(leaf7 >> 23 & 1) | u64::from(leaf7 >> 24 & 1) << 1 | u64::from(ext8 & 1) << 2;
+    // SAFETY: one case at a time.
+    unsafe { core::ptr::write_volatile(&raw mut LINE.0, [0x1111_2222_3333_4444; 8]) };
+    let e = if cpl3 {
+        call_at_cpl3(line_ops, flags)
+    } else {
+        catch!("call {f}", f = sym line_ops, inout("rdi") flags => _,
+        out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _)
+    };
+    check_no_exception!(e);
+    // SAFETY: as above.
+    let line = unsafe { core::ptr::read_volatile(&raw const LINE.0) };
+    let want = if flags & 4 != 0 { [0; 8] } else { [0x1111_2222_3333_4444; 8] };
+    check_eq!(
+        line,
+        want,
+        "the line after CLFLUSH, CLFLUSHOPT and CLWB (which keep it) and CLZERO (which zeroes it), as offered (flags {:#x})",
+        flags
+    );
+}
+
+test_case! {
+    /// The cache-line instructions at CPL0: CLFLUSH, and CLFLUSHOPT, CLWB and CLZERO where
+    /// offered, keep or zero the line as defined (SDM Vol. 2A CLFLUSH, CLFLUSHOPT, CLWB;
+    /// APM Vol. 3 CLZERO: rAX, aligned down, names the line).
+    name = "cpu::cache_line_ops::long64", mode = Long64, path = Hw;
+    fn cache_line_ops() {
+        line_case(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::cache_line_ops::cpl3", mode = Long64, path = Hw;
+    fn cache_line_ops_cpl3() {
+        line_case(true);
+    }
+}
