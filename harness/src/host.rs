@@ -78,6 +78,10 @@ impl Kvm {
                     && self.kvm.check_extension(kvm_ioctls::Cap::CoalescedPio)
             }
             requires::GUEST_DEBUG => self.kvm.check_extension(kvm_ioctls::Cap::SetGuestDebug),
+            requires::HYPERV => {
+                self.kvm.check_extension(kvm_ioctls::Cap::Hyperv)
+                    && self.kvm.check_extension_raw(crate::vm::KVM_CAP_SYS_HYPERV_CPUID.into()) > 0
+            }
             requires::USER_MSR => {
                 self.kvm.check_extension(kvm_ioctls::Cap::X86UserSpaceMsr)
                     && self.kvm.check_extension(kvm_ioctls::Cap::X86MsrFilter)

@@ -31,6 +31,8 @@ pub struct VmConfig {
     pub enforce_pv_cpuid: bool,
     /// Serve unknown and filtered MSRs in userspace (`hvprobe_abi::user_msr`).
     pub user_msr: bool,
+    /// Offer Hyper-V's CPUID leaves at 0x40000000 (KVM's move to 0x40000100).
+    pub hyperv: bool,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
     /// doorbell.
     pub ioeventfds: bool,
@@ -56,6 +58,7 @@ impl Default for VmConfig {
             cpuid_clear: Vec::new(),
             enforce_pv_cpuid: false,
             user_msr: false,
+            hyperv: false,
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
@@ -77,6 +80,34 @@ pub const IOEVENTS: [(&str, IoEventAddress, Option<u32>); 4] = [
 
 /// The memory slot id of the MEMSLOT service's slot (0 is RAM, 1 the read-only slot).
 pub(crate) const HOTPLUG_SLOT: u32 = 2;
+
+/// include/uapi/linux/kvm.h: KVM_GET_SUPPORTED_HV_CPUID on the system fd is available.
+pub(crate) const KVM_CAP_SYS_HYPERV_CPUID: u32 = 191;
+
+/// The table with Hyper-V's leaves (KVM_GET_SUPPORTED_HV_CPUID, api.rst 4.118) at
+/// 0x40000000 and KVM's own paravirtual leaves moved to 0x40000100, where KVM also looks
+/// for them (Documentation/virt/kvm/x86/cpuid.rst).
+fn with_hyperv_leaves(kvm: &kvm_ioctls::Kvm, table: &mut Vec<kvm_cpuid_entry2>) -> Result<(), Error> {
+    // _IOWR(KVMIO, 0xc1, struct kvm_cpuid2): the header is 8 bytes.
+    const KVM_GET_SUPPORTED_HV_CPUID: u64 = 3 << 30 | 8 << 16 | 0xae << 8 | 0xc1;
+    let mut hv = kvm_bindings::CpuId::new(64).map_err(|e| Error::Cpuid(format!("{e:?}")))?;
+    // SAFETY: the ioctl writes at most `nent` entries into the buffer the wrapper owns,
+    // and `nent` is its capacity.
+    let ret = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_mut_ptr(kvm, KVM_GET_SUPPORTED_HV_CPUID as _, hv.as_mut_fam_struct_ptr())
+    };
+    if ret < 0 {
+        return Err(Error::Cpuid(format!("KVM_GET_SUPPORTED_HV_CPUID: {}", std::io::Error::last_os_error())));
+    }
+    for e in table.iter_mut().filter(|e| (0x4000_0000..0x4000_0100).contains(&e.function)) {
+        e.function += 0x100;
+        if e.function == 0x4000_0100 {
+            e.eax = e.eax.max(0x4000_0101);
+        }
+    }
+    table.extend(hv.as_slice().iter().filter(|e| (0x4000_0000..0x4000_0100).contains(&e.function)).copied());
+    Ok(())
+}
 
 /// include/uapi/linux/kvm.h; not in kvm-bindings.
 pub(crate) const KVM_CAP_ENFORCE_PV_FEATURE_CPUID: u32 = 190;
@@ -206,6 +237,9 @@ impl Vm {
         set_hypervisor_present(&mut cpuid);
         if let Some(edit) = config.cpuid_edit {
             edit(&mut cpuid);
+        }
+        if config.hyperv {
+            with_hyperv_leaves(&kvm.kvm, &mut cpuid)?;
         }
         clear_cpuid_bits(&mut cpuid, &config.cpuid_clear);
         if let Some(entries) = config.dirty_ring {

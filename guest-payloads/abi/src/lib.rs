@@ -347,9 +347,13 @@ pub mod requires {
     /// api.rst 7.21 and 4.126): the host asks for exits on unknown and filtered MSRs and
     /// installs the filter of [`super::user_msr`], then serves those MSRs itself.
     pub const USER_MSR: u64 = 1 << 12;
+    /// Hyper-V enlightenments (KVM_CAP_HYPERV, KVM_CAP_SYS_HYPERV_CPUID): the host puts
+    /// KVM_GET_SUPPORTED_HV_CPUID's leaves at 0x40000000 and moves KVM's own to
+    /// 0x40000100, as a VMM offering both does.
+    pub const HYPERV: u64 = 1 << 13;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 13] = [
+    pub const NAMES: [(u64, &str); 14] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -363,6 +367,7 @@ pub mod requires {
         (GUEST_DEBUG, "host-side guest debugging (KVM_CAP_SET_GUEST_DEBUG)"),
         (ENFORCE_PV_CPUID, "enforced paravirtual CPUID (KVM_CAP_ENFORCE_PV_FEATURE_CPUID)"),
         (USER_MSR, "MSR exits and filters (KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER)"),
+        (HYPERV, "Hyper-V enlightenments (KVM_CAP_HYPERV, KVM_CAP_SYS_HYPERV_CPUID)"),
     ];
 }
 

@@ -10,6 +10,7 @@ mod emulator;
 mod gated;
 mod guest_debug;
 mod hostile;
+mod hyperv;
 mod io;
 mod io_ext;
 mod irq;
