@@ -63,6 +63,10 @@ fn enable_avx() {
     set_cr4(CR4_OSXSAVE, true);
     // SAFETY: XCR0 = 7 is valid where CPUID.(0DH,0):EAX lists the three components.
     unsafe { core::arch::asm!("xsetbv", in("ecx") 0, in("eax") XCR0_X87_SSE_AVX as u32, in("edx") 0) };
+    // A VM exit between enabling AVX and using it, as any OS has (a timer tick, a page
+    // fault): XCR0 must survive it. Without it the verdict would depend on whether an
+    // interrupt happened to land here.
+    let _ = hvprobe_rt::proto::service(hvprobe_rt::abi::proto::service::ECHO_XOR, [1, 2, 0, 0]);
 }
 
 /// Inputs and results of the arithmetic, 32-byte aligned for VMOVAPS.
