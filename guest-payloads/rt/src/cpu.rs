@@ -127,7 +127,13 @@ pub fn kvm_hypercall(nr: u64, args: [u64; 4]) -> u64 {
 /// KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst) that more than one place
 /// uses; architectural MSRs come from the `x86` crate (`x86::msr`).
 pub mod kvm_msr {
+    /// The legacy kvmclock MSR (KVM_FEATURE_CLOCKSOURCE).
+    pub const SYSTEM_TIME: u32 = 0x12;
     pub const WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
     pub const SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+    pub const ASYNC_PF_EN: u32 = 0x4b56_4d02;
+    pub const STEAL_TIME: u32 = 0x4b56_4d03;
     pub const PV_EOI_EN: u32 = 0x4b56_4d04;
+    pub const POLL_CONTROL: u32 = 0x4b56_4d05;
+    pub const ASYNC_PF_INT: u32 = 0x4b56_4d06;
 }

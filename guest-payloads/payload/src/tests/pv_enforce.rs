@@ -6,6 +6,7 @@
 //! feature has both cases, so a vendor sees the enforcement and its default.
 
 use hvprobe_rt::abi::requires::{ENFORCE_PV_CPUID, KVM_PV};
+use hvprobe_rt::cpu::kvm_msr;
 use hvprobe_rt::exception;
 use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
 
@@ -68,33 +69,33 @@ pv_pairs! {
     /// MSR_KVM_SYSTEM_TIME_NEW (4b564d01h), KVM_FEATURE_CLOCKSOURCE2 (bit 3).
     pv_enforce_system_time_new, pv_unenforced_system_time_new:
         "pv::enforce_system_time_new::long64", "pv::unenforced_system_time_new::long64",
-        0x4b56_4d01, "MSR_KVM_SYSTEM_TIME_NEW", 3;
+        kvm_msr::SYSTEM_TIME_NEW, "MSR_KVM_SYSTEM_TIME_NEW", 3;
     /// MSR_KVM_WALL_CLOCK_NEW (4b564d00h), KVM_FEATURE_CLOCKSOURCE2 (bit 3).
     pv_enforce_wall_clock_new, pv_unenforced_wall_clock_new:
         "pv::enforce_wall_clock_new::long64", "pv::unenforced_wall_clock_new::long64",
-        0x4b56_4d00, "MSR_KVM_WALL_CLOCK_NEW", 3;
+        kvm_msr::WALL_CLOCK_NEW, "MSR_KVM_WALL_CLOCK_NEW", 3;
     /// MSR_KVM_SYSTEM_TIME (12h), KVM_FEATURE_CLOCKSOURCE (bit 0).
     pv_enforce_system_time, pv_unenforced_system_time:
         "pv::enforce_system_time::long64", "pv::unenforced_system_time::long64",
-        0x12, "MSR_KVM_SYSTEM_TIME", 0;
+        kvm_msr::SYSTEM_TIME, "MSR_KVM_SYSTEM_TIME", 0;
     /// MSR_KVM_ASYNC_PF_EN (4b564d02h), KVM_FEATURE_ASYNC_PF (bit 4).
     pv_enforce_async_pf_en, pv_unenforced_async_pf_en:
         "pv::enforce_async_pf_en::long64", "pv::unenforced_async_pf_en::long64",
-        0x4b56_4d02, "MSR_KVM_ASYNC_PF_EN", 4;
+        kvm_msr::ASYNC_PF_EN, "MSR_KVM_ASYNC_PF_EN", 4;
     /// MSR_KVM_STEAL_TIME (4b564d03h), KVM_FEATURE_STEAL_TIME (bit 5).
     pv_enforce_steal_time, pv_unenforced_steal_time:
         "pv::enforce_steal_time::long64", "pv::unenforced_steal_time::long64",
-        0x4b56_4d03, "MSR_KVM_STEAL_TIME", 5;
+        kvm_msr::STEAL_TIME, "MSR_KVM_STEAL_TIME", 5;
     /// MSR_KVM_PV_EOI_EN (4b564d04h), KVM_FEATURE_PV_EOI (bit 6).
     pv_enforce_pv_eoi, pv_unenforced_pv_eoi:
         "pv::enforce_pv_eoi::long64", "pv::unenforced_pv_eoi::long64",
-        0x4b56_4d04, "MSR_KVM_PV_EOI_EN", 6;
+        kvm_msr::PV_EOI_EN, "MSR_KVM_PV_EOI_EN", 6;
     /// MSR_KVM_POLL_CONTROL (4b564d05h), KVM_FEATURE_POLL_CONTROL (bit 12).
     pv_enforce_poll_control, pv_unenforced_poll_control:
         "pv::enforce_poll_control::long64", "pv::unenforced_poll_control::long64",
-        0x4b56_4d05, "MSR_KVM_POLL_CONTROL", 12;
+        kvm_msr::POLL_CONTROL, "MSR_KVM_POLL_CONTROL", 12;
     /// MSR_KVM_ASYNC_PF_INT (4b564d06h), KVM_FEATURE_ASYNC_PF_INT (bit 14).
     pv_enforce_async_pf_int, pv_unenforced_async_pf_int:
         "pv::enforce_async_pf_int::long64", "pv::unenforced_async_pf_int::long64",
-        0x4b56_4d06, "MSR_KVM_ASYNC_PF_INT", 14;
+        kvm_msr::ASYNC_PF_INT, "MSR_KVM_ASYNC_PF_INT", 14;
 }
