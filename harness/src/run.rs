@@ -309,13 +309,12 @@ pub struct Section {
 pub(crate) struct GuestDebug {
     pub(crate) control: u64,
     pub(crate) exits: u64,
-    pub(crate) first: Option<kvm_bindings::kvm_debug_exit_arch>,
-    /// The PC of each exit, the first [`GuestDebug::PCS`].
-    pub(crate) pcs: Vec<u64>,
+    /// The first [`GuestDebug::LOGGED`] exits.
+    pub(crate) log: Vec<kvm_bindings::kvm_debug_exit_arch>,
 }
 
 impl GuestDebug {
-    pub(crate) const PCS: usize = 4096;
+    pub(crate) const LOGGED: usize = 4096;
 }
 
 /// MSR exits served in userspace (`hvprobe_abi::user_msr`): how many, and the last write.
@@ -514,9 +513,8 @@ impl Vm {
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Step {
         let d = &mut self.guest_debug;
         d.exits += 1;
-        d.first.get_or_insert(arch);
-        if d.pcs.len() < GuestDebug::PCS {
-            d.pcs.push(arch.pc);
+        if d.log.len() < GuestDebug::LOGGED {
+            d.log.push(arch);
         }
         if d.control & hvprobe_abi::guest_debug::SINGLESTEP != 0 {
             return Step::Continue;
@@ -779,8 +777,7 @@ impl Vm {
                     .ok_or(()),
             ),
             service::GUEST_DEBUG => {
-                use hvprobe_abi::guest_debug::{ENABLE, INJECT_BP, INJECT_DB, SINGLESTEP, USE_HW_BP, USE_SW_BP};
-                if args[0] & !(ENABLE | SINGLESTEP | USE_SW_BP | USE_HW_BP | INJECT_DB | INJECT_BP) != 0 {
+                if args[0] & !hvprobe_abi::guest_debug::ALL != 0 {
                     return Some(Err(()));
                 }
                 let mut dbg = kvm_bindings::kvm_guest_debug { control: args[0] as u32, ..Default::default() };
@@ -797,12 +794,12 @@ impl Vm {
             }
             service::DEBUG_EXITS => {
                 let d = &self.guest_debug;
-                Some(match (args[0], d.first) {
+                Some(match (args[0], d.log.first()) {
                     (0, _) => Ok(d.exits),
                     (1, Some(f)) => Ok(f.exception.into()),
                     (2, Some(f)) => Ok(f.pc),
                     (3, Some(f)) => Ok(f.dr6),
-                    (4, _) => Ok(d.pcs.iter().filter(|&&pc| (args[1]..args[2]).contains(&pc)).count() as u64),
+                    (4, _) => Ok(d.log.iter().filter(|e| (args[1]..args[2]).contains(&e.pc)).count() as u64),
                     _ => Err(()),
                 })
             }

@@ -397,6 +397,8 @@ pub mod guest_debug {
     pub const USE_HW_BP: u64 = 0x20000;
     pub const INJECT_DB: u64 = 0x40000;
     pub const INJECT_BP: u64 = 0x80000;
+    /// Every flag above; the host refuses any other bit.
+    pub const ALL: u64 = ENABLE | SINGLESTEP | USE_SW_BP | USE_HW_BP | INJECT_DB | INJECT_BP;
 }
 
 /// A software-interrupt vector whose gate has DPL 3, so CPL3 code may INT to it.

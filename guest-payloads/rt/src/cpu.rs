@@ -11,6 +11,18 @@ pub struct Cpuid {
     pub edx: u32,
 }
 
+impl Cpuid {
+    /// Register `index` (0 EAX, 1 EBX, 2 ECX, 3 EDX, as `abi::CpuidClear` numbers them).
+    pub fn reg(&self, index: u32) -> u32 {
+        match index {
+            0 => self.eax,
+            1 => self.ebx,
+            2 => self.ecx,
+            _ => self.edx,
+        }
+    }
+}
+
 pub fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
     let r = x86::cpuid::cpuid!(leaf, subleaf);
     Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }

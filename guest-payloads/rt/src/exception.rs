@@ -185,6 +185,18 @@ macro_rules! catch {
     }};
 }
 
+/// [`catch!`] around a call of `f(arg)` (the System V registers it may clobber
+/// declared): a fault resumes on the caller's stack, but callee-saved registers keep the
+/// callee's values, so it is safe only where `f` faults before it changes them (a fault
+/// on its first instruction) or does not fault.
+#[macro_export]
+macro_rules! catch_call {
+    ($f:expr, $arg:expr) => {
+        $crate::catch!("call {hv_f}", hv_f = in(reg) $f, inout("rdi") $arg => _, out("rax") _, out("rcx") _,
+            out("rdx") _, out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _)
+    };
+}
+
 /// A handler for a vector. For an exception (0-31) it runs only when no `catch!` is armed,
 /// and it must change the frame (RIP, say) so that the fault does not repeat.
 pub type Handler = fn(&mut Frame);

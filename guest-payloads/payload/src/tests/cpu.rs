@@ -13,6 +13,44 @@ pub fn cpuid_as_set(leaf: u32, subleaf: u32) -> Option<Cpuid> {
     Some(Cpuid { eax: low as u32, ebx: (low >> 32) as u32, ecx: high as u32, edx: (high >> 32) as u32 })
 }
 
+/// Register `reg` of (leaf, subleaf) in the table the host set (what KVM offered, less
+/// the case's own clears), 0 where the host set no such leaf.
+pub fn table_reg(leaf: u32, subleaf: u32, reg: u32) -> u32 {
+    cpuid_as_set(leaf, subleaf).map_or(0, |c| c.reg(reg))
+}
+
+/// RDMSR of `msr` under `catch!`: the value, or the exception it raised.
+pub fn try_rdmsr(msr: u32) -> Result<u64, exception::Exception> {
+    let (mut lo, mut hi) = (0u32, 0u32);
+    match catch!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) {
+        None => Ok(u64::from(hi) << 32 | u64::from(lo)),
+        Some(e) => Err(e),
+    }
+}
+
+/// WRMSR of `value` to `msr` under `catch!`: the exception it raised, if any.
+pub fn try_wrmsr(msr: u32, value: u64) -> Option<exception::Exception> {
+    catch!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32)
+}
+
+/// Calls `f(arg)` at CPL3 through the trampoline, or at CPL0 under `catch!` (see
+/// `catch_call!` for what a fault inside `f` may leave), and returns what it raised.
+pub fn call_at(cpl3: bool, f: extern "C" fn(u64), arg: u64) -> Option<exception::Exception> {
+    if cpl3 { hvprobe_rt::user::call_at_cpl3(f, arg) } else { hvprobe_rt::catch_call!(f as usize, arg) }
+}
+
+/// Runs `body` with `bits` set in CR0 (TS, EM: how x87, MMX and SSE instructions fault),
+/// and puts CR0 back.
+pub fn with_cr0<R>(bits: u64, body: impl FnOnce() -> R) -> R {
+    let cr0 = cpu::read_cr0();
+    // SAFETY: the callers set only TS or EM, which change how FPU instructions fault.
+    unsafe { cpu::write_cr0(cr0 | bits) };
+    let r = body();
+    // SAFETY: as above.
+    unsafe { cpu::write_cr0(cr0) };
+    r
+}
+
 use x86::msr::IA32_EFER as MSR_EFER;
 
 /// Writes each MSR and checks it reads back the value. The caller makes sure the values

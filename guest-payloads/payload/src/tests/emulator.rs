@@ -8,7 +8,7 @@ use hvprobe_rt::cpu;
 use hvprobe_rt::exception;
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, test_case};
 
-use super::cpu::cpuid_as_set;
+use super::cpu::{cpuid_as_set, with_cr0};
 
 const MF: u8 = 16;
 const CR0_EM: u64 = 1 << 2;
@@ -253,16 +253,6 @@ test_case! {
     /// MMX arithmetic at CPL3.
     name = "cpu::mmx_arith::user64", mode = User64, path = Full;
     entry = mmx_arith
-}
-
-fn with_cr0<R>(bits: u64, body: impl FnOnce() -> R) -> R {
-    let cr0 = cpu::read_cr0();
-    // SAFETY: EM and TS only change how x87/MMX instructions fault; put back below.
-    unsafe { cpu::write_cr0(cr0 | bits) };
-    let r = body();
-    // SAFETY: as above.
-    unsafe { cpu::write_cr0(cr0) };
-    r
 }
 
 test_case! {

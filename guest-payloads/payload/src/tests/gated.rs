@@ -14,22 +14,13 @@ use hvprobe_rt::cpu;
 use hvprobe_rt::exception;
 use hvprobe_rt::{catch, check, check_eq, check_exception, skip, test_case};
 
-use super::cpu::cpuid_as_set;
-
-fn reg_of(c: &cpu::Cpuid, reg: u32) -> u32 {
-    match reg {
-        CpuidClear::EAX => c.eax,
-        CpuidClear::EBX => c.ebx,
-        CpuidClear::ECX => c.ecx,
-        _ => c.edx,
-    }
-}
+use super::cpu::{table_reg, try_rdmsr, try_wrmsr};
 
 /// The host cleared the bits from the table it set; a harness error otherwise. Whether
 /// the guest's CPUID then shows them is `cpu::cpuid_reflects_clears`' question, so that a
 /// hypervisor that leaks bits still has its behaviour checked here.
 fn check_cleared(leaf: u32, subleaf: u32, reg: u32, mask: u32) {
-    let table = cpuid_as_set(leaf, subleaf).map_or(0, |c| reg_of(&c, reg) & mask);
+    let table = table_reg(leaf, subleaf, reg) & mask;
     check_eq!(table, 0, "the host left CPUID {:#x}.{} register {} bits {:#x} set", leaf, subleaf, reg, mask);
 }
 
@@ -39,7 +30,7 @@ fn check_cpuid_hides(clears: &[(u32, u32, u32, u32); 4]) {
     let mut leaked = [0u32; 4];
     for (i, &(leaf, subleaf, reg, mask)) in clears.iter().enumerate() {
         check_cleared(leaf, subleaf, reg, mask);
-        leaked[i] = reg_of(&cpu::cpuid(leaf, subleaf), reg) & mask;
+        leaked[i] = cpu::cpuid(leaf, subleaf).reg(reg) & mask;
     }
     let names = ["EAX", "EBX", "ECX", "EDX"];
     let name = |i: usize| names[clears[i].2 as usize];
@@ -102,34 +93,31 @@ test_case! {
 
 /// Whether the table KVM offered (and the host set) has any of `mask`.
 fn offered(leaf: u32, subleaf: u32, reg: u32, mask: u32) -> bool {
-    cpuid_as_set(leaf, subleaf).is_some_and(|c| reg_of(&c, reg) & mask != 0)
+    table_reg(leaf, subleaf, reg) & mask != 0
 }
 
 /// RDMSR and WRMSR of `msr` (called `name` in messages, so that signatures hold no
 /// number) both raise #GP(0).
-fn check_msr_absent(msr: u32, name: &str) {
-    let (mut lo, mut hi) = (0u32, 0u32);
-    let read = catch!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi);
+pub(super) fn check_msr_absent(msr: u32, name: &str) {
     // The value read stays out of the message: it may be live (APERF, say).
-    let _ = (lo, hi);
+    let read = try_rdmsr(msr).err();
     check!(read.is_some(), "RDMSR of {} raised no exception", name);
     check_exception!(read, exception::GP, Some(0));
-    let write = catch!("wrmsr", in("ecx") msr, in("eax") 0u32, in("edx") 0u32);
+    let write = try_wrmsr(msr, 0);
     check!(write.is_some(), "WRMSR of 0 to {} raised no exception", name);
     check_exception!(write, exception::GP, Some(0));
 }
 
 /// RDMSR of `msr` raises nothing and returns its value.
 fn check_msr_readable(msr: u32) -> u64 {
-    let (mut lo, mut hi) = (0u32, 0u32);
-    let read = catch!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi);
-    check!(read.is_none(), "RDMSR of MSR {:#x} raised {:?}", msr, read.map(|e| e.vector));
-    u64::from(hi) << 32 | u64::from(lo)
+    let read = try_rdmsr(msr);
+    check!(read.is_ok(), "RDMSR of MSR {:#x} raised {:?}", msr, read.err().map(|e| e.vector));
+    read.unwrap_or(0)
 }
 
 /// WRMSR of `value` to `msr` raises nothing.
 fn check_msr_writable(msr: u32, value: u64) {
-    let write = catch!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32);
+    let write = try_wrmsr(msr, value);
     check!(write.is_none(), "WRMSR of {:#x} to MSR {:#x} raised {:?}", value, msr, write.map(|e| e.vector));
 }
 

@@ -12,6 +12,8 @@ use hvprobe_rt::abi::requires::GUEST_DEBUG;
 use hvprobe_rt::exception::{self, Frame, set_handler};
 use hvprobe_rt::proto::service as request;
 use hvprobe_rt::user::call_at_cpl3;
+
+use super::cpu::call_at;
 use hvprobe_rt::{catch, check, check_eq, check_no_exception, test_case};
 
 fn guest_debug(control: u64, addr: u64, dr7: u64) {
@@ -143,14 +145,7 @@ fn hw_bp_case(cpl3: bool) {
     // DR7: L0 (bit 0), R/W0 = 00 (execute), LEN0 = 00 (SDM Vol. 3B 19.2.4).
     guest_debug(ENABLE | USE_HW_BP, target, 1 | 1 << 10);
     let seen = guest_dr7();
-    // The call's caller-saved registers are listed one by one: catch! has a generic
-    // output of its own, which rules out clobber_abi.
-    let e = if cpl3 {
-        call_at_cpl3(breakpoint_target, 41)
-    } else {
-        catch!("call {f}", f = in(reg) target, inout("rdi") 41u64 => _, out("rax") _, out("rcx") _, out("rdx") _,
-            out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _)
-    };
+    let e = call_at(cpl3, breakpoint_target, 41);
     check_no_exception!(e);
     // SAFETY: written by the target.
     check_eq!(unsafe { core::ptr::read_volatile(&raw const TARGET_RAN) }, 42, "the target ran once the host let it");

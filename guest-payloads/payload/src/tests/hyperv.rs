@@ -4,12 +4,13 @@
 //! the hypercall page. Each case asks the leaves for the feature it uses and skips,
 //! naming it, where KVM does not offer it.
 
+use hvprobe_rt::abi::CpuidClear;
 use hvprobe_rt::abi::proto::service;
 use hvprobe_rt::abi::requires::HYPERV;
 use hvprobe_rt::proto::service as request;
 use hvprobe_rt::{catch, check, check_eq, check_no_exception, check_values, cpu, skip, test_case};
 
-use super::cpu::cpuid_as_set;
+use super::cpu::{table_reg, try_rdmsr, try_wrmsr};
 
 const MSR_GUEST_OS_ID: u32 = 0x4000_0000;
 const MSR_HYPERCALL: u32 = 0x4000_0001;
@@ -26,20 +27,19 @@ const HYPERCALL_AVAILABLE: u32 = 1 << 5;
 const VP_INDEX_AVAILABLE: u32 = 1 << 6;
 
 fn need(feature: u32, what: &str) {
-    if cpuid_as_set(0x4000_0003, 0).is_none_or(|c| c.eax & feature == 0) {
+    if table_reg(0x4000_0003, 0, CpuidClear::EAX) & feature == 0 {
         skip!("KVM does not offer {} (CPUID 0x40000003 EAX)", what);
     }
 }
 
 fn rdmsr(msr: u32) -> u64 {
-    let (mut lo, mut hi) = (0u32, 0u32);
-    let e = catch!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi);
-    check!(e.is_none(), "RDMSR of a Hyper-V MSR KVM offers raised {:?}", e.map(|e| e.vector));
-    u64::from(hi) << 32 | u64::from(lo)
+    let read = try_rdmsr(msr);
+    check!(read.is_ok(), "RDMSR of a Hyper-V MSR KVM offers raised {:?}", read.err().map(|e| e.vector));
+    read.unwrap_or(0)
 }
 
 fn wrmsr(msr: u32, value: u64) {
-    let e = catch!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32);
+    let e = try_wrmsr(msr, value);
     check!(e.is_none(), "WRMSR of a Hyper-V MSR KVM offers raised {:?}", e.map(|e| e.vector));
 }
 

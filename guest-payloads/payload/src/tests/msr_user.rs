@@ -9,7 +9,9 @@ use hvprobe_rt::abi::requires::USER_MSR;
 use hvprobe_rt::abi::user_msr::{FILTERED, FILTERED_VALUE, REFUSED, UNKNOWN, UNKNOWN_VALUE, WRITE_FILTERED};
 use hvprobe_rt::exception;
 use hvprobe_rt::proto::service as request;
-use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
+use hvprobe_rt::{check, check_eq, check_exception, test_case};
+
+use super::cpu::{try_rdmsr, try_wrmsr};
 
 /// KVM_MSR_EXIT_REASON_UNKNOWN and _FILTER (include/uapi/linux/kvm.h).
 const REASON_UNKNOWN: u64 = 1 << 1;
@@ -20,15 +22,7 @@ fn last(what: u64) -> Option<u64> {
 }
 
 fn rdmsr(msr: u32) -> Result<u64, u8> {
-    let (mut lo, mut hi) = (0u32, 0u32);
-    match catch!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) {
-        None => Ok(u64::from(hi) << 32 | u64::from(lo)),
-        Some(e) => Err(e.vector),
-    }
-}
-
-fn wrmsr(msr: u32, value: u64) -> Option<hvprobe_rt::Exception> {
-    catch!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32)
+    try_rdmsr(msr).map_err(|e| e.vector)
 }
 
 test_case! {
@@ -47,7 +41,7 @@ test_case! {
     name = "cpu::msr_user_unknown_write::long64", mode = Long64, path = Full, requires = USER_MSR;
     fn msr_user_unknown_write() {
         let value = 0xfeed_0000_0000_0001u64;
-        let e = wrmsr(UNKNOWN, value);
+        let e = try_wrmsr(UNKNOWN, value);
         check!(e.is_none(), "WRMSR the VMM accepted raised {:?}", e.map(|e| e.vector));
         check_eq!(last(0), Some(u64::from(UNKNOWN)), "index of the write exit");
         check_eq!(last(1), Some(value), "value of the write exit");
@@ -61,7 +55,7 @@ test_case! {
     name = "cpu::msr_user_refused::long64", mode = Long64, path = Full, requires = USER_MSR;
     fn msr_user_refused() {
         check_eq!(rdmsr(REFUSED), Err(exception::GP), "RDMSR the VMM refused");
-        check_exception!(wrmsr(REFUSED, 1), exception::GP, Some(0));
+        check_exception!(try_wrmsr(REFUSED, 1), exception::GP, Some(0));
         check_eq!(last(3), Some(2), "MSR exits to userspace");
     }
 }
@@ -85,7 +79,7 @@ test_case! {
         check!(before.is_ok(), "RDMSR of the write-filtered MSR raised {:?}", before.err());
         let before = before.unwrap_or(0);
         let value = before ^ 0x1000;
-        let e = wrmsr(WRITE_FILTERED, value);
+        let e = try_wrmsr(WRITE_FILTERED, value);
         check!(e.is_none(), "the filtered WRMSR the VMM accepted raised {:?}", e.map(|e| e.vector));
         check_eq!(last(0), Some(u64::from(WRITE_FILTERED)), "index of the write exit");
         check_eq!(last(1), Some(value), "value of the write exit");
@@ -99,7 +93,7 @@ test_case! {
     /// A filtered MSR exits for writes as well when its range denies both.
     name = "cpu::msr_filter_read_write::long64", mode = Long64, path = Full, requires = USER_MSR;
     fn msr_filter_read_write() {
-        check!(wrmsr(FILTERED, 0x1234).is_none(), "the filtered WRMSR raised an exception");
+        check!(try_wrmsr(FILTERED, 0x1234).is_none(), "the filtered WRMSR raised an exception");
         check_eq!(last(2), Some(REASON_FILTER), "reason of the write exit");
         check_eq!(rdmsr(FILTERED), Ok(FILTERED_VALUE), "RDMSR of the filtered MSR");
         check_eq!(last(3), Some(2), "MSR exits to userspace");

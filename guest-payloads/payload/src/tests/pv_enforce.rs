@@ -5,32 +5,23 @@
 //! what has actually been exposed through the CPUID leaf": the same read works. Each
 //! feature has both cases, so a vendor sees the enforcement and its default.
 
+use hvprobe_rt::abi::CpuidClear;
 use hvprobe_rt::abi::requires::{ENFORCE_PV_CPUID, KVM_PV};
 use hvprobe_rt::cpu::kvm_msr;
-use hvprobe_rt::exception;
-use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
+use hvprobe_rt::{check, check_eq, test_case};
 
-use super::cpu::cpuid_as_set;
+use super::cpu::{table_reg, try_rdmsr};
+use super::gated::check_msr_absent;
 
 const PV_LEAF: u32 = 0x4000_0001;
 
 fn check_cleared(bit: u32) {
-    check_eq!(cpuid_as_set(PV_LEAF, 0).map_or(0, |c| c.eax & 1 << bit), 0, "the host left PV feature bit {} set", bit);
-}
-
-/// RDMSR and WRMSR of 0 raise #GP(0). `name` stands for the index in messages.
-fn check_gone(msr: u32, name: &str) {
-    let read = catch!("rdmsr", in("ecx") msr, out("eax") _, out("edx") _);
-    check!(read.is_some(), "RDMSR of {} raised no exception with its feature cleared and enforced", name);
-    check_exception!(read, exception::GP, Some(0));
-    let write = catch!("wrmsr", in("ecx") msr, in("eax") 0u32, in("edx") 0u32);
-    check!(write.is_some(), "WRMSR of 0 to {} raised no exception with its feature cleared and enforced", name);
-    check_exception!(write, exception::GP, Some(0));
+    check_eq!(table_reg(PV_LEAF, 0, CpuidClear::EAX) & 1 << bit, 0, "the host left PV feature bit {} set", bit);
 }
 
 /// RDMSR raises nothing.
 fn check_still_there(msr: u32, name: &str) {
-    let read = catch!("rdmsr", in("ecx") msr, out("eax") _, out("edx") _);
+    let read = try_rdmsr(msr).err();
     check!(
         read.is_none(),
         "RDMSR of {} raised {:?} with its feature cleared but not enforced",
@@ -48,7 +39,7 @@ macro_rules! pv_pairs {
                 cpuid_clear = [(PV_LEAF, 0, EAX, 1 << $bit)];
             fn $gone() {
                 check_cleared($bit);
-                check_gone($msr, $msr_name);
+                check_msr_absent($msr, $msr_name);
             }
         }
 

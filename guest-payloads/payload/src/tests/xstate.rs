@@ -11,7 +11,7 @@ use hvprobe_rt::exception::{self, Exception};
 use hvprobe_rt::user::call_at_cpl3;
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, skip, test_case};
 
-use super::cpu::cpuid_as_set;
+use super::cpu::{call_at, table_reg, with_cr0};
 
 const CR0_EM: u64 = 1 << 2;
 const CR0_TS: u64 = 1 << 3;
@@ -24,16 +24,9 @@ const MXCSR_DEFAULT: u32 = 0x1f80;
 const MXCSR_ZM: u32 = 1 << 9;
 const XM: u8 = 19;
 
+/// Whether the table KVM offered has every bit of `mask`.
 fn offered(leaf: u32, subleaf: u32, reg: u32, mask: u32) -> bool {
-    cpuid_as_set(leaf, subleaf).is_some_and(|c| {
-        let r = match reg {
-            CpuidClear::EAX => c.eax,
-            CpuidClear::EBX => c.ebx,
-            CpuidClear::ECX => c.ecx,
-            _ => c.edx,
-        };
-        r & mask == mask
-    })
+    table_reg(leaf, subleaf, reg) & mask == mask
 }
 
 fn set_cr4(bits: u64, on: bool) {
@@ -41,12 +34,6 @@ fn set_cr4(bits: u64, on: bool) {
     let new = if on { cr4 | bits } else { cr4 & !bits };
     // SAFETY: the bits set here enable SSE, SIMD exceptions or XSAVE; none changes memory.
     unsafe { core::arch::asm!("mov cr4, {0}", in(reg) new, options(nostack)) };
-}
-
-fn set_cr0(bits: u64, on: bool) {
-    let cr0 = cpu::read_cr0();
-    // SAFETY: TS and EM only change how x87/SSE instructions fault.
-    unsafe { cpu::write_cr0(if on { cr0 | bits } else { cr0 & !bits }) };
 }
 
 /// SSE on: CR4.OSFXSR and OSXMMEXCPT, as an OS that supports SSE sets them.
@@ -110,6 +97,24 @@ fn mul(a: u32, b: u32) -> u32 {
     (f32::from_bits(a) * f32::from_bits(b)).to_bits()
 }
 
+/// Runs a sequence at CPL0 inline under catch!, or at CPL3 through its function.
+macro_rules! run_seq {
+    ($seq:ident, $f:ident, $cpl3:expr) => {
+        if $cpl3 { call_at_cpl3($f, lanes()) } else { $seq!(catch, p = in(reg) lanes()) }
+    };
+}
+
+/// Defines the CPL3 function of a sequence.
+macro_rules! seq_fn {
+    ($seq:ident, $f:ident) => {
+        extern "C" fn $f(p: u64) {
+            // SAFETY: `p` is LANES; the vector registers are not used by this soft-float
+            // target's code.
+            unsafe { $seq!(asm, p = in(reg) p, options(nostack)) };
+        }
+    };
+}
+
 /// The vector code of a case, written once and expanded both inside `catch!` at CPL0
 /// (inline: a fault inside a called function would resume with the callee's stack) and
 /// inside the function the CPL3 trampoline calls. `$m` is `catch` or `asm`.
@@ -128,11 +133,8 @@ macro_rules! sse_seq {
     };
 }
 
-/// ADDPS, MULPS, SQRTPS, PADDD and PSHUFD on the low four lanes (SDM Vol. 2).
-extern "C" fn sse_ops(p: u64) {
-    // SAFETY: `p` is LANES; XMM0-2 are not used by this soft-float target's code.
-    unsafe { sse_seq!(asm, p = in(reg) p, options(nostack)) };
-}
+// ADDPS, MULPS, SQRTPS, PADDD and PSHUFD on the low four lanes (SDM Vol. 2).
+seq_fn!(sse_seq, sse_ops);
 
 fn check_sse_results() {
     for i in 0..4 {
@@ -151,7 +153,7 @@ test_case! {
     fn sse_arith() {
         enable_sse();
         reset_lanes();
-        check_no_exception!(sse_seq!(catch, p = in(reg) lanes()));
+        check_no_exception!(run_seq!(sse_seq, sse_ops, false));
         check_sse_results();
     }
 }
@@ -162,7 +164,7 @@ test_case! {
     fn sse_arith_cpl3() {
         enable_sse();
         reset_lanes();
-        check_no_exception!(call_at_cpl3(sse_ops, lanes()));
+        check_no_exception!(run_seq!(sse_seq, sse_ops, true));
         check_sse_results();
     }
 }
@@ -182,11 +184,8 @@ macro_rules! avx_seq {
     };
 }
 
-/// VADDPS, VMULPS (256-bit), VPERM2F128 and VBROADCASTSS (SDM Vol. 2).
-extern "C" fn avx_ops(p: u64) {
-    // SAFETY: `p` is LANES; YMM0-2 are not used by this soft-float target's code.
-    unsafe { avx_seq!(asm, p = in(reg) p, options(nostack)) };
-}
+// VADDPS, VMULPS (256-bit), VPERM2F128 and VBROADCASTSS (SDM Vol. 2).
+seq_fn!(avx_seq, avx_ops);
 
 fn check_avx_results() {
     for i in 0..8 {
@@ -205,7 +204,7 @@ test_case! {
     fn avx_arith() {
         enable_avx();
         reset_lanes();
-        check_no_exception!(avx_seq!(catch, p = in(reg) lanes()));
+        check_no_exception!(run_seq!(avx_seq, avx_ops, false));
         check_avx_results();
     }
 }
@@ -216,7 +215,7 @@ test_case! {
     fn avx_arith_cpl3() {
         enable_avx();
         reset_lanes();
-        check_no_exception!(call_at_cpl3(avx_ops, lanes()));
+        check_no_exception!(run_seq!(avx_seq, avx_ops, true));
         check_avx_results();
     }
 }
@@ -234,11 +233,8 @@ macro_rules! avx2_seq {
     };
 }
 
-/// VPADDD and VPERMD on 256 bits (SDM Vol. 2; AVX2).
-extern "C" fn avx2_ops(p: u64) {
-    // SAFETY: as for avx_ops.
-    unsafe { avx2_seq!(asm, p = in(reg) p, options(nostack)) };
-}
+// VPADDD and VPERMD on 256 bits (SDM Vol. 2; AVX2).
+seq_fn!(avx2_seq, avx2_ops);
 
 fn avx2_case(at_cpl3: bool) {
     if !offered(7, 0, CpuidClear::EBX, 1 << 5) {
@@ -247,11 +243,7 @@ fn avx2_case(at_cpl3: bool) {
     enable_avx();
     reset_lanes();
     // VPERMD's indices are the low three bits of each lane of the first source (A).
-    if at_cpl3 {
-        check_no_exception!(call_at_cpl3(avx2_ops, lanes()));
-    } else {
-        check_no_exception!(avx2_seq!(catch, p = in(reg) lanes()));
-    }
+    check_no_exception!(run_seq!(avx2_seq, avx2_ops, at_cpl3));
     for i in 0..8 {
         check_eq!(out(0)[i], A[i].wrapping_add(B[i]), "VPADDD lane {}", i);
         check_eq!(out(1)[i], A[(A[i] & 7) as usize], "VPERMD lane {}", i);
@@ -449,9 +441,7 @@ fn addps(at_cpl3: bool) -> Option<Exception> {
 
 fn nm_case(at_cpl3: bool) {
     enable_sse();
-    set_cr0(CR0_TS, true);
-    let e = addps(at_cpl3);
-    set_cr0(CR0_TS, false);
+    let e = with_cr0(CR0_TS, || addps(at_cpl3));
     check!(e.is_some(), "ADDPS with CR0.TS set raised nothing");
     check_exception!(e, exception::NM, None);
     check_no_exception!(addps(at_cpl3));
@@ -480,9 +470,7 @@ test_case! {
     name = "cpu::avx_nm_ts::long64", mode = Long64, path = Hw;
     fn avx_nm_ts() {
         enable_avx();
-        set_cr0(CR0_TS, true);
-        let e = catch!("vaddps ymm0, ymm0, ymm0", "vzeroupper");
-        set_cr0(CR0_TS, false);
+        let e = with_cr0(CR0_TS, || catch!("vaddps ymm0, ymm0, ymm0", "vzeroupper"));
         check!(e.is_some(), "VADDPS with CR0.TS set raised nothing");
         check_exception!(e, exception::NM, None);
     }
@@ -490,9 +478,7 @@ test_case! {
 
 fn em_case(at_cpl3: bool) {
     enable_sse();
-    set_cr0(CR0_EM, true);
-    let e = addps(at_cpl3);
-    set_cr0(CR0_EM, false);
+    let e = with_cr0(CR0_EM, || addps(at_cpl3));
     check!(e.is_some(), "ADDPS with CR0.EM set raised nothing");
     check_exception!(e, exception::UD, None);
 }
@@ -763,24 +749,6 @@ test_case! {
 // The SSE family beyond SSE: SSE2 doubles, SSSE3, SSE4.1, SSE4.2 and POPCNT, PCLMULQDQ,
 // and the BMI scalar instructions, each value-checked against integer or soft-float
 // arithmetic in the guest, at CPL0 and CPL3, where the table offers the extension.
-
-/// Runs a sequence at CPL0 inline under catch!, or at CPL3 through its function.
-macro_rules! run_seq {
-    ($seq:ident, $f:ident, $cpl3:expr) => {
-        if $cpl3 { call_at_cpl3($f, lanes()) } else { $seq!(catch, p = in(reg) lanes()) }
-    };
-}
-
-/// Defines the CPL3 function of a sequence.
-macro_rules! seq_fn {
-    ($seq:ident, $f:ident) => {
-        extern "C" fn $f(p: u64) {
-            // SAFETY: `p` is LANES; the vector registers are not used by this soft-float
-            // target's code.
-            unsafe { $seq!(asm, p = in(reg) p, options(nostack)) };
-        }
-    };
-}
 
 fn words(v: [u32; 8]) -> [u32; 4] {
     [v[0], v[1], v[2], v[3]]
@@ -1506,17 +1474,12 @@ extern "C" fn line_ops(flags: u64) {
 }
 
 fn line_case(cpl3: bool) {
-    let leaf7 = cpuid_as_set(7, 0).map_or(0, |c| c.ebx);
-    let ext8 = cpuid_as_set(0x8000_0008, 0).map_or(0, |c| c.ebx);
+    let leaf7 = table_reg(7, 0, CpuidClear::EBX);
+    let ext8 = table_reg(0x8000_0008, 0, CpuidClear::EBX);
     let flags = u64::from(leaf7 >> 23 & 1) | u64::from(leaf7 >> 24 & 1) << 1 | u64::from(ext8 & 1) << 2;
     // SAFETY: one case at a time.
     unsafe { core::ptr::write_volatile(&raw mut LINE.0, [0x1111_2222_3333_4444; 8]) };
-    let e = if cpl3 {
-        call_at_cpl3(line_ops, flags)
-    } else {
-        catch!("call {f}", f = sym line_ops, inout("rdi") flags => _,
-        out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _)
-    };
+    let e = call_at(cpl3, line_ops, flags);
     check_no_exception!(e);
     // SAFETY: as above.
     let line = unsafe { core::ptr::read_volatile(&raw const LINE.0) };
