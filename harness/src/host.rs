@@ -89,6 +89,8 @@ impl Kvm {
             requires::ENFORCE_PV_CPUID => {
                 self.kvm.check_extension_raw(crate::vm::KVM_CAP_ENFORCE_PV_FEATURE_CPUID.into()) > 0
             }
+            requires::SMM => self.kvm.check_extension(kvm_ioctls::Cap::X86Smm),
+            requires::PMU => self.kvm.check_extension_raw(kvm_bindings::KVM_CAP_PMU_CAPABILITY.into()) > 0,
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
             }),
@@ -182,6 +184,7 @@ const CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_DIRTY_LOG_RING", kvm_bindings::KVM_CAP_DIRTY_LOG_RING),
     ("KVM_CAP_NESTED_STATE", kvm_bindings::KVM_CAP_NESTED_STATE),
     ("KVM_CAP_PMU_CAPABILITY", kvm_bindings::KVM_CAP_PMU_CAPABILITY),
+    ("KVM_CAP_X86_SMM", kvm_bindings::KVM_CAP_X86_SMM),
 ];
 
 /// Where a result was produced.

@@ -888,6 +888,7 @@ impl Vm {
                 Some(self.vm_fd.signal_msi(msi).map(|n| n as u64).map_err(|_| ()))
             }
             service::NMI => Some(self.vcpus[0].nmi().map(|()| 0).map_err(|_| ())),
+            service::SMI => Some(self.vcpus[0].smi().map(|()| 0).map_err(|_| ())),
             service::IRQFD => Some(self.signal_irqfd(args[0], false)),
             service::MSI_ROUTE => Some(self.route_msi(args).map(|()| 0)),
             service::IRQFD_RESAMPLE => Some(self.signal_irqfd(args[0], true)),

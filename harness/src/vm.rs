@@ -33,6 +33,9 @@ pub struct VmConfig {
     pub user_msr: bool,
     /// Offer Hyper-V's CPUID leaves at 0x40000000 (KVM's move to 0x40000100).
     pub hyperv: bool,
+    /// Map guest RAM into address space 1 as well, the memory the vCPU sees in system
+    /// management mode (api.rst 4.35, KVM_CAP_MULTI_ADDRESS_SPACE), so that SMM code runs.
+    pub smm: bool,
     /// Register the benchmark ioeventfds (see [`IOEVENTS`]) and the shared-ring device's
     /// doorbell.
     pub ioeventfds: bool,
@@ -59,6 +62,7 @@ impl Default for VmConfig {
             enforce_pv_cpuid: false,
             user_msr: false,
             hyperv: false,
+            smm: false,
             ioeventfds: false,
             pit: false,
             readonly_slot: false,
@@ -83,6 +87,9 @@ pub(crate) const HOTPLUG_SLOT: u32 = 2;
 
 /// include/uapi/linux/kvm.h: KVM_GET_SUPPORTED_HV_CPUID on the system fd is available.
 pub(crate) const KVM_CAP_SYS_HYPERV_CPUID: u32 = 191;
+/// Slot 0 of address space 1, where x86 KVM looks for memory while the vCPU is in SMM
+/// (api.rst 4.35: "bits 16-31 of slot specify the address space").
+const SMM_ADDRESS_SPACE: u32 = 1 << 16;
 
 /// The table with Hyper-V's leaves (KVM_GET_SUPPORTED_HV_CPUID, api.rst 4.118) at
 /// 0x40000000 and KVM's own paravirtual leaves moved to 0x40000100, where KVM also looks
@@ -201,6 +208,10 @@ impl Vm {
         let memory = boot_memory(payload)?;
         // SAFETY: the memory outlives the VM: it is declared after the VM fd.
         unsafe { memory.map_as_slot(&vm, 0, 0, 0) }?;
+        if config.smm {
+            // SAFETY: as above; address space 1 (slot id bits 16-31) maps the same RAM.
+            unsafe { memory.map_as_slot(&vm, SMM_ADDRESS_SPACE, 0, 0) }?;
+        }
         let readonly = if config.readonly_slot {
             let ro = GuestMemory::new(layout::READONLY_SIZE)?;
             for i in 0..layout::READONLY_SIZE / 8 {

@@ -112,6 +112,7 @@ pub const HOOKS: &[Hook] = &[
     migrate("state::random_pauses::user64", Migrate::RandomPauses(3)),
     migrate("state::live_migration::long64", Migrate::Live),
     migrate("state::live_migration::user64", Migrate::Live),
+    migrate("cpu::smm_smbase_restore::long64", Migrate::Restore),
 ];
 
 pub fn hook_for(name: &str) -> Option<&'static Hook> {

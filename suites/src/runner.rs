@@ -109,6 +109,7 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         enforce_pv_cpuid: case.requires & requires::ENFORCE_PV_CPUID != 0,
         user_msr: case.requires & requires::USER_MSR != 0,
         hyperv: case.requires & requires::HYPERV != 0,
+        smm: case.requires & requires::SMM != 0,
         ioeventfds: case.requires & requires::IOEVENTFD != 0,
         pit: case.requires & requires::PIT != 0,
         readonly_slot: case.requires & requires::READONLY_MEM != 0,

@@ -351,9 +351,15 @@ pub mod requires {
     /// KVM_GET_SUPPORTED_HV_CPUID's leaves at 0x40000000 and moves KVM's own to
     /// 0x40000100, as a VMM offering both does.
     pub const HYPERV: u64 = 1 << 13;
+    /// System management mode (KVM_CAP_X86_SMM, api.rst 4.96 KVM_SMI): the host maps the
+    /// guest's RAM into address space 1 too (KVM_CAP_MULTI_ADDRESS_SPACE: what the vCPU
+    /// sees in SMM), so that an SMM handler the case installs at SMBASE + 0x8000 runs.
+    pub const SMM: u64 = 1 << 14;
+    /// A virtual PMU (KVM_CAP_PMU_CAPABILITY nonzero: kvm.enable_pmu is on).
+    pub const PMU: u64 = 1 << 15;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 14] = [
+    pub const NAMES: [(u64, &str); 16] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -368,6 +374,8 @@ pub mod requires {
         (ENFORCE_PV_CPUID, "enforced paravirtual CPUID (KVM_CAP_ENFORCE_PV_FEATURE_CPUID)"),
         (USER_MSR, "MSR exits and filters (KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER)"),
         (HYPERV, "Hyper-V enlightenments (KVM_CAP_HYPERV, KVM_CAP_SYS_HYPERV_CPUID)"),
+        (SMM, "system management mode (KVM_CAP_X86_SMM)"),
+        (PMU, "a virtual PMU (KVM_CAP_PMU_CAPABILITY; kvm.enable_pmu)"),
     ];
 }
 
@@ -614,7 +622,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 9;
+    pub const ABI_VERSION: u32 = 10;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {
@@ -817,6 +825,8 @@ pub mod proto {
         /// [`super::MEMSLOT_DELETE`] deletes it. Fails outside the window, for an
         /// unaligned address, for a second ADD, or a MOVE or DELETE of no slot.
         pub const MEMSLOT: u32 = 33;
+        /// KVM_SMI on vCPU 0 (api.rst 4.96): it enters SMM before its next instruction.
+        pub const SMI: u32 = 34;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with

@@ -21,6 +21,7 @@ pub mod reg {
     pub const ICR_LOW: u32 = 0x300;
     pub const ICR_HIGH: u32 = 0x310;
     pub const LVT_TIMER: u32 = 0x320;
+    pub const LVT_PERF: u32 = 0x340;
     pub const LVT_LINT0: u32 = 0x350;
     pub const LVT_LINT1: u32 = 0x360;
     pub const LVT_ERROR: u32 = 0x370;

@@ -2,9 +2,6 @@
 //! (the Rust target only emits 64-bit code). They report through the same protocol:
 //! `HV_CHECK_EQ` fills a static verdict with the line, the compared values and a text.
 
-use core::arch::global_asm;
-use core::mem::offset_of;
-
 use hvprobe_rt::abi::proto;
 
 use hvprobe_rt::test_case;
@@ -84,25 +81,14 @@ macro_rules! kvm_signature_body {
     };
 }
 
-global_asm!(
-    r#"
-    .section .data.low, "aw"
-    .balign 8
-hv_low_pass:
-    .long {magic}, {kind_verdict}, {status_pass}, 0
-    .quad 0, 0, 0, 0
-    .long 0, 0
-    .quad 0, 0, 0
-hv_low_fail:
-    .long {magic}, {kind_verdict}, {status_fail}, 0
-    .quad hv_low_file, hv_low_file_end - hv_low_file
-    .quad 0, 0
-    .long {has_values}, 0
-    .quad 0, 0, 0
-hv_low_file:
-    .ascii "payload/src/tests/low.rs"
-hv_low_file_end:
-
+/// The assembler macros every 16- and 32-bit case file uses. `global_asm!` blocks of one
+/// crate may or may not share an assembly unit, so the definitions are guarded: each unit
+/// defines them once.
+macro_rules! low_asm_macros {
+    () => {
+        r#"
+    .ifndef HV_LOW_MACROS
+    .set HV_LOW_MACROS, 1
     .macro HV_REPORT msg
     mov dx, {protocol_port}
     mov eax, offset \msg
@@ -133,6 +119,64 @@ hv_low_file_end:
     HV_HALT
 .Lok\@:
     .endm
+    .macro HV32_ARM fixup
+    mov dword ptr [hv32_vector], 0xffffffff
+    mov dword ptr [hv32_fixup], offset \fixup
+    .endm
+
+    // Points the verdict's file at the string from \start to \end: a case whose
+    // assembly lives in another file says so first.
+    .macro HV_FILE start, end
+    mov dword ptr [hv_low_fail + {off_file_addr}], offset \start
+    .set .Lflen\@, \end - \start
+    mov dword ptr [hv_low_fail + {off_file_len}], offset .Lflen\@
+    .endm
+    .endif
+"#
+    };
+}
+
+/// `global_asm!` with [`low_asm_macros`] in front and the protocol's offsets and port as
+/// operands: the templates (and any operands of their own) are the arguments.
+macro_rules! low_global_asm {
+    ($($t:tt)*) => {
+        core::arch::global_asm!(
+            crate::tests::low::low_asm_macros!(),
+            $($t)*,
+            protocol_port = const hvprobe_rt::abi::port::PROTOCOL,
+            off_line = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, line),
+            off_file_addr = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, file.addr),
+            off_file_len = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, file.len),
+            off_message_addr = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, message.addr),
+            off_message_len = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, message.len),
+            off_expected = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, expected),
+            off_actual = const core::mem::offset_of!(hvprobe_rt::abi::proto::Verdict, actual),
+        );
+    };
+}
+
+pub(crate) use {check_eq_asm, expect_exception32, low_asm_macros, low_global_asm};
+
+low_global_asm!(
+    r#"
+    .section .data.low, "aw"
+    .balign 8
+    .global hv_low_pass, hv_low_fail, hv32_idt, hv32_idtr, hv32_fixup, hv32_vector, hv32_error, hv32_eip, hv32_cs
+hv_low_pass:
+    .long {magic}, {kind_verdict}, {status_pass}, 0
+    .quad 0, 0, 0, 0
+    .long 0, 0
+    .quad 0, 0, 0
+hv_low_fail:
+    .long {magic}, {kind_verdict}, {status_fail}, 0
+    .quad hv_low_file, hv_low_file_end - hv_low_file
+    .quad 0, 0
+    .long {has_values}, 0
+    .quad 0, 0, 0
+hv_low_file:
+    .ascii "payload/src/tests/low.rs"
+hv_low_file_end:
+
 
     // Points IVT entry \vec at \handler in segment 0 (SDM Vol. 3A, 20.1.4).
     .macro HV_SET_IVT vec, handler
@@ -191,10 +235,6 @@ hv32_unarmed_msg:
 hv32_unarmed_msg_end:
     .set HV32_UNARMED_LEN, hv32_unarmed_msg_end - hv32_unarmed_msg
 
-    .macro HV32_ARM fixup
-    mov dword ptr [hv32_vector], 0xffffffff
-    mov dword ptr [hv32_fixup], offset \fixup
-    .endm
 
     .section .text.low, "ax"
     .code32
@@ -910,13 +950,7 @@ hv_cpuid_kvm_signature_prot32:
     kind_verdict = const proto::KIND_VERDICT,
     status_pass = const proto::STATUS_PASS,
     status_fail = const proto::STATUS_FAIL,
-    has_values = const proto::VERDICT_HAS_VALUES,
-    protocol_port = const hvprobe_rt::abi::port::PROTOCOL,
-    off_line = const offset_of!(proto::Verdict, line),
-    off_message_addr = const offset_of!(proto::Verdict, message.addr),
-    off_message_len = const offset_of!(proto::Verdict, message.len),
-    off_expected = const offset_of!(proto::Verdict, expected),
-    off_actual = const offset_of!(proto::Verdict, actual),
+    has_values = const proto::VERDICT_HAS_VALUES
 );
 
 unsafe extern "C" {
