@@ -31,6 +31,11 @@ const HANDLER: u64 = 0x8000;
 /// The state-save area, relative to SMBASE, and the offsets in it (APM Table 10-2; KVM's
 /// `struct kvm_smram_state_64`).
 const SAVE: u64 = 0xfe00;
+const SAVE_CS: u64 = 0x10;
+const SAVE_SS: u64 = 0x20;
+const SAVE_GDTR: u64 = 0x60;
+const SAVE_IDTR: u64 = 0x80;
+const SAVE_TR: u64 = 0x90;
 const SAVE_EFER: u64 = 0xd0;
 const SAVE_REVISION: u64 = 0xfc;
 const SAVE_SMBASE: u64 = 0x100;
@@ -146,6 +151,11 @@ fn set_control(control: u32, new_rax: u32, new_smbase: u32) {
 fn saved_u64(smbase: u64, offset: u64) -> u64 {
     // SAFETY: the state-save area is RAM at smbase + 0xfe00 that the SMI wrote.
     unsafe { ((smbase + SAVE + offset) as *const u64).read_volatile() }
+}
+
+fn saved_u16(smbase: u64, offset: u64) -> u16 {
+    // SAFETY: as in `saved_u64`.
+    unsafe { ((smbase + SAVE + offset) as *const u16).read_volatile() }
 }
 
 fn saved_u32(smbase: u64, offset: u64) -> u32 {
@@ -356,6 +366,99 @@ test_case! {
         kvm_smi();
         check_eq!(entries(), 2, "SMM handler entries");
         check_eq!(record().cs, (NEW_SMBASE >> 4) as u32, "CS selector in the SMM entry after the restore");
+    }
+}
+
+/// The GDTR and IDTR the guest runs with (SGDT/SIDT).
+fn descriptor_tables() -> ((u16, u64), (u16, u64)) {
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: SGDT and SIDT store 10 bytes each into the buffers.
+    unsafe {
+        core::arch::asm!("sgdt [{}]", "sidt [{}]", in(reg) gdtr.as_mut_ptr(), in(reg) idtr.as_mut_ptr(), options(nostack));
+    }
+    let split = |b: [u8; 10]| {
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&b[2..]);
+        (u16::from_le_bytes([b[0], b[1]]), u64::from_le_bytes(base))
+    };
+    (split(gdtr), split(idtr))
+}
+
+test_case! {
+    /// The state-save area holds the interrupted code's segment selectors and TR (APM
+    /// Table 10-2: FE10h CS, FE20h SS, FE90h TR, each selector first).
+    name = "cpu::smm_save_area_segments::long64", mode = Long64, path = Full, requires = requires::SMM;
+    fn smm_save_area_segments() {
+        install(SMBASE);
+        let ss: u16;
+        let tr: u16;
+        // SAFETY: reads two selectors.
+        unsafe { core::arch::asm!("mov {0:x}, ss", "str {1:x}", out(reg) ss, out(reg) tr, options(nomem, nostack)) };
+        kvm_smi();
+        check_eq!(saved_u16(SMBASE, SAVE_CS), cpu::read_cs(), "saved CS selector");
+        check_eq!(saved_u16(SMBASE, SAVE_SS), ss, "saved SS selector");
+        check_eq!(saved_u16(SMBASE, SAVE_TR), tr, "saved TR selector");
+    }
+}
+
+test_case! {
+    /// The state-save area holds GDTR and IDTR, limit and base (APM Table 10-2: FE64h
+    /// GDTR limit, FE68h base; FE84h IDTR limit, FE88h base).
+    name = "cpu::smm_save_area_tables::long64", mode = Long64, path = Full, requires = requires::SMM;
+    fn smm_save_area_tables() {
+        install(SMBASE);
+        let ((glimit, gbase), (ilimit, ibase)) = descriptor_tables();
+        kvm_smi();
+        check_eq!(saved_u32(SMBASE, SAVE_GDTR + 4), u32::from(glimit), "saved GDTR limit");
+        check_eq!(saved_u64(SMBASE, SAVE_GDTR + 8), gbase, "saved GDTR base");
+        check_eq!(saved_u32(SMBASE, SAVE_IDTR + 4), u32::from(ilimit), "saved IDTR limit");
+        check_eq!(saved_u64(SMBASE, SAVE_IDTR + 8), ibase, "saved IDTR base");
+    }
+}
+
+test_case! {
+    /// RSM brings back the long-mode control state SMM entry cleared: CR0, CR3, CR4,
+    /// EFER and the descriptor tables read after RSM as before the SMI (APM 10.3.4).
+    name = "cpu::smm_rsm_restores_control::long64", mode = Long64, path = Full, requires = requires::SMM;
+    fn smm_rsm_restores_control() {
+        install(SMBASE);
+        // SAFETY: EFER exists in long mode.
+        let efer = unsafe { cpu::rdmsr(x86::msr::IA32_EFER) };
+        let (cr0, cr3, cr4) = (cpu::read_cr0(), cpu::read_cr3(), cpu::read_cr4());
+        let tables = descriptor_tables();
+        kvm_smi();
+        check_eq!(entries(), 1, "SMM handler entries");
+        check_eq!(cpu::read_cr0(), cr0, "CR0 after RSM");
+        check_eq!(cpu::read_cr3(), cr3, "CR3 after RSM");
+        check_eq!(cpu::read_cr4(), cr4, "CR4 after RSM");
+        // SAFETY: as above.
+        check_eq!(unsafe { cpu::rdmsr(x86::msr::IA32_EFER) }, efer, "EFER after RSM");
+        check!(descriptor_tables() == tables, "GDTR or IDTR changed across the SMI");
+    }
+}
+
+static CPL3_SMI: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn smi_from_cpl3(_: u64) {
+    let ok = request(service::SMI, [0; 4]).is_ok();
+    let cs = cpu::read_cs();
+    CPL3_SMI.store(u32::from(ok) << 16 | u32::from(cs), SeqCst);
+}
+
+test_case! {
+    /// An SMI taken at CPL3 saves the CPL3 code selector and RSM returns to CPL3 (APM
+    /// 10.3.4: RSM restores the interrupted privilege level from the state-save area).
+    name = "cpu::smm_smi_at_cpl3::cpl3", mode = Long64, path = Full, requires = requires::SMM;
+    fn smm_smi_at_cpl3() {
+        install(SMBASE);
+        let e = call_at_cpl3(smi_from_cpl3, 0);
+        check!(e.is_none(), "the CPL3 side raised {:?}", e);
+        let got = CPL3_SMI.load(SeqCst);
+        check_eq!(got >> 16, 1, "the SMI service answered the CPL3 request");
+        check_eq!(entries(), 1, "SMM handler entries");
+        check_eq!(got & 0xffff, u32::from(hvprobe_rt::abi::selector::USER_CODE64), "CS after RSM, at CPL3");
+        check_eq!(saved_u16(SMBASE, SAVE_CS), hvprobe_rt::abi::selector::USER_CODE64, "saved CS selector");
     }
 }
 
