@@ -82,8 +82,8 @@ fn count(event: u64, who: u64, body: impl FnOnce()) -> u64 {
 }
 
 extern "C" fn rdpmc_at_cpl3(index: u64) {
-    // SAFETY: RDPMC reads a counter or faults; the CPL3 trampoline catches the fault.
     let (lo, hi): (u32, u32);
+    // SAFETY: RDPMC reads a counter or faults; the CPL3 trampoline catches the fault.
     unsafe { core::arch::asm!("rdpmc", in("ecx") index as u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
     CPL3_READ.store(lo, SeqCst);
     CPL3_READ_HI.store(hi, SeqCst);
