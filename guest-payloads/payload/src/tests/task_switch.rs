@@ -33,6 +33,28 @@ macro_rules! seen_eq {
     };
 }
 
+/// `HV_CHECK_EQ` of the bits `$mask` of the dword task B recorded at slot `$slot`.
+macro_rules! seen_bits {
+    ($slot:literal, $mask:literal, $exp:literal, $text:expr) => {
+        concat!(
+            "mov eax, dword ptr [hv_ts_seen + ",
+            $slot,
+            " * 4]\n",
+            "and eax, ",
+            $mask,
+            "\n",
+            check_eq_asm!("eax", $exp, $text),
+        )
+    };
+}
+
+/// `HV_CHECK_EQ` of the dword at `$label` (a counter of task entries).
+macro_rules! count_eq {
+    ($label:literal, $exp:literal, $text:expr) => {
+        concat!("mov eax, dword ptr [", $label, "]\n", check_eq_asm!("eax", $exp, $text))
+    };
+}
+
 /// The access byte of GDT slot `$sel` in EAX.
 macro_rules! desc_type {
     ($sel:literal) => {
@@ -289,20 +311,9 @@ hv_ts_jmp_back:
     seen_eq!("SEEN_ESI", "0x66666666", "ESI in B (from B's TSS)"),
     seen_eq!("SEEN_ESP", "offset hv_ts_b_stack_top", "ESP in B (from B's TSS)"),
     seen_eq!("SEEN_TR", "0x38", "TR in B"),
-    r#"
-    mov eax, dword ptr [hv_ts_seen + SEEN_EFLAGS * 4]
-    and eax, 0x4000
-"#,
-    check_eq_asm!("eax", "0", "EFLAGS.NT in a task entered by JMP"),
-    r#"
-    mov eax, dword ptr [hv_ts_seen + SEEN_CR0 * 4]
-    and eax, 8
-"#,
-    check_eq_asm!("eax", "8", "CR0.TS after a task switch"),
-    r#"
-    mov eax, dword ptr [hv_ts_entries]
-"#,
-    check_eq_asm!("eax", "1", "times B ran"),
+    seen_bits!("SEEN_EFLAGS", "0x4000", "0", "EFLAGS.NT in a task entered by JMP"),
+    seen_bits!("SEEN_CR0", "8", "8", "CR0.TS after a task switch"),
+    count_eq!("hv_ts_entries", "1", "times B ran"),
     r#"
     str ax
     movzx eax, ax
@@ -368,11 +379,7 @@ hv_task_call_tss_prot32:
 "#,
     seen_eq!("SEEN_B_LINK", "0x30", "B's previous-task link"),
     seen_eq!("SEEN_A_TYPE", "0x8b", "A's descriptor while B runs (CALL: still busy)"),
-    r#"
-    mov eax, dword ptr [hv_ts_seen + SEEN_EFLAGS * 4]
-    and eax, 0x4000
-"#,
-    check_eq_asm!("eax", "0x4000", "EFLAGS.NT in a called task"),
+    seen_bits!("SEEN_EFLAGS", "0x4000", "0x4000", "EFLAGS.NT in a called task"),
     r#"
     pushfd
     pop eax
@@ -381,10 +388,7 @@ hv_task_call_tss_prot32:
     check_eq_asm!("eax", "0", "EFLAGS.NT in A after B's IRET"),
     desc_type!("0x38"),
     check_eq_asm!("eax", "0x89", "B's descriptor after its IRET (not busy)"),
-    r#"
-    mov eax, dword ptr [hv_ts_entries]
-"#,
-    check_eq_asm!("eax", "1", "times B ran"),
+    count_eq!("hv_ts_entries", "1", "times B ran"),
     r#"
     HV_REPORT hv_low_pass
     HV_HALT
@@ -399,10 +403,7 @@ hv_task_call_gate_prot32:
 "#,
     seen_eq!("SEEN_TR", "0x38", "TR in the task the gate selects"),
     seen_eq!("SEEN_B_LINK", "0x30", "B's previous-task link"),
-    r#"
-    mov eax, dword ptr [hv_ts_entries]
-"#,
-    check_eq_asm!("eax", "1", "times B ran"),
+    count_eq!("hv_ts_entries", "1", "times B ran"),
     r#"
     HV_REPORT hv_low_pass
     HV_HALT
@@ -419,11 +420,7 @@ hv_ts_int_back:
     seen_eq!("SEEN_TR", "0x38", "TR in the task the IDT gate selects"),
     seen_eq!("SEEN_B_LINK", "0x30", "B's previous-task link"),
     seen_eq!("SEEN_A_EIP", "offset hv_ts_int_back", "A's saved EIP (after the INT)"),
-    r#"
-    mov eax, dword ptr [hv_ts_seen + SEEN_EFLAGS * 4]
-    and eax, 0x4000
-"#,
-    check_eq_asm!("eax", "0x4000", "EFLAGS.NT in a task entered through an IDT task gate"),
+    seen_bits!("SEEN_EFLAGS", "0x4000", "0x4000", "EFLAGS.NT in a task entered through an IDT task gate"),
     r#"
     HV_REPORT hv_low_pass
     HV_HALT
@@ -563,10 +560,7 @@ hv_task_nested_prot32:
 "#,
     seen_eq!("SEEN_C_LINK", "0x38", "C's previous-task link"),
     seen_eq!("SEEN_C_B_TYPE", "0x8b", "B's descriptor while C runs (busy)"),
-    r#"
-    mov eax, dword ptr [hv_ts_c_entries]
-"#,
-    check_eq_asm!("eax", "1", "times C ran"),
+    count_eq!("hv_ts_c_entries", "1", "times C ran"),
     r#"
     str ax
     movzx eax, ax
