@@ -27,6 +27,7 @@ mod pv_enforce;
 mod pv_ext;
 mod smm;
 mod state;
+mod svm_nested;
 mod svm_ud;
 mod task_switch;
 mod time_smp;
