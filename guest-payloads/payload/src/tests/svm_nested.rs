@@ -190,6 +190,7 @@ fn l2_stack_top() -> u64 {
 
 /// What the general registers held right after #VMEXIT: VMRUN swaps only RAX and RSP, so
 /// RBX, RCX and RDX are L2's (APM 15.5.1).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct AfterExit {
     rbx: u64,
@@ -316,6 +317,11 @@ hv_l2_seen:
 "#
 );
 
+/// The address of an L2 label.
+fn addr(label: unsafe extern "C" fn()) -> u64 {
+    label as usize as u64
+}
+
 /// Runs the VMCB once and returns the exit code with what the registers held.
 fn run() -> (u64, AfterExit) {
     let mut after = AfterExit::default();
@@ -338,9 +344,9 @@ test_case! {
     name = "cpu::svm_hlt_intercept::long64", mode = Long64, path = Full;
     fn svm_hlt_intercept() {
         enable_svm();
-        prepare(hv_l2_hlt as usize as u64, INTERCEPT_HLT, 0);
+        prepare(addr(hv_l2_hlt), INTERCEPT_HLT, 0);
         run_expect(EXIT_HLT, "HLT in L2");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_hlt as usize as u64, "L2 RIP saved at the intercepted HLT");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_hlt), "L2 RIP saved at the intercepted HLT");
     }
 }
 
@@ -349,9 +355,9 @@ test_case! {
     name = "cpu::svm_cpuid_intercept::long64", mode = Long64, path = Full;
     fn svm_cpuid_intercept() {
         enable_svm();
-        prepare(hv_l2_cpuid as usize as u64, INTERCEPT_CPUID, 0);
+        prepare(addr(hv_l2_cpuid), INTERCEPT_CPUID, 0);
         run_expect(EXIT_CPUID, "CPUID in L2");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_cpuid_at as usize as u64, "L2 RIP saved at the CPUID");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_cpuid_at), "L2 RIP saved at the CPUID");
     }
 }
 
@@ -361,10 +367,10 @@ test_case! {
     name = "cpu::svm_vmmcall::long64", mode = Long64, path = Full;
     fn svm_vmmcall() {
         enable_svm();
-        prepare(hv_l2_vmmcall as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_vmmcall), 0, INTERCEPT_VMMCALL);
         run_expect(EXIT_VMMCALL, "VMMCALL in L2");
         check_eq!(vmcb_u64(save::RAX), 0x1200ab, "L2's RAX in the VMCB");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_vmmcall_at as usize as u64, "L2 RIP saved at the VMMCALL");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_vmmcall_at), "L2 RIP saved at the VMMCALL");
         check_eq!(vmcb_u64(save::RSP), l2_stack_top(), "L2's RSP in the VMCB");
     }
 }
@@ -376,12 +382,12 @@ test_case! {
     name = "cpu::svm_resume::long64", mode = Long64, path = Full;
     fn svm_resume() {
         enable_svm();
-        prepare(hv_l2_vmmcall as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_vmmcall), 0, INTERCEPT_VMMCALL);
         run_expect(EXIT_VMMCALL, "the first VMMCALL");
-        put(vmcb(), save::RIP, hv_l2_second_vmmcall as usize as u64);
+        put(vmcb(), save::RIP, addr(hv_l2_second_vmmcall));
         run_expect(EXIT_VMMCALL, "the second VMMCALL");
         check_eq!(vmcb_u64(save::RAX), 0x2200ab, "L2's RAX at the second VMMCALL");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_second_vmmcall_at as usize as u64, "L2 RIP at the second VMMCALL");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_second_vmmcall_at), "L2 RIP at the second VMMCALL");
     }
 }
 
@@ -391,7 +397,7 @@ test_case! {
     name = "cpu::svm_gprs_shared::long64", mode = Long64, path = Full;
     fn svm_gprs_shared() {
         enable_svm();
-        prepare(hv_l2_vmmcall as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_vmmcall), 0, INTERCEPT_VMMCALL);
         let after = run_expect(EXIT_VMMCALL, "VMMCALL in L2");
         check_eq!(after.rbx, 0x4242b0b, "the host's RBX after #VMEXIT (L2's value)");
     }
@@ -402,7 +408,7 @@ test_case! {
     name = "cpu::svm_l2_entry_state::long64", mode = Long64, path = Full;
     fn svm_l2_entry_state() {
         enable_svm();
-        prepare(hv_l2_entry_state as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_entry_state), 0, INTERCEPT_VMMCALL);
         put(vmcb(), save::RAX, 0x5eed_0001u64);
         run_expect(EXIT_VMMCALL, "VMMCALL in L2");
         // SAFETY: L2 has exited; nothing writes the record now.
@@ -421,13 +427,13 @@ test_case! {
         enable_svm();
         // SAFETY: the IOPM is this case's; 0x80's bit is bit 0 of byte 0x10.
         unsafe { (&raw mut IOPM as *mut u8).add(0x80 / 8).write_volatile(1) };
-        prepare(hv_l2_out as usize as u64, INTERCEPT_IOIO, 0);
+        prepare(addr(hv_l2_out), INTERCEPT_IOIO, 0);
         run_expect(EXIT_IOIO, "OUT 0x80 in L2");
         let info1 = vmcb_u64(ctl::EXITINFO1);
         check_eq!(info1 >> 16 & 0xffff, 0x80, "EXITINFO1 port");
         check_eq!(info1 & 1, 0, "EXITINFO1 TYPE (0: OUT)");
         check_eq!(info1 & 0x70, 0x10, "EXITINFO1 size bits (SZ8)");
-        check_eq!(vmcb_u64(ctl::EXITINFO2), hv_l2_out_next as usize as u64, "EXITINFO2 (the next RIP)");
+        check_eq!(vmcb_u64(ctl::EXITINFO2), addr(hv_l2_out_next), "EXITINFO2 (the next RIP)");
     }
 }
 
@@ -446,7 +452,7 @@ test_case! {
     fn svm_msr_read_intercept() {
         enable_svm();
         intercept_star();
-        prepare(hv_l2_rdmsr as usize as u64, INTERCEPT_MSR, 0);
+        prepare(addr(hv_l2_rdmsr), INTERCEPT_MSR, 0);
         let after = run_expect(EXIT_MSR, "RDMSR STAR in L2");
         check_eq!(vmcb_u64(ctl::EXITINFO1), 0, "EXITINFO1 (0: RDMSR)");
         check_eq!(after.rcx & 0xffff_ffff, 0xc000_0081, "the MSR index in RCX");
@@ -460,7 +466,7 @@ test_case! {
     fn svm_msr_write_intercept() {
         enable_svm();
         intercept_star();
-        prepare(hv_l2_wrmsr as usize as u64, INTERCEPT_MSR, 0);
+        prepare(addr(hv_l2_wrmsr), INTERCEPT_MSR, 0);
         run_expect(EXIT_MSR, "WRMSR STAR in L2");
         check_eq!(vmcb_u64(ctl::EXITINFO1), 1, "EXITINFO1 (1: WRMSR)");
     }
@@ -472,10 +478,10 @@ test_case! {
     name = "cpu::svm_exception_intercept::long64", mode = Long64, path = Full;
     fn svm_exception_intercept() {
         enable_svm();
-        prepare(hv_l2_ud2 as usize as u64, 0, 0);
+        prepare(addr(hv_l2_ud2), 0, 0);
         put(vmcb(), ctl::EXCEPTIONS, 1u32 << 6);
         run_expect(EXIT_EXCP_BASE + 6, "UD2 in L2");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_ud2 as usize as u64, "L2 RIP at the faulting UD2");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_ud2), "L2 RIP at the faulting UD2");
     }
 }
 
@@ -485,11 +491,11 @@ test_case! {
     name = "cpu::svm_exception_error_code::long64", mode = Long64, path = Full;
     fn svm_exception_error_code() {
         enable_svm();
-        prepare(hv_l2_gp as usize as u64, 0, 0);
+        prepare(addr(hv_l2_gp), 0, 0);
         put(vmcb(), ctl::EXCEPTIONS, 1u32 << 13);
         run_expect(EXIT_EXCP_BASE + 13, "a non-canonical load in L2");
         check_eq!(vmcb_u64(ctl::EXITINFO1), 0, "EXITINFO1 (the #GP error code)");
-        check_eq!(vmcb_u64(save::RIP), hv_l2_gp_at as usize as u64, "L2 RIP at the faulting load");
+        check_eq!(vmcb_u64(save::RIP), addr(hv_l2_gp_at), "L2 RIP at the faulting load");
     }
 }
 
@@ -501,18 +507,18 @@ test_case! {
     fn svm_event_inject() {
         enable_svm();
         let idt = &raw mut L2_IDT as *mut u8;
-        let handler = hv_l2_int50 as usize as u64;
+        let handler = addr(hv_l2_int50);
         let low = (handler & 0xffff) | u64::from(selector::CODE64) << 16 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48;
         put(idt, 0x50 * 16, low);
         put(idt, 0x50 * 16 + 8, handler >> 32);
-        prepare(hv_l2_spin as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_spin), 0, INTERCEPT_VMMCALL);
         put_segment(save::IDTR, 0, 0, 4095, idt as u64);
         put(vmcb(), ctl::EVENTINJ, 0x50u64 | 1 << 31);
         run_expect(EXIT_VMMCALL, "the VMMCALL of the vector-0x50 handler");
         check_eq!(vmcb_u64(save::RAX), 0x50, "RAX set by the injected vector's handler");
         let rsp = vmcb_u64(save::RSP);
         check_eq!(rsp, l2_stack_top() - 40, "L2's RSP after the interrupt frame");
-        check_eq!(get::<u64>(rsp as *const u8, 0), hv_l2_spin as usize as u64, "the RIP the frame holds");
+        check_eq!(get::<u64>(rsp as *const u8, 0), addr(hv_l2_spin), "the RIP the frame holds");
     }
 }
 
@@ -522,7 +528,7 @@ test_case! {
     name = "cpu::svm_vmrun_no_intercept::long64", mode = Long64, path = Full;
     fn svm_vmrun_no_intercept() {
         enable_svm();
-        prepare(hv_l2_hlt as usize as u64, INTERCEPT_HLT, 0);
+        prepare(addr(hv_l2_hlt), INTERCEPT_HLT, 0);
         put(vmcb(), ctl::MISC2, 0u32);
         run_expect(EXIT_INVALID, "VMRUN of a VMCB without the VMRUN intercept");
     }
@@ -533,7 +539,7 @@ test_case! {
     name = "cpu::svm_vmrun_asid0::long64", mode = Long64, path = Full;
     fn svm_vmrun_asid0() {
         enable_svm();
-        prepare(hv_l2_hlt as usize as u64, INTERCEPT_HLT, 0);
+        prepare(addr(hv_l2_hlt), INTERCEPT_HLT, 0);
         put(vmcb(), ctl::ASID, 0u32);
         run_expect(EXIT_INVALID, "VMRUN with ASID 0");
     }
@@ -635,7 +641,7 @@ test_case! {
             let entry = if i == 1 { 0 } else { (i << 21) | 0x87 };
             put(npt, 0x2000 + 8 * i as usize, entry);
         }
-        prepare(hv_l2_read_npt_hole as usize as u64, 0, INTERCEPT_VMMCALL);
+        prepare(addr(hv_l2_read_npt_hole), 0, INTERCEPT_VMMCALL);
         put(vmcb(), ctl::NP_ENABLE, 1u64);
         put(vmcb(), ctl::N_CR3, base);
         run_expect(EXIT_NPF, "a load from the unmapped 2 MiB");
