@@ -364,6 +364,9 @@ cr4_present! {
     /// CR4.PCIDE is accepted where CPUID.01H:ECX[17] is set (CR3[11:0] is 0 here, as
     /// SDM Vol. 3A 4.10.1 requires).
     cr4_pcide_present: "cpu::cr4_pcide_present::long64", 17, (1, 0, ECX, 1 << 17), "PCID";
+    /// CR4.CET is accepted where CPUID.(7,0):ECX[7] CET_SS is set (CR0.WP is set here, as
+    /// SDM Vol. 3A 2.5 requires for CR4.CET).
+    cr4_cet_present: "cpu::cr4_cet_present::long64", 23, (7, 0, ECX, 1 << 7), "CET shadow stacks";
 }
 
 bit_absent! {
@@ -384,6 +387,9 @@ bit_absent! {
     cr4_vmxe_absent: "cpu::cr4_vmxe_absent::long64", 13, [(1, 0, ECX, 1 << 5)];
     /// CR4.SMXE (14) without CPUID.01H:ECX[6] SMX.
     cr4_smxe_absent: "cpu::cr4_smxe_absent::long64", 14, [(1, 0, ECX, 1 << 6)];
+    /// CR4.CET (23) without CPUID.(7,0):ECX[7] CET_SS and EDX[20] CET_IBT (SDM Vol. 3A 2.5;
+    /// APM Vol. 2 3.1.3).
+    cr4_cet_absent: "cpu::cr4_cet_absent::long64", 23, [(7, 0, ECX, 1 << 7), (7, 0, EDX, 1 << 20)];
 }
 
 fn check_efer_bit_refused(bit: u32) {

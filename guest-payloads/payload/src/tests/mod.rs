@@ -1,4 +1,5 @@
 mod bench;
+mod cet;
 mod cpu;
 mod cpu_diff;
 mod cpu_exc;
