@@ -90,6 +90,7 @@ impl Kvm {
                 self.kvm.check_extension_raw(crate::vm::KVM_CAP_ENFORCE_PV_FEATURE_CPUID.into()) > 0
             }
             requires::SMM => self.kvm.check_extension(kvm_ioctls::Cap::X86Smm),
+            requires::TSC_CTRL => self.kvm.check_extension_raw(kvm_bindings::KVM_CAP_VCPU_ATTRIBUTES.into()) > 0,
             requires::PMU => self.kvm.check_extension_raw(kvm_bindings::KVM_CAP_PMU_CAPABILITY.into()) > 0,
             requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
                 [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
@@ -185,6 +186,7 @@ const CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_NESTED_STATE", kvm_bindings::KVM_CAP_NESTED_STATE),
     ("KVM_CAP_PMU_CAPABILITY", kvm_bindings::KVM_CAP_PMU_CAPABILITY),
     ("KVM_CAP_X86_SMM", kvm_bindings::KVM_CAP_X86_SMM),
+    ("KVM_CAP_VCPU_ATTRIBUTES", kvm_bindings::KVM_CAP_VCPU_ATTRIBUTES),
 ];
 
 /// Where a result was produced.

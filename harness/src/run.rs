@@ -889,6 +889,7 @@ impl Vm {
             }
             service::NMI => Some(self.vcpus[0].nmi().map(|()| 0).map_err(|_| ())),
             service::SMI => Some(self.vcpus[0].smi().map(|()| 0).map_err(|_| ())),
+            service::TSC_OFFSET => Some(self.tsc_offset(args)),
             service::IRQFD => Some(self.signal_irqfd(args[0], false)),
             service::MSI_ROUTE => Some(self.route_msi(args).map(|()| 0)),
             service::IRQFD_RESAMPLE => Some(self.signal_irqfd(args[0], true)),
@@ -973,6 +974,8 @@ pub fn first_instruction(bytes: &[u8], bits: u32) -> &[u8] {
 }
 
 ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, kvm_bindings::KVMIO, 0xe1, kvm_bindings::kvm_device_attr);
+ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, kvm_bindings::KVMIO, 0xe2, kvm_bindings::kvm_device_attr);
 
 impl Vm {
     /// KVM_INTERRUPT (kvm-ioctls has no wrapper).
@@ -984,6 +987,35 @@ impl Vm {
             return Err(Error::kvm("KVM_INTERRUPT")(kvm_ioctls::Error::last()));
         }
         Ok(())
+    }
+
+    /// The TSC_OFFSET service on vCPU 0's KVM_VCPU_TSC_CTRL attribute (devices/vcpu.rst
+    /// 4.1): READ answers the host's TSC now plus the offset, ADD adds `args[1]` to it.
+    fn tsc_offset(&self, args: [u64; 4]) -> Result<u64, ()> {
+        use hvprobe_abi::proto::{TSC_OFFSET_ADD, TSC_OFFSET_READ};
+        let mut offset = 0u64;
+        let mut attr = kvm_bindings::kvm_device_attr {
+            group: kvm_bindings::KVM_VCPU_TSC_CTRL,
+            attr: kvm_bindings::KVM_VCPU_TSC_OFFSET.into(),
+            addr: &raw mut offset as u64,
+            ..Default::default()
+        };
+        // SAFETY: KVM_GET_DEVICE_ATTR writes one u64 at `addr`, which is `offset`.
+        if unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vcpus[0], KVM_GET_DEVICE_ATTR(), &attr) } < 0 {
+            return Err(());
+        }
+        match args[0] {
+            // SAFETY: RDTSC has no side effects.
+            TSC_OFFSET_READ => Ok(unsafe { core::arch::x86_64::_rdtsc() }.wrapping_add(offset)),
+            TSC_OFFSET_ADD => {
+                offset = offset.wrapping_add(args[1]);
+                attr.addr = &raw const offset as u64;
+                // SAFETY: KVM_SET_DEVICE_ATTR reads one u64 at `addr`, which is `offset`.
+                let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vcpus[0], KVM_SET_DEVICE_ATTR(), &attr) };
+                if ret < 0 { Err(()) } else { Ok(offset) }
+            }
+            _ => Err(()),
+        }
     }
 
     /// KVM_SET_GSI_ROUTING with KVM's default irqchip routes and one MSI route.

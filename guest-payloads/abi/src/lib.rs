@@ -357,9 +357,12 @@ pub mod requires {
     pub const SMM: u64 = 1 << 14;
     /// A virtual PMU (KVM_CAP_PMU_CAPABILITY nonzero: kvm.enable_pmu is on).
     pub const PMU: u64 = 1 << 15;
+    /// vCPU attributes (KVM_CAP_VCPU_ATTRIBUTES): on x86 the KVM_VCPU_TSC_CTRL group, the
+    /// vCPU's TSC offset, which the TSC_OFFSET service reads and moves.
+    pub const TSC_CTRL: u64 = 1 << 16;
 
     /// Name of each bit, for skip reasons and listings.
-    pub const NAMES: [(u64, &str); 16] = [
+    pub const NAMES: [(u64, &str); 17] = [
         (IRQCHIP, "in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (X2APIC, "CPUID.1:ECX.x2APIC"),
         (KVM_PV, "KVM signature leaf 0x40000000"),
@@ -376,6 +379,7 @@ pub mod requires {
         (HYPERV, "Hyper-V enlightenments (KVM_CAP_HYPERV, KVM_CAP_SYS_HYPERV_CPUID)"),
         (SMM, "system management mode (KVM_CAP_X86_SMM)"),
         (PMU, "a virtual PMU (KVM_CAP_PMU_CAPABILITY; kvm.enable_pmu)"),
+        (TSC_CTRL, "the vCPU TSC offset attribute (KVM_CAP_VCPU_ATTRIBUTES, KVM_VCPU_TSC_CTRL)"),
     ];
 }
 
@@ -827,6 +831,11 @@ pub mod proto {
         pub const MEMSLOT: u32 = 33;
         /// KVM_SMI on vCPU 0 (api.rst 4.96): it enters SMM before its next instruction.
         pub const SMI: u32 = 34;
+        /// vCPU 0's TSC offset (KVM_VCPU_TSC_CTRL, devices/vcpu.rst 4.1): `args[0]` =
+        /// [`super::TSC_OFFSET_READ`] returns the host's TSC plus the offset (what the
+        /// guest's TSC should read at that moment); [`super::TSC_OFFSET_ADD`] adds
+        /// `args[1]` to the offset and returns the new one.
+        pub const TSC_OFFSET: u32 = 35;
     }
 
     /// DIRTY_LOG ops. START turns logging on and forgets everything dirty so far (with
@@ -841,6 +850,10 @@ pub mod proto {
     /// KVM_CLEAR_DIRTY_LOG of the pages in [`args[1]`, `args[2]`) (manual mode), also in
     /// the host's record.
     pub const DIRTY_CLEAR: u64 = 3;
+
+    /// TSC_OFFSET ops.
+    pub const TSC_OFFSET_READ: u64 = 0;
+    pub const TSC_OFFSET_ADD: u64 = 1;
 
     /// MEMSLOT ops.
     pub const MEMSLOT_ADD: u64 = 0;

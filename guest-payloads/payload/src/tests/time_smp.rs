@@ -9,7 +9,8 @@
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use super::cpu::cpuid_as_set;
-use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV};
+use hvprobe_rt::abi::proto::{TSC_OFFSET_ADD, TSC_OFFSET_READ, service};
+use hvprobe_rt::abi::requires::{IRQCHIP, KVM_PV, TSC_CTRL};
 use hvprobe_rt::apic::{Apic, reg};
 use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::{check, check_eq, check_values, cpu, kvmclock, skip, test_case};
@@ -190,6 +191,129 @@ test_case! {
             JUMP,
             gap,
             "vCPU 0's TSC ahead of vCPU 1's by the adjustment (expected: 2^40; actual: the gap)"
+        );
+    }
+}
+
+// The vCPU's TSC offset as the VMM sees it (KVM_VCPU_TSC_CTRL, devices/vcpu.rst 4.1:
+// "the guest TSC value is the host TSC plus the offset", without TSC scaling, which no
+// backend here offers: KVM_CAP_TSC_CONTROL is 0). The TSC_OFFSET service reads and moves
+// vCPU 0's offset.
+
+const OFFSET_JUMP: u64 = 1 << 40;
+
+fn tsc_offset(op: u64, arg: u64) -> u64 {
+    let r = hvprobe_rt::proto::service(service::TSC_OFFSET, [op, arg, 0, 0]);
+    check!(r.is_ok(), "the TSC_OFFSET service failed: {:?}", r);
+    r.unwrap_or(0)
+}
+
+static CPL3_BRACKET: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// RDTSC, the host's view of this vCPU's TSC, RDTSC, at whatever CPL it runs.
+extern "C" fn bracket_host_view(_: u64) {
+    let before = cpu::rdtsc();
+    let host = hvprobe_rt::proto::service(service::TSC_OFFSET, [TSC_OFFSET_READ, 0, 0, 0]).unwrap_or(0);
+    let after = cpu::rdtsc();
+    for (slot, v) in CPL3_BRACKET.iter().zip([before, host, after]) {
+        slot.store(v, SeqCst);
+    }
+}
+
+fn check_bracket(cpl3: bool) {
+    let e = super::cpu::call_at(cpl3, bracket_host_view, 0);
+    check!(e.is_none(), "reading the TSC around the service raised {:?}", e);
+    let [before, host, after] = CPL3_BRACKET.each_ref().map(|a| a.load(SeqCst));
+    check!(host != 0, "the TSC_OFFSET service failed");
+    check!(
+        before <= host && host <= after,
+        "host TSC + offset {:#x} outside the guest's reads around it [{:#x}, {:#x}] (host - first read: {})",
+        host,
+        before,
+        after,
+        host.wrapping_sub(before) as i64
+    );
+}
+
+test_case! {
+    /// The guest's TSC is the host's TSC plus the offset KVM_VCPU_TSC_CTRL reports: the
+    /// host's sum lies between two guest reads around the request (devices/vcpu.rst 4.1).
+    name = "cpu::tsc_offset_read::long64", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read() {
+        check_bracket(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, with the TSC read at CPL3.
+    name = "cpu::tsc_offset_read::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read_cpl3() {
+        check_bracket(true);
+    }
+}
+
+static CPL3_TSC: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn read_tsc(_: u64) {
+    CPL3_TSC.store(cpu::rdtsc(), SeqCst);
+}
+
+fn check_offset_jump(cpl3: bool) {
+    let before = cpu::rdtsc();
+    tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+    let e = super::cpu::call_at(cpl3, read_tsc, 0);
+    check!(e.is_none(), "reading the TSC raised {:?}", e);
+    let gap = CPL3_TSC.load(SeqCst).wrapping_sub(before);
+    check_values!(
+        (OFFSET_JUMP..OFFSET_JUMP + (1 << 36)).contains(&gap),
+        OFFSET_JUMP,
+        gap,
+        "the TSC's move over a KVM_VCPU_TSC_OFFSET increase of 2^40 (expected: 2^40 plus the time between; actual: the move)"
+    );
+}
+
+test_case! {
+    /// Adding 2^40 to the vCPU's TSC offset moves its TSC forward by 2^40 (devices/vcpu.rst
+    /// 4.1).
+    name = "cpu::tsc_offset_add::long64", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_add() {
+        check_offset_jump(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, with the TSC read at CPL3 after the move.
+    name = "cpu::tsc_offset_add::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_add_cpl3() {
+        check_offset_jump(true);
+    }
+}
+
+test_case! {
+    /// The TSC offset is per vCPU: adding 2^40 to vCPU 0's leaves vCPU 1's TSC where it
+    /// was (devices/vcpu.rst 4.1, an attribute of one vCPU).
+    name = "cpu::tsc_offset_per_vcpu::smp2", mode = Long64, path = Full, requires = IRQCHIP | TSC_CTRL, vcpus = 2;
+    fn tsc_offset_per_vcpu() {
+        set_handler(TSC_READ_VECTOR, ap_tsc);
+        let apic = Apic::XApic.enable();
+        check!(hvprobe_rt::smp::wait_online(1, 2_000_000), "vCPU 1 did not come online");
+        tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+        apic.write(reg::ICR_HIGH, 1 << 24);
+        apic.write(reg::ICR_LOW, TSC_READ_VECTOR as u32);
+        let mut waits = 0u64;
+        while AP_TSC.load(SeqCst) == 0 && waits < 5_000_000 {
+            waits += 1;
+            core::hint::spin_loop();
+        }
+        let mine = cpu::rdtsc();
+        let theirs = AP_TSC.load(SeqCst);
+        check!(theirs != 0, "vCPU 1 did not read its TSC");
+        let gap = mine.wrapping_sub(theirs);
+        check_values!(
+            (OFFSET_JUMP / 2..OFFSET_JUMP + OFFSET_JUMP / 2).contains(&gap),
+            OFFSET_JUMP,
+            gap,
+            "vCPU 0's TSC ahead of vCPU 1's by the offset added to vCPU 0 (expected: 2^40; actual: the gap)"
         );
     }
 }
