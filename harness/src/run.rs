@@ -610,6 +610,24 @@ impl Vm {
             // interrupts only when a case asks: nothing to do but go on.
             VcpuExit::SetTpr => return Step::Continue,
             VcpuExit::Debug(arch) => return self.debug_exit(arch),
+            VcpuExit::Hyperv => {
+                // SAFETY: the exit reason says the `hyperv` member of the union is valid.
+                let hv = unsafe { &mut (*run_ptr).__bindgen_anon_1.hyperv };
+                match hv.type_ {
+                    // The guest changed SCONTROL, SIEFP or SIMP (api.rst 5, KVM_EXIT_HYPERV):
+                    // KVM has applied it; a VMM without SynIC devices of its own goes on.
+                    kvm_bindings::KVM_EXIT_HYPERV_SYNIC => return Step::Continue,
+                    // A hypercall KVM leaves to the VMM (HvPostMessage, HvSignalEvent): the
+                    // harness offers no message ports, so the call code is unknown to it.
+                    kvm_bindings::KVM_EXIT_HYPERV_HCALL => {
+                        const HV_STATUS_INVALID_HYPERCALL_CODE: u64 = 2;
+                        // Writing a union field is safe; the type says `hcall` is the valid one.
+                        hv.u.hcall.result = HV_STATUS_INVALID_HYPERCALL_CODE;
+                        return Step::Continue;
+                    }
+                    other => return Step::Stop(RunEnd::UnexpectedExit(format!("KVM_EXIT_HYPERV of type {other}"))),
+                }
+            }
             VcpuExit::X86Rdmsr(exit) => {
                 use hvprobe_abi::user_msr::{FILTERED, FILTERED_VALUE, UNKNOWN, UNKNOWN_VALUE};
                 self.user_msr.exits += 1;

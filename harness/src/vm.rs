@@ -285,6 +285,12 @@ impl Vm {
                 };
                 vcpu.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(ENFORCE_PV_FEATURE_CPUID)"))?;
             }
+            if config.hyperv && config.irqchip {
+                // The leaves offer SynIC; a VMM that offers it enables it (api.rst 7.17).
+                let cap =
+                    kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_HYPERV_SYNIC2, ..Default::default() };
+                vcpu.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(HYPERV_SYNIC2)"))?;
+            }
             if let Some(entries) = config.dirty_ring {
                 rings.push(crate::dirty::DirtyRing::map(&vcpu, entries)?);
             }

@@ -6,7 +6,7 @@
 
 use hvprobe_rt::abi::CpuidClear;
 use hvprobe_rt::abi::proto::service;
-use hvprobe_rt::abi::requires::HYPERV;
+use hvprobe_rt::abi::requires::{HYPERV, IRQCHIP};
 use hvprobe_rt::proto::service as request;
 use hvprobe_rt::{catch, check, check_eq, check_no_exception, check_values, cpu, skip, test_case};
 
@@ -120,10 +120,7 @@ test_case! {
     name = "pv::hyperv_hypercall_invalid::long64", mode = Long64, path = Para, requires = HYPERV;
     fn hyperv_hypercall_invalid() {
         let page = enable_hypercall_page();
-        let status: u64;
-        let e = catch!("call {p}", p = in(reg) page, inout("rcx") 0xfffeu64 => _, inout("rdx") 0u64 => _,
-            inout("r8") 0u64 => _, out("rax") status);
-        check_no_exception!(e);
+        let status = hypercall(page, 0xfffe, 0, 0);
         check_eq!(status & 0xffff, 2, "hypercall status of call code 0xfffe");
     }
 }
@@ -184,5 +181,250 @@ test_case! {
         let by_msr = rdmsr(MSR_TIME_REF_COUNT) as i64;
         let gap = by_msr - by_page;
         check_values!((0..100_000).contains(&gap), 0, gap as u64, "100 ns units from the TSC page to the MSR read after it");
+    }
+}
+
+/// A hypercall through the page: the control word in RCX (call code, fast bit 16, rep
+/// count in bits 43:32), the input in RDX and R8 (values for a fast call, GPAs else).
+/// Returns RAX: the status in bits 15:0, the reps completed in bits 43:32 (TLFS 3.7-3.9).
+fn hypercall(page: u64, control: u64, rdx: u64, r8: u64) -> u64 {
+    let status: u64;
+    let e = catch!("call {p}", p = in(reg) page, inout("rcx") control => _, inout("rdx") rdx => _,
+        inout("r8") r8 => _, out("rax") status);
+    check_no_exception!(e);
+    status
+}
+
+const FAST: u64 = 1 << 16;
+const fn reps(n: u64) -> u64 {
+    n << 32
+}
+const HV_STATUS_SUCCESS: u64 = 0;
+const HV_STATUS_INVALID_HYPERCALL_INPUT: u64 = 3;
+const HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE: u64 = 0x0002;
+const HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST: u64 = 0x0003;
+const HVCALL_NOTIFY_LONG_SPIN_WAIT: u64 = 0x0008;
+const HVCALL_SEND_IPI: u64 = 0x000b;
+/// HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS 4.5).
+const FLUSH_ALL: u64 = 0b11;
+
+/// A page for hypercall input (8-byte aligned, within one page: TLFS 3.7).
+fn input_page() -> *mut u64 {
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+    static mut INPUT: Page = Page([0; 512]);
+    &raw mut INPUT as *mut u64
+}
+
+test_case! {
+    /// HvCallNotifyLongSpinWait, a simple fast call, succeeds (TLFS 14.5.1).
+    name = "pv::hyperv_long_spin_wait::long64", mode = Long64, path = Para, requires = HYPERV;
+    fn hyperv_long_spin_wait() {
+        let page = enable_hypercall_page();
+        let status = hypercall(page, HVCALL_NOTIFY_LONG_SPIN_WAIT | FAST, 1, 0);
+        check_eq!(status & 0xffff, HV_STATUS_SUCCESS, "status of HvCallNotifyLongSpinWait");
+    }
+}
+
+test_case! {
+    /// A rep count on a simple hypercall is invalid input: HV_STATUS_INVALID_HYPERCALL_INPUT
+    /// (TLFS 3.9, "the rep count must be zero for simple hypercalls").
+    name = "pv::hyperv_rep_on_simple::long64", mode = Long64, path = Para, requires = HYPERV;
+    fn hyperv_rep_on_simple() {
+        let page = enable_hypercall_page();
+        let status = hypercall(page, HVCALL_NOTIFY_LONG_SPIN_WAIT | FAST | reps(1), 1, 0);
+        check_eq!(status & 0xffff, HV_STATUS_INVALID_HYPERCALL_INPUT, "status of a simple call with a rep count");
+    }
+}
+
+test_case! {
+    /// HvCallFlushVirtualAddressSpace with its input in memory, all processors and address
+    /// spaces, succeeds (TLFS 4.5.2).
+    name = "pv::hyperv_flush_space::long64", mode = Long64, path = Para, requires = HYPERV;
+    fn hyperv_flush_space() {
+        let page = enable_hypercall_page();
+        let input = input_page();
+        // SAFETY: the input page is this case's: address space, flags, processor mask.
+        unsafe { input.cast::<[u64; 3]>().write_volatile([0, FLUSH_ALL, 0]) };
+        let status = hypercall(page, HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE, input as u64, 0);
+        check_eq!(status & 0xffff, HV_STATUS_SUCCESS, "status of HvCallFlushVirtualAddressSpace");
+    }
+}
+
+test_case! {
+    /// HvCallFlushVirtualAddressList is a rep hypercall: with two GVA ranges it succeeds
+    /// and reports both reps completed in RAX bits 43:32 (TLFS 3.8, 4.5.3).
+    name = "pv::hyperv_flush_list::long64", mode = Long64, path = Para, requires = HYPERV;
+    fn hyperv_flush_list() {
+        let page = enable_hypercall_page();
+        let input = input_page();
+        // SAFETY: as above: the header (address space, flags, mask), then two GVA entries.
+        unsafe { input.cast::<[u64; 5]>().write_volatile([0, FLUSH_ALL, 0, 0x10_0000, 0x20_0000]) };
+        let status = hypercall(page, HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST | reps(2), input as u64, 0);
+        check_eq!(status & 0xffff, HV_STATUS_SUCCESS, "status of HvCallFlushVirtualAddressList");
+        check_eq!(status >> 32 & 0xfff, 2, "reps completed");
+    }
+}
+
+static HV_IPIS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+const HV_IPI_VECTOR: u8 = 0xd4;
+
+fn hv_ipi(_: &mut hvprobe_rt::exception::Frame) {
+    HV_IPIS.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+    hvprobe_rt::apic::Apic::XApic.eoi();
+}
+
+fn hv_backstop(_: &mut hvprobe_rt::exception::Frame) {
+    hvprobe_rt::apic::Apic::XApic.eoi();
+}
+
+test_case! {
+    /// HvCallSendSyntheticClusterIpi (fast: vector in RDX, processor mask in R8) to this
+    /// VP delivers the vector through the local APIC (TLFS 10.5.2).
+    name = "pv::hyperv_send_ipi::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_send_ipi() {
+        let apic = hvprobe_rt::apic::Apic::XApic.enable();
+        hvprobe_rt::exception::set_handler(HV_IPI_VECTOR, hv_ipi);
+        hvprobe_rt::exception::set_handler(0xd5, hv_backstop);
+        let page = enable_hypercall_page();
+        let vp = rdmsr(MSR_VP_INDEX);
+        let status = hypercall(page, HVCALL_SEND_IPI | FAST, u64::from(HV_IPI_VECTOR), 1 << vp);
+        check_eq!(status & 0xffff, HV_STATUS_SUCCESS, "status of HvCallSendSyntheticClusterIpi");
+        if HV_IPIS.load(core::sync::atomic::Ordering::SeqCst) == 0 {
+            apic.hlt_with_backstop(0xd5, 10_000_000);
+        }
+        // SAFETY: interrupts off again for the rest of the case.
+        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+        check_eq!(HV_IPIS.load(core::sync::atomic::Ordering::SeqCst), 1, "IPIs delivered");
+    }
+}
+
+test_case! {
+    /// HvCallSendSyntheticClusterIpi with a vector below 0x10 is invalid input (TLFS
+    /// 10.5.2: "vector ... 0x10 to 0xFF").
+    name = "pv::hyperv_send_ipi_bad_vector::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_send_ipi_bad_vector() {
+        hvprobe_rt::apic::Apic::XApic.enable();
+        let page = enable_hypercall_page();
+        let status = hypercall(page, HVCALL_SEND_IPI | FAST, 5, 1);
+        check_eq!(status & 0xffff, HV_STATUS_INVALID_HYPERCALL_INPUT, "status of an IPI of vector 5");
+    }
+}
+
+static CPL3_HYPERCALL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn hypercall_at_cpl3(page: u64) {
+    CPL3_HYPERCALL.store(1, core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the hypercall sequence raises #UD at CPL3 (the case's point), which the
+    // trampoline catches; nothing else is touched.
+    unsafe {
+        core::arch::asm!("call {p}", p = in(reg) page, inout("rcx") HVCALL_NOTIFY_LONG_SPIN_WAIT | FAST => _,
+            inout("rdx") 1u64 => _, inout("r8") 0u64 => _, out("rax") _)
+    };
+}
+
+test_case! {
+    /// A hypercall from CPL3 raises #UD (TLFS 3.5: "hypercalls ... from CPL > 0 ... #UD").
+    name = "pv::hyperv_hypercall_cpl3::cpl3", mode = Long64, path = Para, requires = HYPERV;
+    fn hyperv_hypercall_cpl3() {
+        let page = enable_hypercall_page();
+        let e = hvprobe_rt::user::call_at_cpl3(hypercall_at_cpl3, page);
+        check_eq!(CPL3_HYPERCALL.load(core::sync::atomic::Ordering::SeqCst), 1, "the CPL3 function ran");
+        check!(e.is_some(), "a hypercall at CPL3 raised no exception");
+        hvprobe_rt::check_exception!(e, hvprobe_rt::exception::UD, None);
+    }
+}
+
+// The synthetic interrupt controller (TLFS chapter 11) and timers (chapter 12). The host
+// enables SynIC on every vCPU of a case that requires HYPERV and IRQCHIP
+// (KVM_CAP_HYPERV_SYNIC2), as a VMM offering KVM_GET_SUPPORTED_HV_CPUID's leaves does.
+
+const SYNIC_AVAILABLE: u32 = 1 << 2;
+const SYNTIMER_AVAILABLE: u32 = 1 << 3;
+const MSR_SCONTROL: u32 = 0x4000_0080;
+const MSR_SVERSION: u32 = 0x4000_0081;
+const MSR_SIMP: u32 = 0x4000_0083;
+const MSR_EOM: u32 = 0x4000_0084;
+const MSR_SINT0: u32 = 0x4000_0090;
+const MSR_STIMER0_CONFIG: u32 = 0x4000_00b0;
+const MSR_STIMER0_COUNT: u32 = 0x4000_00b1;
+const SINT_MASKED: u64 = 1 << 16;
+
+test_case! {
+    /// HV_X64_MSR_SVERSION reads 1, the SynIC version (TLFS 11.8.3).
+    name = "pv::hyperv_synic_version::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_synic_version() {
+        need(SYNIC_AVAILABLE, "the SynIC MSRs");
+        check_eq!(rdmsr(MSR_SVERSION), 1, "HV_X64_MSR_SVERSION");
+    }
+}
+
+test_case! {
+    /// Every SINTx starts masked (TLFS 11.8.4: "at virtual processor creation time, the
+    /// default value of all SINTx registers is 0x0000000000010000").
+    name = "pv::hyperv_synic_sint_reset::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_synic_sint_reset() {
+        need(SYNIC_AVAILABLE, "the SynIC MSRs");
+        for i in 0..16 {
+            check_eq!(rdmsr(MSR_SINT0 + i), SINT_MASKED, "HV_X64_MSR_SINT{} at reset", i);
+        }
+    }
+}
+
+test_case! {
+    /// SCONTROL's enable bit and the SIMP page's GPA and enable bit read back as written
+    /// (TLFS 11.8.1, 11.8.5).
+    name = "pv::hyperv_synic_control::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_synic_control() {
+        need(SYNIC_AVAILABLE, "the SynIC MSRs");
+        wrmsr(MSR_SCONTROL, 1);
+        check_eq!(rdmsr(MSR_SCONTROL) & 1, 1, "SCONTROL enable");
+        let simp = input_page() as u64;
+        wrmsr(MSR_SIMP, simp | 1);
+        check_eq!(rdmsr(MSR_SIMP), simp | 1, "SIMP (GPA and enable)");
+    }
+}
+
+static STIMER_IRQS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+const STIMER_VECTOR: u8 = 0xd6;
+
+fn stimer_irq(_: &mut hvprobe_rt::exception::Frame) {
+    STIMER_IRQS.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+    hvprobe_rt::apic::Apic::XApic.eoi();
+}
+
+test_case! {
+    /// A one-shot synthetic timer on SINT2: when it expires the hypervisor writes an
+    /// HvMessageTimerExpired (0x80000010) message into SINT2's slot of the SIMP page and
+    /// interrupts with SINT2's vector (TLFS 12.3, 11.9).
+    name = "pv::hyperv_stimer_message::xapic", mode = Long64, path = Para, requires = HYPERV | IRQCHIP;
+    fn hyperv_stimer_message() {
+        need(SYNIC_AVAILABLE | SYNTIMER_AVAILABLE | TIME_REF_COUNT_AVAILABLE, "SynIC timers");
+        let apic = hvprobe_rt::apic::Apic::XApic.enable();
+        hvprobe_rt::exception::set_handler(STIMER_VECTOR, stimer_irq);
+        hvprobe_rt::exception::set_handler(0xd7, hv_backstop);
+        wrmsr(MSR_GUEST_OS_ID, GUEST_OS_ID_LINUX);
+        let simp = input_page();
+        // SAFETY: the page is this case's; the SIMP holds 16 messages of 256 bytes.
+        unsafe { core::ptr::write_bytes(simp.cast::<u8>(), 0, 4096) };
+        wrmsr(MSR_SCONTROL, 1);
+        wrmsr(MSR_SIMP, simp as u64 | 1);
+        wrmsr(MSR_SINT0 + 2, u64::from(STIMER_VECTOR));
+        // 1 ms in 100 ns units, relative (periodic and lazy bits clear), SINT 2, enabled.
+        wrmsr(MSR_STIMER0_COUNT, 10_000);
+        wrmsr(MSR_STIMER0_CONFIG, 1 | 2 << 16);
+        for _ in 0..100 {
+            if STIMER_IRQS.load(core::sync::atomic::Ordering::SeqCst) != 0 {
+                break;
+            }
+            apic.hlt_with_backstop(0xd7, 2_000_000);
+        }
+        // SAFETY: interrupts off again.
+        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+        // SAFETY: slot 2 of the SIMP page: the message type is its first u32.
+        let message_type = unsafe { simp.cast::<u8>().add(2 * 256).cast::<u32>().read_volatile() };
+        wrmsr(MSR_EOM, 0);
+        check_eq!(STIMER_IRQS.load(core::sync::atomic::Ordering::SeqCst), 1, "SINT2 interrupts after the timer expired");
+        check_eq!(message_type, 0x8000_0010, "message type in SINT2's SIMP slot (HvMessageTimerExpired)");
     }
 }
