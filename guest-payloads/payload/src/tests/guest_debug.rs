@@ -208,3 +208,119 @@ test_case! {
         inject_case(INJECT_DB, exception::DB);
     }
 }
+
+// Data breakpoints set by the host (debugreg[0] and DR7's R/W0 and LEN0, SDM Vol. 3B
+// 19.2.4-19.2.5): a hit is a trap, so the debug exit's PC is the instruction after the
+// access.
+
+#[repr(C, align(16))]
+struct Watched([u64; 2]);
+
+static mut WATCHED: Watched = Watched([0; 2]);
+/// The address right after the access `watched_access` made.
+static AFTER_ACCESS: AtomicU64 = AtomicU64::new(0);
+
+const ACCESS_WRITE: u64 = 0;
+const ACCESS_READ: u64 = 1;
+const ACCESS_WRITE_NEXT: u64 = 2;
+
+/// One 8-byte access: a write of the watched quadword, a read of it, or a write of the
+/// quadword after it. Records the address of the instruction after the access.
+extern "C" fn watched_access(kind: u64) {
+    let base = &raw mut WATCHED as u64;
+    let after: u64;
+    // SAFETY: one access to the case's own static.
+    unsafe {
+        match kind {
+            ACCESS_WRITE => core::arch::asm!("mov qword ptr [{a}], {v}", "2:", "lea {n}, [rip + 2b]",
+                a = in(reg) base, v = in(reg) 7u64, n = out(reg) after, options(nostack)),
+            ACCESS_READ => core::arch::asm!("mov {v}, qword ptr [{a}]", "2:", "lea {n}, [rip + 2b]",
+                a = in(reg) base, v = out(reg) _, n = out(reg) after, options(nostack)),
+            _ => core::arch::asm!("mov qword ptr [{a} + 8], {v}", "2:", "lea {n}, [rip + 2b]",
+                a = in(reg) base, v = in(reg) 7u64, n = out(reg) after, options(nostack)),
+        }
+    }
+    AFTER_ACCESS.store(after, SeqCst);
+}
+
+/// DR7 for breakpoint 0: L0, the GE bit the SDM recommends, R/W0 and LEN0.
+const fn dr7_watch(rw: u64, len: u64) -> u64 {
+    1 | 1 << 10 | rw << 16 | len << 18
+}
+const RW_WRITE: u64 = 0b01;
+const RW_READ_WRITE: u64 = 0b11;
+const LEN_1: u64 = 0b00;
+const LEN_8: u64 = 0b10;
+
+/// Arms a host data breakpoint at `addr` with `dr7`, makes one access at CPL0 or CPL3,
+/// and checks the host saw exactly `hits` debug exits, a trap just after the access.
+fn watch_case(cpl3: bool, addr: u64, dr7: u64, kind: u64, hits: u64) {
+    guest_debug(ENABLE | USE_HW_BP, addr, dr7);
+    let e = call_at(cpl3, watched_access, kind);
+    guest_debug(0, 0, 0);
+    check_no_exception!(e);
+    check_eq!(exits(0), Some(hits), "debug exits for one access");
+    if hits == 0 {
+        return;
+    }
+    check_eq!(exits(1), Some(u64::from(exception::DB)), "the exception of the debug exit");
+    check_eq!(exits(2), Some(AFTER_ACCESS.load(SeqCst)), "the debug exit's PC (the instruction after the access)");
+    check_eq!(exits(3).map(|dr6| dr6 & 1), Some(1), "DR6.B0 of the debug exit");
+}
+
+fn watched() -> u64 {
+    &raw const WATCHED as u64
+}
+
+test_case! {
+    /// A host write watchpoint (R/W0 = 01, LEN0 = 8 bytes) on a quadword: a write of it at
+    /// CPL0 exits once, as a trap after the write, with DR6.B0 (SDM Vol. 3B 19.2.4).
+    name = "cpu::guest_debug_watch_write::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_write() {
+        watch_case(false, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE, 1);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the write made at CPL3.
+    name = "cpu::guest_debug_watch_write::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_write_cpl3() {
+        watch_case(true, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE, 1);
+    }
+}
+
+test_case! {
+    /// A host read/write watchpoint (R/W0 = 11) catches a read of the quadword (SDM Vol.
+    /// 3B 19.2.4).
+    name = "cpu::guest_debug_watch_read::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_read() {
+        watch_case(false, watched(), dr7_watch(RW_READ_WRITE, LEN_8), ACCESS_READ, 1);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the read made at CPL3.
+    name = "cpu::guest_debug_watch_read::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_read_cpl3() {
+        watch_case(true, watched(), dr7_watch(RW_READ_WRITE, LEN_8), ACCESS_READ, 1);
+    }
+}
+
+test_case! {
+    /// A write watchpoint does not fire for a read, nor for a write of the next quadword
+    /// (SDM Vol. 3B 19.2.5: only accesses that overlap the range, of the watched kind).
+    name = "cpu::guest_debug_watch_miss::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_miss() {
+        watch_case(false, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_READ, 0);
+        watch_case(false, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE_NEXT, 0);
+    }
+}
+
+test_case! {
+    /// A one-byte watchpoint on byte 3 of the quadword fires for an 8-byte write that
+    /// covers it (SDM Vol. 3B 19.2.5: any overlap).
+    name = "cpu::guest_debug_watch_byte::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_byte() {
+        watch_case(false, watched() + 3, dr7_watch(RW_WRITE, LEN_1), ACCESS_WRITE, 1);
+    }
+}
