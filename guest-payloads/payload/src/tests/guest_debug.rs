@@ -324,3 +324,20 @@ test_case! {
         watch_case(false, watched() + 3, dr7_watch(RW_WRITE, LEN_1), ACCESS_WRITE, 1);
     }
 }
+
+extern "C" fn watch_miss_at_cpl3(_: u64) {
+    watched_access(ACCESS_READ);
+    watched_access(ACCESS_WRITE_NEXT);
+}
+
+test_case! {
+    /// As `::long64`, the accesses made at CPL3.
+    name = "cpu::guest_debug_watch_miss::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_miss_cpl3() {
+        guest_debug(ENABLE | USE_HW_BP, watched(), dr7_watch(RW_WRITE, LEN_8));
+        let e = call_at(true, watch_miss_at_cpl3, 0);
+        guest_debug(0, 0, 0);
+        check_no_exception!(e);
+        check_eq!(exits(0), Some(0), "debug exits for a read and a write next to a write watchpoint");
+    }
+}

@@ -258,17 +258,19 @@ extern "C" fn read_tsc(_: u64) {
     CPL3_TSC.store(cpu::rdtsc(), SeqCst);
 }
 
-fn check_offset_jump(cpl3: bool) {
+/// Moves the offset by `delta` (2^40 forward or back) and checks the TSC, read at CPL0 or
+/// CPL3, moved with it.
+fn check_offset_jump(cpl3: bool, delta: u64) {
     let before = cpu::rdtsc();
-    tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+    tsc_offset(TSC_OFFSET_ADD, delta);
     let e = super::cpu::call_at(cpl3, read_tsc, 0);
     check!(e.is_none(), "reading the TSC raised {:?}", e);
-    let gap = CPL3_TSC.load(SeqCst).wrapping_sub(before);
+    let gap = CPL3_TSC.load(SeqCst).wrapping_sub(before).wrapping_sub(delta);
     check_values!(
-        (OFFSET_JUMP..OFFSET_JUMP + (1 << 36)).contains(&gap),
-        OFFSET_JUMP,
-        gap,
-        "the TSC's move over a KVM_VCPU_TSC_OFFSET increase of 2^40 (expected: 2^40 plus the time between; actual: the move)"
+        gap < 1 << 36,
+        delta,
+        CPL3_TSC.load(SeqCst).wrapping_sub(before),
+        "the TSC's move over a KVM_VCPU_TSC_OFFSET change (expected: the change plus the time between; actual: the move)"
     );
 }
 
@@ -277,7 +279,7 @@ test_case! {
     /// 4.1).
     name = "cpu::tsc_offset_add::long64", mode = Long64, path = Full, requires = TSC_CTRL;
     fn tsc_offset_add() {
-        check_offset_jump(false);
+        check_offset_jump(false, OFFSET_JUMP);
     }
 }
 
@@ -285,7 +287,7 @@ test_case! {
     /// As `::long64`, with the TSC read at CPL3 after the move.
     name = "cpu::tsc_offset_add::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
     fn tsc_offset_add_cpl3() {
-        check_offset_jump(true);
+        check_offset_jump(true, OFFSET_JUMP);
     }
 }
 
@@ -314,6 +316,61 @@ test_case! {
             OFFSET_JUMP,
             gap,
             "vCPU 0's TSC ahead of vCPU 1's by the offset added to vCPU 0 (expected: 2^40; actual: the gap)"
+        );
+    }
+}
+
+test_case! {
+    /// Taking 2^40 off the offset moves the TSC back by that much (devices/vcpu.rst 4.1).
+    name = "cpu::tsc_offset_sub::long64", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_sub() {
+        check_offset_jump(false, OFFSET_JUMP.wrapping_neg());
+    }
+}
+
+test_case! {
+    /// As `::long64`, with the TSC read at CPL3 after the move.
+    name = "cpu::tsc_offset_sub::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_sub_cpl3() {
+        check_offset_jump(true, OFFSET_JUMP.wrapping_neg());
+    }
+}
+
+test_case! {
+    /// After the offset moved, the host's TSC plus the new offset is again the guest's TSC
+    /// (devices/vcpu.rst 4.1).
+    name = "cpu::tsc_offset_read_after_add::long64", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read_after_add() {
+        tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+        check_bracket(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, the TSC read at CPL3.
+    name = "cpu::tsc_offset_read_after_add::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read_after_add_cpl3() {
+        tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+        check_bracket(true);
+    }
+}
+
+test_case! {
+    /// kvmclock stays continuous when the VMM moves the TSC offset: KVM recomputes the
+    /// pvclock parameters from the new TSC, so the clock's reading moves by the real time
+    /// between, not by 2^40 cycles (Documentation/virt/kvm/x86/msr.rst, MSR_KVM_SYSTEM_TIME_NEW:
+    /// "the guest ... must use the tsc_timestamp / system_time pair").
+    name = "pv::kvmclock_across_tsc_offset::long64", mode = Long64, path = Para, requires = KVM_PV | TSC_CTRL;
+    fn kvmclock_across_tsc_offset() {
+        kvmclock::enable();
+        let before = kvmclock::ns();
+        tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
+        let after = kvmclock::ns();
+        check_values!(
+            after >= before && after - before < 1_000_000_000,
+            0,
+            after.wrapping_sub(before),
+            "kvmclock ns across a TSC offset change of 2^40 cycles (expected: small and forward; actual: the move)"
         );
     }
 }
