@@ -123,10 +123,10 @@ fn call_at(gpa: u64) -> u64 {
 
 fn memslot_exec() {
     memslot(MEMSLOT_ADD, HOTPLUG_BASE, PATTERN);
-    plant_function(HOTPLUG_BASE + 0x100, 0xc0de_1);
-    check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_1, "a function run from the added slot");
-    plant_function(HOTPLUG_BASE + 0x100, 0xc0de_2);
-    check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_2, "the same address after the code was rewritten");
+    plant_function(HOTPLUG_BASE + 0x100, 0xc0de_0001);
+    check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_0001, "a function run from the added slot");
+    plant_function(HOTPLUG_BASE + 0x100, 0xc0de_0002);
+    check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_0002, "the same address after the code was rewritten");
 }
 
 test_case! {
@@ -151,10 +151,10 @@ test_case! {
     fn memslot_exec_after_move() {
         let to = HOTPLUG_BASE + 0x2_0000;
         memslot(MEMSLOT_ADD, HOTPLUG_BASE, PATTERN);
-        plant_function(HOTPLUG_BASE + 0x100, 0xc0de_3);
-        check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_3, "the function before the move");
+        plant_function(HOTPLUG_BASE + 0x100, 0xc0de_0003);
+        check_eq!(call_at(HOTPLUG_BASE + 0x100), 0xc0de_0003, "the function before the move");
         memslot(MEMSLOT_MOVE, to, 0);
-        check_eq!(call_at(to + 0x100), 0xc0de_3, "the function at the slot's new address");
+        check_eq!(call_at(to + 0x100), 0xc0de_0003, "the function at the slot's new address");
         check_eq!(read(HOTPLUG_BASE + 0x100), ABSENT, "the old address after the move");
     }
 }
