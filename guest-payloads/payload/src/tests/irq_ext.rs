@@ -837,3 +837,68 @@ test_case! {
         nmi_before_intr(Apic::X2Apic);
     }
 }
+
+// A maskable interrupt against a fault at the next boundary (SDM Vol. 3A 6.9: an external
+// interrupt, priority 5, is serviced before a fault in decoding the next instruction,
+// priority 9; 6.8.3: STI holds interrupts off until the instruction after it completes).
+
+fn ud_recorded(frame: &mut Frame) {
+    arrive(3);
+    frame.rip += 2;
+}
+
+/// With IF clear, makes a fixed self-IPI pending, then runs STI and (with `shadow` false)
+/// a NOP before UD2. Returns the arrival order (2 = the interrupt, 3 = the #UD).
+fn intr_against_fault(mode: Apic, shadow: bool) -> u64 {
+    X2.store((mode == Apic::X2Apic) as u64, SeqCst);
+    set_handler(ORDER_VECTOR, order_handler);
+    set_handler(6, ud_recorded);
+    mode.enable();
+    ARRIVALS.store(0, SeqCst);
+    active().write(reg::ICR_LOW, 1 << 18 | ORDER_VECTOR as u32);
+    // SAFETY: the UD2 is handled by `ud_recorded`, which steps over it; the interrupt by
+    // `order_handler`; interrupts are off again at the end.
+    unsafe {
+        if shadow {
+            asm!("sti", "ud2", "cli", options(nomem, nostack));
+        } else {
+            asm!("sti", "nop", "ud2", "cli", options(nomem, nostack));
+        }
+    }
+    ARRIVALS.load(SeqCst)
+}
+
+test_case! {
+    /// A pending interrupt is taken at the boundary after STI's shadow, before the UD2 that
+    /// follows faults (SDM Vol. 3A 6.9, priority 5 before 9).
+    name = "irq::intr_before_fault::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn intr_before_fault_xapic() {
+        check_eq!(intr_against_fault(Apic::XApic, false), 0x23, "arrival order (2 = the interrupt, 3 = #UD; oldest first)");
+    }
+}
+
+test_case! {
+    /// As `::xapic`, in x2APIC mode.
+    name = "irq::intr_before_fault::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
+    fn intr_before_fault_x2apic() {
+        check_eq!(intr_against_fault(Apic::X2Apic, false), 0x23, "arrival order (2 = the interrupt, 3 = #UD; oldest first)");
+    }
+}
+
+test_case! {
+    /// In STI's shadow the pending interrupt waits: the UD2 right after STI faults first,
+    /// and the interrupt comes once the #UD handler returns (SDM Vol. 3A 6.8.3; Vol. 2B
+    /// STI).
+    name = "irq::sti_shadow_fault_first::xapic", mode = Long64, path = Full, requires = IRQCHIP;
+    fn sti_shadow_fault_first_xapic() {
+        check_eq!(intr_against_fault(Apic::XApic, true), 0x32, "arrival order (2 = the interrupt, 3 = #UD; oldest first)");
+    }
+}
+
+test_case! {
+    /// As `::xapic`, in x2APIC mode.
+    name = "irq::sti_shadow_fault_first::x2apic", mode = Long64, path = Hw, requires = IRQCHIP | X2APIC;
+    fn sti_shadow_fault_first_x2apic() {
+        check_eq!(intr_against_fault(Apic::X2Apic, true), 0x32, "arrival order (2 = the interrupt, 3 = #UD; oldest first)");
+    }
+}
