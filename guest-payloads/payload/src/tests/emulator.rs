@@ -296,3 +296,45 @@ test_case! {
     name = "cpu::mmx_pending_mf::user64", mode = User64, path = Full;
     entry = mmx_pending_mf
 }
+
+fn read_ss() -> u16 {
+    let ss: u16;
+    // SAFETY: reads SS.
+    unsafe { core::arch::asm!("mov {0:x}, ss", out(reg) ss, options(nomem, nostack)) };
+    ss
+}
+
+test_case! {
+    /// MOV SS of the CPL0 data selector with RPL 3 at CPL0 in 64-bit mode raises
+    /// #GP(selector): SS's RPL must equal CPL (SDM Vol. 2B MOV, "64-Bit Mode Exceptions").
+    name = "cpu::mov_ss_rpl::long64", mode = Long64, path = Full;
+    fn mov_ss_rpl() {
+        let e = catch!("mov ss, {s:x}", s = in(reg) u64::from(selector::DATA | 3));
+        check!(e.is_some(), "MOV SS of a selector with RPL 3 at CPL0 raised no exception");
+        check_exception!(e, exception::GP, Some(u64::from(selector::DATA)));
+        check_eq!(read_ss(), selector::DATA, "SS after the refused load");
+    }
+}
+
+test_case! {
+    /// In 64-bit mode at CPL0 MOV SS may load a null selector whose RPL is 0 (SDM Vol. 2B
+    /// MOV: "#GP(0) if ... null segment selector ... in SS ... and CPL = 3 or RPL != CPL";
+    /// APM Vol. 2 4.12.2); the stack still works and SS goes back after.
+    name = "cpu::mov_ss_null::long64", mode = Long64, path = Full;
+    fn mov_ss_null() {
+        let ss_seen: u64;
+        let e = catch!(
+            "xor {r:e}, {r:e}",
+            "mov ss, {r:x}",
+            "push {r}",
+            "pop {r}",
+            "mov {s:x}, ss",
+            "mov {r:x}, {data:x}",
+            "mov ss, {r:x}",
+            r = out(reg) _, s = out(reg) ss_seen, data = in(reg) u64::from(selector::DATA)
+        );
+        check_no_exception!(e);
+        check_eq!(ss_seen & 0xffff, 0, "SS after MOV SS of the null selector");
+        check_eq!(read_ss(), selector::DATA, "SS put back");
+    }
+}
