@@ -3,8 +3,11 @@
 //! against the rules of SDM Vol. 3A 4.6 (access rights) and 4.7 (the #PF error code:
 //! P, W/R, U/S, I/D) and APM Vol. 2 5.6. The upper levels of the walk grant everything,
 //! so the PTE decides; EFER.NXE is set so that XD is a permission bit, not a reserved
-//! one. SMEP, SMAP and PKU are off (the harness's RAM is all user-accessible; their
-//! control bits are checked in tests/gated.rs).
+//! one. The harness's RAM is all user-accessible, so SMEP and SMAP cannot be on while
+//! the runtime runs from it: their cases (CPL0 only) first make the low 2 MiB (the code,
+//! stacks, descriptor tables and the target page) supervisor-only, then turn CR4.SMEP or
+//! CR4.SMAP on, run the matrix, and undo both (SDM Vol. 3A 4.6.1; APM Vol. 2 5.6.5-5.6.6).
+//! PKU stays off (its control bit is checked in tests/gated.rs).
 
 use super::cpu::cpuid_as_set;
 use hvprobe_rt::cpu;
@@ -54,6 +57,18 @@ extern "C" fn write_at(addr: u64) {
     unsafe { core::arch::asm!("mov byte ptr [{0}], 0xc3", in(reg) addr, options(nostack)) };
 }
 
+/// A CPL0 access with RFLAGS.AC set for it (STAC ... CLAC), as SMAP's escape hatch.
+fn access_with_ac(what: Access, addr: u64) -> Option<Exception> {
+    let e = match what {
+        Access::Read => catch!("stac", "mov {0}, [{1}]", "clac", out(reg) _, in(reg) addr),
+        Access::Write => catch!("stac", "mov byte ptr [{0}], 0xc3", "clac", in(reg) addr),
+        Access::Fetch => catch!("stac", "call {0}", "clac", in(reg) addr),
+    };
+    // SAFETY: CLAC after a faulting access, which skipped the one in the sequence.
+    unsafe { core::arch::asm!("clac", options(nomem, nostack)) };
+    e
+}
+
 fn access(what: Access, cpl3: bool, addr: u64) -> Option<Exception> {
     match (what, cpl3) {
         (Access::Read, false) => catch!("mov {0}, [{1}]", out(reg) _, in(reg) addr),
@@ -69,12 +84,25 @@ fn access(what: Access, cpl3: bool, addr: u64) -> Option<Exception> {
     }
 }
 
+/// CR4.SMEP and CR4.SMAP, and RFLAGS.AC at the access.
+#[derive(Clone, Copy, PartialEq)]
+struct Protect {
+    smep: bool,
+    smap: bool,
+    ac: bool,
+}
+
+const NO_PROTECT: Protect = Protect { smep: false, smap: false, ac: false };
+
 /// The #PF error code the SDM gives for this access, or None if it is allowed.
-fn expected(what: Access, cpl3: bool, wp: bool, user: bool, writable: bool, xd: bool) -> Option<u64> {
+fn expected(what: Access, cpl3: bool, wp: bool, user: bool, writable: bool, xd: bool, p: Protect) -> Option<u64> {
+    // SMAP: supervisor data accesses to user pages fault unless RFLAGS.AC is set; SMEP:
+    // supervisor fetches from user pages fault (SDM Vol. 3A 4.6.1).
+    let smap_blocks = p.smap && user && !p.ac;
     let allowed = match (what, cpl3) {
-        (Access::Read, false) => true,
-        (Access::Write, false) => writable || !wp,
-        (Access::Fetch, false) => !xd,
+        (Access::Read, false) => !smap_blocks,
+        (Access::Write, false) => (writable || !wp) && !smap_blocks,
+        (Access::Fetch, false) => !xd && !(p.smep && user),
         (Access::Read, true) => user,
         (Access::Write, true) => user && writable,
         (Access::Fetch, true) => user && !xd,
@@ -87,6 +115,10 @@ fn expected(what: Access, cpl3: bool, wp: bool, user: bool, writable: bool, xd: 
 /// Runs the eight PTE combinations and fails once, naming every combination that
 /// deviates (bit n of the mask: n = U/S << 2 | R/W << 1 | XD) and the first of them.
 fn matrix(what: Access, cpl3: bool, wp: bool, level: Level) {
+    matrix_protected(what, cpl3, wp, level, NO_PROTECT);
+}
+
+fn matrix_protected(what: Access, cpl3: bool, wp: bool, level: Level, p: Protect) {
     if cpuid_as_set(0x8000_0001, 0).is_none_or(|c| c.edx & 1 << 20 == 0) {
         skip!("KVM does not offer NX");
     }
@@ -106,11 +138,12 @@ fn matrix(what: Access, cpl3: bool, wp: bool, level: Level) {
         let (user, writable, xd) = (combo & 4 != 0, combo & 2 != 0, combo & 1 != 0);
         let bits = if user { USER } else { 0 } | if writable { WRITABLE } else { 0 } | if xd { XD } else { 0 };
         let edit = |entry: u64| (entry & !(USER | WRITABLE | XD)) | bits;
+        let run = || if p.ac { access_with_ac(what, addr) } else { access(what, cpl3, addr) };
         let e = match level {
-            Level::Pte => paging::with_pte(addr, edit, || access(what, cpl3, addr)),
-            Level::Pde => paging::with_pde(addr, edit, || access(what, cpl3, addr)),
+            Level::Pte => paging::with_pte(addr, edit, run),
+            Level::Pde => paging::with_pde(addr, edit, run),
         };
-        let want = expected(what, cpl3, wp, user, writable, xd);
+        let want = expected(what, cpl3, wp, user, writable, xd, p);
         let got = e.map(|e| (e.vector, e.error_code, e.cr2));
         let right = match (want, got) {
             (None, None) => true,
@@ -188,4 +221,77 @@ matrix_cases! {
     pf_matrix_large_fetch: "cpu::pf_matrix_large_fetch::long64", Fetch, false, false, Pde;
     /// User fetches from a 2 MiB page.
     pf_matrix_large_fetch_cpl3: "cpu::pf_matrix_large_fetch::cpl3", Fetch, true, false, Pde;
+}
+
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+
+fn write_cr4(value: u64) {
+    // SAFETY: the callers toggle only SMEP and SMAP, with the low 2 MiB supervisor-only.
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) value, options(nostack)) };
+}
+
+/// Sets or clears U/S in the 512 PTEs that map the low 2 MiB, and flushes the TLB.
+fn low_user(user: bool) {
+    let pt = hvprobe_rt::abi::layout::PT0 as *mut u64;
+    for i in 0..512 {
+        // SAFETY: the harness's page table of the low 2 MiB; only U/S changes.
+        unsafe {
+            let e = pt.add(i).read_volatile();
+            pt.add(i).write_volatile(if user { e | USER } else { e & !USER });
+        }
+    }
+    // SAFETY: reloading CR3 flushes the non-global translations.
+    unsafe { core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack)) };
+}
+
+/// Runs the CPL0 matrix for `what` with SMEP or SMAP on (skipping where the table does
+/// not offer it), the low 2 MiB supervisor-only around it. A deviation fails the case from
+/// inside, while still protected: the report goes out by port I/O from supervisor pages.
+fn protected_matrix(what: Access, wp: bool, p: Protect) {
+    let (bit, name) = if p.smep { (7, "SMEP") } else { (20, "SMAP") };
+    if cpuid_as_set(7, 0).is_none_or(|c| c.ebx & 1 << bit == 0) {
+        skip!("KVM does not offer {} (CPUID.(7,0):EBX[{}])", name, bit);
+    }
+    let cr4 = cpu::read_cr4();
+    let on = if p.smep { CR4_SMEP } else { CR4_SMAP };
+    low_user(false);
+    write_cr4(cr4 | on);
+    matrix_protected(what, false, wp, Level::Pte, p);
+    write_cr4(cr4);
+    low_user(true);
+}
+
+macro_rules! protected_cases {
+    ($($(#[$doc:meta])* $fn:ident: $name:literal, $what:ident, $wp:expr, $smep:expr, $smap:expr, $ac:expr;)+) => {$(
+        test_case! {
+            $(#[$doc])*
+            name = $name, mode = Long64, path = Hw;
+            fn $fn() {
+                protected_matrix(Access::$what, $wp, Protect { smep: $smep, smap: $smap, ac: $ac });
+            }
+        }
+    )+};
+}
+
+protected_cases! {
+    /// With CR4.SMEP, supervisor fetches from user pages fault: #PF(P|I/D) on U/S = 1,
+    /// and XD still applies (SDM Vol. 3A 4.6.1).
+    pf_matrix_fetch_smep: "cpu::pf_matrix_fetch_smep::long64", Fetch, false, true, false, false;
+    /// With CR4.SMEP, supervisor reads of user pages are still allowed (SMEP is about
+    /// fetches).
+    pf_matrix_read_smep: "cpu::pf_matrix_read_smep::long64", Read, false, true, false, false;
+    /// With CR4.SMAP and RFLAGS.AC clear, supervisor reads of user pages fault with #PF(P)
+    /// (SDM Vol. 3A 4.6.1, "data reads ... from user-mode pages").
+    pf_matrix_read_smap: "cpu::pf_matrix_read_smap::long64", Read, false, false, true, false;
+    /// With CR4.SMAP and CR0.WP, supervisor writes to user pages fault with #PF(P|W)
+    /// whatever R/W says; supervisor pages follow WP.
+    pf_matrix_write_smap: "cpu::pf_matrix_write_smap::long64", Write, true, false, true, false;
+    /// With CR4.SMAP and RFLAGS.AC set (STAC), supervisor reads of user pages are allowed
+    /// (SDM Vol. 2B STAC; Vol. 3A 4.6.1).
+    pf_matrix_read_smap_ac: "cpu::pf_matrix_read_smap_ac::long64", Read, false, false, true, true;
+    /// With CR4.SMAP, AC set and CR0.WP, supervisor writes follow only R/W and WP.
+    pf_matrix_write_smap_ac: "cpu::pf_matrix_write_smap_ac::long64", Write, true, false, true, true;
+    /// With CR4.SMAP, supervisor fetches from user pages are allowed (SMAP is about data).
+    pf_matrix_fetch_smap: "cpu::pf_matrix_fetch_smap::long64", Fetch, false, false, true, false;
 }
