@@ -102,7 +102,7 @@ fn expected(what: Access, cpl3: bool, wp: bool, user: bool, writable: bool, xd: 
     let allowed = match (what, cpl3) {
         (Access::Read, false) => !smap_blocks,
         (Access::Write, false) => (writable || !wp) && !smap_blocks,
-        (Access::Fetch, false) => !xd && !(p.smep && user),
+        (Access::Fetch, false) => !(xd || p.smep && user),
         (Access::Read, true) => user,
         (Access::Write, true) => user && writable,
         (Access::Fetch, true) => user && !xd,
