@@ -28,7 +28,7 @@ mod watchdog;
 pub use error::Error;
 pub use host::{Backend, HostFacts, Kvm};
 pub use memory::GuestMemory;
-pub use payload::{Payload, PayloadError, TestCase};
+pub use payload::{Migrate, Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
 pub use run::{
     CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, Section, ServiceHandler, code_bits, first_instruction,

@@ -43,6 +43,41 @@ pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
 /// The area of benchmarks, which are not conformance cases.
 pub const BENCH_AREA: &str = "bench";
 
+/// How the host moves a guest while its case runs (the case's `migrate = ...`, decoded
+/// from `hvprobe_abi::migrate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrate {
+    /// At each checkpoint: save the VM, restore it into a fresh VM in this process, go on.
+    Restore,
+    /// At the first checkpoint: write the snapshot to a file and restore it in a new
+    /// process, which runs the case to its end.
+    CrossProcess,
+    /// Pause the guest this many times at random (seeded) moments; save and restore each
+    /// time.
+    RandomPauses(u32),
+    /// Live migration with dirty logging while the guest runs.
+    Live,
+}
+
+impl Migrate {
+    /// Decodes a descriptor's `migrate` word: None for 0, an error text for anything the
+    /// ABI does not define.
+    pub fn decode(word: u32) -> Result<Option<Migrate>, String> {
+        use hvprobe_abi::migrate::{CROSS_PROCESS, LIVE, RANDOM_PAUSES, RESTORE};
+        let (kind, n) = (word & 0xff, word >> 8);
+        let plain =
+            |m| if n == 0 { Ok(Some(m)) } else { Err(format!("migrate {word:#x}: only RandomPauses takes a count")) };
+        match kind {
+            0 if n == 0 => Ok(None),
+            RESTORE => plain(Migrate::Restore),
+            CROSS_PROCESS => plain(Migrate::CrossProcess),
+            LIVE => plain(Migrate::Live),
+            RANDOM_PAUSES if (1..=255).contains(&n) => Ok(Some(Migrate::RandomPauses(n))),
+            _ => Err(format!("migrate {word:#x} is no kind the ABI defines")),
+        }
+    }
+}
+
 /// One test case as declared in the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestCase {
@@ -61,6 +96,10 @@ pub struct TestCase {
     pub vcpus: u16,
     /// CPUID bits the host clears before the case boots (the guest's `cpuid_clear`).
     pub cpuid_clear: Vec<hvprobe_abi::CpuidClear>,
+    /// How the host moves the guest while it runs (the guest's `migrate`).
+    pub migrate: Option<Migrate>,
+    /// KVM quirks the host disables before the vCPUs exist (the guest's `quirks_off`).
+    pub quirks_off: u64,
     pub entry: u64,
     /// Guest address of the descriptor (passed to 64-bit cases in RDI).
     pub desc_addr: u64,
@@ -261,9 +300,12 @@ fn decode_test(
         return Err(bad(format!("{name}: cpuid_clear names register {} (0 to 3 are EAX to EDX)", edit.reg)));
     }
     let cpuid_clear = raw.cpuid_clear.iter().copied().filter(|e| e.mask != 0).collect();
+    let migrate = Migrate::decode(raw.migrate).map_err(|r| bad(format!("{name}: {r}")))?;
     let area = name.split("::").next().unwrap_or_default().to_string();
     Ok(TestCase {
         cpuid_clear,
+        migrate,
+        quirks_off: raw.quirks_off,
         file: String::from_utf8_lossy(raw.file).into_owned(),
         line: raw.line,
         timeout: (raw.timeout_ms != 0).then(|| Duration::from_millis(raw.timeout_ms.into())),
@@ -298,6 +340,19 @@ fn validate_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrate_words_decode_to_the_kinds_the_abi_defines() {
+        use hvprobe_abi::migrate::{CROSS_PROCESS, LIVE, RESTORE, random_pauses};
+        assert_eq!(Migrate::decode(0), Ok(None));
+        assert_eq!(Migrate::decode(RESTORE), Ok(Some(Migrate::Restore)));
+        assert_eq!(Migrate::decode(CROSS_PROCESS), Ok(Some(Migrate::CrossProcess)));
+        assert_eq!(Migrate::decode(LIVE), Ok(Some(Migrate::Live)));
+        assert_eq!(Migrate::decode(random_pauses(3)), Ok(Some(Migrate::RandomPauses(3))));
+        for bad in [5, random_pauses(0), RESTORE | 1 << 8, 1 << 8, u32::MAX] {
+            assert!(Migrate::decode(bad).is_err(), "{bad:#x} decoded");
+        }
+    }
 
     #[test]
     fn names_follow_the_contract() {

@@ -183,6 +183,8 @@ mod tests {
             flags,
             vcpus: 1,
             cpuid_clear: Vec::new(),
+            migrate: None,
+            quirks_off: 0,
             entry: 0x100000,
             desc_addr: 0x10a000,
         }

@@ -1,4 +1,4 @@
-//! Driving a case whose host hook moves the guest while it runs (`hooks::Migrate`): save
+//! Driving a case that declares how the host moves it while it runs (`migrate = ...`, `Migrate`): save
 //! and restore at checkpoints, at random pauses, into another process, or live. The guest
 //! checks continuity; the host adds what it measured (save, restore and downtime, pages per
 //! pre-copy round) to the report's metrics.
@@ -13,7 +13,7 @@ use hvprobe_harness::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::Migrate;
+use hvprobe_harness::Migrate;
 
 /// How the live-migration cases migrate: a few rounds 10 ms apart, converged below 16
 /// pages (the guest's working set is 64 pages, so it seldom converges: the rounds stop).

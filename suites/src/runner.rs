@@ -98,13 +98,13 @@ pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
     case.timeout.unwrap_or(default)
 }
 
-/// The VM a case boots in: its vCPUs, the irqchip and ioeventfds it requires, and its
-/// host hook's CPUID edit.
+/// The VM a case boots in: its vCPUs, the irqchip and ioeventfds it requires, the
+/// quirks it turns off, and its host hook's CPUID edit.
 pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
     VmConfig {
         vcpus: case.vcpus.into(),
         irqchip: case.requires & (requires::IRQCHIP | requires::PIT) != 0,
-        cpuid_edit: hook.and_then(|h| h.cpuid_edit).map(|f| Box::new(f) as CpuidEdit),
+        cpuid_edit: hook.map(|h| Box::new(h.cpuid_edit) as CpuidEdit),
         cpuid_clear: case.cpuid_clear.clone(),
         enforce_pv_cpuid: case.requires & requires::ENFORCE_PV_CPUID != 0,
         user_msr: case.requires & requires::USER_MSR != 0,
@@ -114,7 +114,7 @@ pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
         pit: case.requires & requires::PIT != 0,
         readonly_slot: case.requires & requires::READONLY_MEM != 0,
         coalesced: case.requires & requires::COALESCED != 0,
-        disable_quirks: hook.map_or(0, |h| h.quirks_off),
+        disable_quirks: case.quirks_off,
         dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
     }
 }
@@ -169,7 +169,7 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
             livelock: !case.expects_timeout(),
             ..RunOptions::default()
         };
-        let driven = crate::migrate::drive(&target, vm, hook.and_then(|h| h.migrate), options);
+        let driven = crate::migrate::drive(&target, vm, case.migrate, options);
         phases.run = t.elapsed();
         let (report, vm) = driven?;
         let t = Instant::now();

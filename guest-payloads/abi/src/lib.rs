@@ -473,11 +473,42 @@ pub struct TestDesc {
     pub timeout_ms: u32,
     pub requires: u64,
     pub flags: u32,
-    pub _reserved2: u32,
+    /// How the host moves the guest while the case runs ([`migrate`]; 0: it does not).
+    pub migrate: u32,
+    /// KVM quirks the host disables before the vCPUs exist (KVM_CAP_DISABLE_QUIRKS2,
+    /// api.rst 7.31; bits of [`quirks`]).
+    pub quirks_off: u64,
     /// CPUID bits the host clears from this case's table before KVM_SET_CPUID2: the
     /// features whose absence the case checks. Unused slots have a zero mask.
     pub cpuid_clear: [CpuidClear; CPUID_CLEARS],
     pub entry: EntryFn,
+}
+
+/// How the host moves a guest while its case runs, declared by the case
+/// (`migrate = Restore | CrossProcess | RandomPauses(n) | Live` in `test_case!`): the kind
+/// in bits 0-7, the count of random pauses in bits 8-15.
+pub mod migrate {
+    /// At each checkpoint (service CHECKPOINT): save the VM, restore it into a fresh VM in
+    /// the same process, go on.
+    pub const RESTORE: u32 = 1;
+    /// At the first checkpoint: write the snapshot to a file and restore it in a new
+    /// process, which runs the case to its end.
+    pub const CROSS_PROCESS: u32 = 2;
+    /// Pause the guest n times at random (seeded) moments; save and restore each time.
+    pub const RANDOM_PAUSES: u32 = 3;
+    /// Live migration with dirty logging while the guest runs.
+    pub const LIVE: u32 = 4;
+
+    pub const fn random_pauses(n: u8) -> u32 {
+        RANDOM_PAUSES | (n as u32) << 8
+    }
+}
+
+/// KVM quirks a case may ask the host to disable (include/uapi/asm/kvm.h,
+/// KVM_X86_QUIRK_*).
+pub mod quirks {
+    /// KVM stops rewriting the other vendor's hypercall instruction (VMCALL/VMMCALL).
+    pub const FIX_HYPERCALL_INSN: u64 = 1 << 5;
 }
 
 /// How many [`CpuidClear`] edits one case may declare.
@@ -543,6 +574,8 @@ pub struct RawTestDesc<'a> {
     pub timeout_ms: u32,
     pub requires: u64,
     pub flags: u32,
+    pub migrate: u32,
+    pub quirks_off: u64,
     pub cpuid_clear: [CpuidClear; CPUID_CLEARS],
     pub entry: u64,
 }
@@ -570,6 +603,8 @@ impl TestDesc {
             timeout_ms: read_u32(bytes, offset_of!(TestDesc, timeout_ms))?,
             requires: read_u64(bytes, offset_of!(TestDesc, requires))?,
             flags: read_u32(bytes, offset_of!(TestDesc, flags))?,
+            migrate: read_u32(bytes, offset_of!(TestDesc, migrate))?,
+            quirks_off: read_u64(bytes, offset_of!(TestDesc, quirks_off))?,
             cpuid_clear: {
                 let mut edits = [CpuidClear::NONE; CPUID_CLEARS];
                 for (i, edit) in edits.iter_mut().enumerate() {
@@ -626,7 +661,7 @@ impl BootHeader {
     pub const SIZE: usize = size_of::<BootHeader>();
     pub const VECTOR_STRIDE: u64 = 16;
     /// Bumped whenever anything in this crate changes meaning.
-    pub const ABI_VERSION: u32 = 10;
+    pub const ABI_VERSION: u32 = 11;
 
     pub fn decode(bytes: &[u8]) -> Option<RawBootHeader> {
         if read_u32(bytes, offset_of!(BootHeader, magic))? != Self::MAGIC {

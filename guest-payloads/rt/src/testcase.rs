@@ -70,30 +70,36 @@ impl<T> NoValue for &Probe<'_, T> {
 ///
 /// Options after `path`: `requires = abi::requires::X | ...`, `timeout_ms = N`,
 /// `flags = abi::flags::X`, `vcpus = N` (the other vCPUs idle in `rt::smp`),
-/// `cpuid_clear = [(leaf, subleaf, EDX, mask), ...]` (bits the host clears from the
-/// case's CPUID table; `ANY` as subleaf edits every subleaf).
+/// `migrate = Restore | CrossProcess | RandomPauses(n) | Live` (how the host moves the
+/// guest while it runs: `abi::migrate`), `quirks_off = abi::quirks::X | ...` (KVM quirks
+/// the host disables), `cpuid_clear = [(leaf, subleaf, EDX, mask), ...]` (bits the host
+/// clears from the case's CPUID table; `ANY` as subleaf edits every subleaf).
 #[macro_export]
 macro_rules! test_case {
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
         $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)?
+        $(, migrate = $mig:ident $(($mign:expr))?)? $(, quirks_off = $q:expr)?
         $(, cpuid_clear = [$(($leaf:expr, $sub:tt, $reg:ident, $mask:expr)),* $(,)?])? ;
         fn $fn:ident() $body:block
     ) => {
         $(#[$meta])*
         extern "C" fn $fn() $body
         $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?],
+            [$($crate::test_case!(@migrate $mig $(($mign))?))?], [$($q)?],
             [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], $fn);
     };
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
         $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)?
+        $(, migrate = $mig:ident $(($mign:expr))?)? $(, quirks_off = $q:expr)?
         $(, cpuid_clear = [$(($leaf:expr, $sub:tt, $reg:ident, $mask:expr)),* $(,)?])? ;
         entry = $entry:ident
     ) => {
         $crate::test_case!(@desc $name, $mode, $path, [$($req)?], [$($to)?], [$($fl)?], [$($n)?],
+            [$($crate::test_case!(@migrate $mig $(($mign))?))?], [$($q)?],
             [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], $entry);
     };
     (@clear $leaf:expr, ANY, $reg:ident, $mask:expr) => {
@@ -102,8 +108,12 @@ macro_rules! test_case {
     (@clear $leaf:expr, $sub:expr, $reg:ident, $mask:expr) => {
         $crate::abi::CpuidClear::new($leaf, $sub, $crate::abi::CpuidClear::$reg, $mask)
     };
+    (@migrate Restore) => { $crate::abi::migrate::RESTORE };
+    (@migrate CrossProcess) => { $crate::abi::migrate::CROSS_PROCESS };
+    (@migrate Live) => { $crate::abi::migrate::LIVE };
+    (@migrate RandomPauses($n:expr)) => { $crate::abi::migrate::random_pauses($n) };
     (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?],
-        [$($clear:expr),*], $entry:expr) => {
+        [$($mig:expr)?], [$($q:expr)?], [$($clear:expr),*], $entry:expr) => {
         const _: () = {
             #[used]
             #[unsafe(link_section = ".hvprobe.tests")]
@@ -118,7 +128,8 @@ macro_rules! test_case {
                 timeout_ms: 0 $(+ $to)?,
                 requires: 0 $(| $req)?,
                 flags: 0 $(| $fl)?,
-                _reserved2: 0,
+                migrate: 0 $(| $mig)?,
+                quirks_off: 0 $(| $q)?,
                 cpuid_clear: $crate::abi::CpuidClear::table(&[$($clear),*]),
                 entry: $entry,
             };

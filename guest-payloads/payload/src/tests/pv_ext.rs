@@ -241,7 +241,7 @@ test_case! {
     /// "Executing the incorrect hypercall instruction will generate a #UD within the
     /// guest").
     name = "pv::hypercall_quirk_off::long64", mode = Long64, path = Para, requires = requires::KVM_PV,
-        timeout_ms = 1000, flags = abi::flags::HOST_HOOK;
+        timeout_ms = 1000, quirks_off = abi::quirks::FIX_HYPERCALL_INSN;
     fn hypercall_quirk_off() {
         let other = other_vendor_insn();
         // SAFETY: only this case uses the stub.

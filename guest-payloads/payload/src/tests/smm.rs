@@ -354,8 +354,7 @@ test_case! {
 test_case! {
     /// A relocated SMBASE is vCPU state that survives a save and restore into a fresh VM
     /// (MSR_IA32_SMBASE in KVM_GET_MSR_INDEX_LIST; api.rst 4.3 KVM_GET_MSRS).
-    name = "cpu::smm_smbase_restore::long64", mode = Long64, path = Full, requires = requires::SMM,
-        flags = hvprobe_rt::abi::flags::HOST_HOOK;
+    name = "cpu::smm_smbase_restore::long64", mode = Long64, path = Full, requires = requires::SMM, migrate = Restore;
     fn smm_smbase_restore() {
         install(SMBASE);
         install(NEW_SMBASE);

@@ -35,14 +35,13 @@ test_case! {
 }
 
 // ---------------------------------------------------------------------------------------
-// Save and restore. Cases flagged HOST_HOOK have an entry in suites/src/hooks.rs saying
-// what the host does at each checkpoint: restore into a fresh VM in this process, write a
-// file and restore it in another process, pause at random points, or migrate live.
+// Save and restore. Each case declares what the host does (`migrate = ...`): restore into
+// a fresh VM in this process at each checkpoint, write a file and restore it in another
+// process, pause at random points, or migrate live.
 // ---------------------------------------------------------------------------------------
 
 use core::arch::{asm, global_asm};
 
-use hvprobe_rt::abi::flags::HOST_HOOK;
 use hvprobe_rt::abi::layout::{STATE_REGION, STATE_REGION_SIZE};
 use hvprobe_rt::abi::proto::{self, service};
 use hvprobe_rt::abi::requires::{DIRTY_RING, IRQCHIP, KVM_PV};
@@ -97,7 +96,7 @@ fn check_pattern(seed: u64, len: u64) {
 
 test_case! {
     /// Memory survives a save and a restore into a fresh VM byte for byte.
-    name = "state::restore_memory::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_memory::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_memory() {
         let len = pattern_len();
         fill_pattern(0x5eed, len);
@@ -108,7 +107,7 @@ test_case! {
 
 test_case! {
     /// The same from CPL3, over the whole 1 MiB region.
-    name = "state::restore_memory::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_memory::user64", mode = User64, path = Hw, migrate = Restore;
     entry = restore_memory
 }
 
@@ -253,7 +252,7 @@ fn regs_across_checkpoint(tag: u64, sse: bool) -> &'static RegsOut {
 test_case! {
     /// General-purpose registers hold their values across a save and restore
     /// (KVM_GET_REGS/KVM_SET_REGS, api.rst 4.11-4.12).
-    name = "state::restore_gprs::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_gprs::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_gprs() {
         let out = regs_across_checkpoint(2, false);
         for (i, got) in out.gpr.iter().enumerate() {
@@ -265,7 +264,7 @@ test_case! {
 
 test_case! {
     /// The same at CPL3.
-    name = "state::restore_gprs::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_gprs::user64", mode = User64, path = Hw, migrate = Restore;
     entry = restore_gprs
 }
 
@@ -273,7 +272,7 @@ test_case! {
     /// XMM0-15 and MXCSR hold their values across a save and restore (KVM_GET_FPU /
     /// KVM_GET_XSAVE, api.rst 4.22 and 4.42). The case turns SSE on (CR4.OSFXSR and
     /// OSXMMEXCPT, SDM Vol. 3A 2.5); the harness's machine leaves it off.
-    name = "state::restore_sse::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_sse::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_sse() {
         // SAFETY: enabling SSE changes nothing the runtime relies on (it is built without).
         unsafe { asm!("mov {t}, cr4", "or {t}, 0x600", "mov cr4, {t}", t = out(reg) _, options(nomem, nostack)) };
@@ -285,7 +284,7 @@ test_case! {
 test_case! {
     /// The x87 stack and control word survive a save and restore (Rust code uses SSE for
     /// floating point, so the x87 registers are untouched around the checkpoint).
-    name = "state::restore_x87::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_x87::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_x87() {
         let cw: u16 = 0x0e7f; // round toward zero, 64-bit precision, all exceptions masked
         // SAFETY: x87 state belongs to this test; nothing else uses it.
@@ -305,7 +304,7 @@ test_case! {
 
 test_case! {
     /// The same at CPL3, where x87 instructions run natively.
-    name = "state::restore_x87::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_x87::user64", mode = User64, path = Hw, migrate = Restore;
     entry = restore_x87
 }
 
@@ -326,7 +325,7 @@ extern "C" fn sse_at_cpl3(_: u64) {
 test_case! {
     /// The same check with the SSE instructions run at CPL3 (natively on every backend),
     /// after the case turned SSE on at CPL0: the checkpoint happens at CPL3.
-    name = "state::restore_sse::cpl3", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_sse::cpl3", mode = Long64, path = Hw, migrate = Restore;
     fn restore_sse_cpl3() {
         // SAFETY: as in restore_sse.
         unsafe { asm!("mov {t}, cr4", "or {t}, 0x600", "mov cr4, {t}", t = out(reg) _, options(nomem, nostack)) };
@@ -355,7 +354,7 @@ const SAVED_MSRS: [(u32, u64); 9] = [
 test_case! {
     /// System MSRs written before a save read back the same after the restore: each is in
     /// KVM_GET_MSR_INDEX_LIST, which a VMM saves (api.rst 4.3, 4.18).
-    name = "state::restore_msrs::long64", mode = Long64, path = Full, flags = HOST_HOOK;
+    name = "state::restore_msrs::long64", mode = Long64, path = Full, migrate = Restore;
     fn restore_msrs() {
         for (m, v) in SAVED_MSRS {
             // SAFETY: valid values for MSRs nothing in the runtime uses.
@@ -378,7 +377,7 @@ fn read_cr8() -> u64 {
 
 test_case! {
     /// CR0, CR3, CR4, CR8 and EFER survive a save and restore (KVM_GET_SREGS).
-    name = "state::restore_control_regs::long64", mode = Long64, path = Hw, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_control_regs::long64", mode = Long64, path = Hw, requires = IRQCHIP, migrate = Restore;
     fn restore_control_regs() {
         // SAFETY: CR0.AM and EFER.NXE change nothing the runtime relies on; CR8 = 3 masks
         // interrupt classes no test raises.
@@ -403,7 +402,7 @@ test_case! {
 test_case! {
     /// DR0-DR3 and DR7 survive a save and restore (KVM_GET_DEBUGREGS, api.rst 4.33). The
     /// breakpoints watch addresses nothing touches.
-    name = "state::restore_debug_regs::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_debug_regs::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_debug_regs() {
         let addrs = [0x3f_f000u64, 0x3f_f100, 0x3f_f200, 0x3f_f300];
         let dr7: u64 = 0x0000_0455; // L0, L1, L2 enabled (execute), GE
@@ -428,7 +427,7 @@ test_case! {
 
 test_case! {
     /// FS and GS bases, GDTR, IDTR and TR survive a save and restore.
-    name = "state::restore_segments::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_segments::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_segments() {
         // SAFETY: the runtime does not use FS or GS.
         unsafe {
@@ -461,7 +460,7 @@ test_case! {
 test_case! {
     /// The TSC does not go backwards across a save and restore, and does not jump more
     /// than the restore took (KVM restores IA32_TSC from the saved MSRs).
-    name = "state::restore_tsc::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_tsc::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_tsc() {
         let before = cpu::rdtsc();
         checkpoint(9);
@@ -475,7 +474,7 @@ test_case! {
 test_case! {
     /// LAPIC registers survive a save and restore (KVM_GET_LAPIC, api.rst 4.57): TPR, LDR,
     /// DFR, the LVT timer and the divide configuration.
-    name = "state::restore_lapic_regs::xapic", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_lapic_regs::xapic", mode = Long64, path = Full, requires = IRQCHIP, migrate = Restore;
     fn restore_lapic_regs() {
         let apic = Apic::XApic.enable();
         let regs = [
@@ -517,7 +516,7 @@ fn wait_ticks(n: u64, spins: u64) -> bool {
 test_case! {
     /// A periodic LAPIC timer keeps firing after a save and restore: its state (initial
     /// count, mode, the countdown) travels with KVM_GET_LAPIC.
-    name = "state::restore_lapic_timer::xapic", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_lapic_timer::xapic", mode = Long64, path = Full, requires = IRQCHIP, migrate = Restore;
     fn restore_lapic_timer() {
         set_handler(TICK_VECTOR, tick);
         let apic = Apic::XApic.enable();
@@ -543,7 +542,7 @@ fn pending_taken(_: &mut Frame) {
 test_case! {
     /// An interrupt pending in the IRR at the save is delivered exactly once after the
     /// restore: the self-IPI arrives with IF = 0, the checkpoint happens, then STI.
-    name = "state::restore_pending_irq::xapic", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_pending_irq::xapic", mode = Long64, path = Full, requires = IRQCHIP, migrate = Restore;
     fn restore_pending_irq() {
         set_handler(PENDING_VECTOR, pending_taken);
         let apic = Apic::XApic.enable();
@@ -568,7 +567,7 @@ static TWICE: AtomicU64 = AtomicU64::new(0);
 test_case! {
     /// Two checkpoints in a row, each restored into a fresh VM: the second restore starts
     /// from what the first one produced.
-    name = "state::restore_twice::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::restore_twice::long64", mode = Long64, path = Hw, migrate = Restore;
     fn restore_twice() {
         let len = pattern_len();
         fill_pattern(0x7717, len);
@@ -593,7 +592,7 @@ test_case! {
     /// A two-vCPU guest survives a save and restore: vCPU 1, idle in HLT with its APIC
     /// enabled at the save, still takes an IPI after the restore (its MP state and LAPIC
     /// went across).
-    name = "state::restore_smp::xapic", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK, vcpus = 2;
+    name = "state::restore_smp::xapic", mode = Long64, path = Full, requires = IRQCHIP, vcpus = 2, migrate = Restore;
     fn restore_smp() {
         set_handler(SMP_VECTOR, smp_taken);
         let apic = Apic::XApic.enable();
@@ -613,7 +612,7 @@ test_case! {
 test_case! {
     /// The IOAPIC's redirection table survives a save and restore (KVM_GET_IRQCHIP with
     /// KVM_IRQCHIP_IOAPIC, api.rst 4.26).
-    name = "state::restore_ioapic::long64", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_ioapic::long64", mode = Long64, path = Full, requires = IRQCHIP, migrate = Restore;
     fn restore_ioapic() {
         // Entry 10: vector 0x49, level-triggered, masked; destination APIC 0.
         let (low, high) = (0x0001_8049u32, 0u32);
@@ -628,7 +627,7 @@ test_case! {
 test_case! {
     /// The 8259 PICs' interrupt masks survive a save and restore (KVM_GET_IRQCHIP with
     /// the master and slave PIC).
-    name = "state::restore_pic::long64", mode = Long64, path = Full, requires = IRQCHIP, flags = HOST_HOOK;
+    name = "state::restore_pic::long64", mode = Long64, path = Full, requires = IRQCHIP, migrate = Restore;
     fn restore_pic() {
         // SAFETY: the PICs' IMRs; every line stays masked or unused.
         unsafe {
@@ -646,7 +645,7 @@ test_case! {
 test_case! {
     /// The userspace test devices' registers survive a save and restore: the VMM's device
     /// state is part of the snapshot.
-    name = "state::restore_devices::long64", mode = Long64, path = Full, flags = HOST_HOOK;
+    name = "state::restore_devices::long64", mode = Long64, path = Full, migrate = Restore;
     fn restore_devices() {
         // SAFETY: the test devices only hold their registers.
         unsafe {
@@ -665,7 +664,7 @@ test_case! {
 test_case! {
     /// kvmclock does not go backwards across a save and restore (KVM_GET_CLOCK /
     /// KVM_SET_CLOCK, api.rst 4.62-4.63).
-    name = "state::restore_kvmclock::long64", mode = Long64, path = Para, requires = KVM_PV, flags = HOST_HOOK;
+    name = "state::restore_kvmclock::long64", mode = Long64, path = Para, requires = KVM_PV, migrate = Restore;
     fn restore_kvmclock() {
         kvmclock::enable();
         let before = kvmclock::ns();
@@ -680,7 +679,7 @@ test_case! {
 test_case! {
     /// A snapshot written to a file and restored in another process continues: memory,
     /// the TSC and a pending count all as they were (the move to another server).
-    name = "state::cross_process::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::cross_process::long64", mode = Long64, path = Hw, migrate = CrossProcess;
     fn cross_process() {
         let len = pattern_len();
         fill_pattern(0xc0ffee, len);
@@ -695,7 +694,7 @@ test_case! {
 
 test_case! {
     /// The same from CPL3.
-    name = "state::cross_process::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::cross_process::user64", mode = User64, path = Hw, migrate = CrossProcess;
     entry = cross_process
 }
 
@@ -751,7 +750,7 @@ test_case! {
     /// Live migration with dirty logging: the guest writes its working set throughout the
     /// pre-copy rounds, the stop-and-copy and after; every page must hold its last write
     /// in the destination. The host reports rounds, pages per round and downtime.
-    name = "state::live_migration::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::live_migration::long64", mode = Long64, path = Hw, migrate = Live;
     fn live_migration() {
         let writes = churn(|n| n % 64 == 0 && host_done());
         metric("writes", "count", writes);
@@ -760,7 +759,7 @@ test_case! {
 
 test_case! {
     /// The same at CPL3, where the guest's writes run natively and dirty pages faster.
-    name = "state::live_migration::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::live_migration::user64", mode = User64, path = Hw, migrate = Live;
     entry = live_migration
 }
 
@@ -768,7 +767,7 @@ test_case! {
     /// Saves at points the guest does not choose: the host pauses it at random times
     /// (seeded), restores each save into a fresh VM and lets it go on; the guest checks its
     /// working set and the TSC throughout.
-    name = "state::random_pauses::long64", mode = Long64, path = Hw, flags = HOST_HOOK;
+    name = "state::random_pauses::long64", mode = Long64, path = Hw, migrate = RandomPauses(3);
     fn random_pauses() {
         // Until the host has taken every pause, however fast this machine runs the loop.
         let writes = churn(|n| n % 64 == 0 && host_done());
@@ -778,7 +777,7 @@ test_case! {
 
 test_case! {
     /// The same at CPL3.
-    name = "state::random_pauses::user64", mode = User64, path = Hw, flags = HOST_HOOK;
+    name = "state::random_pauses::user64", mode = User64, path = Hw, migrate = RandomPauses(3);
     entry = random_pauses
 }
 
