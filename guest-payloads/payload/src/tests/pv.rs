@@ -40,7 +40,7 @@ test_case! {
     name = "pv::hypercall_cpl3_eperm::user64", mode = User64, path = Para,
         requires = abi::requires::KVM_PV, timeout_ms = HYPERCALL_LIMIT_MS;
     fn hypercall_cpl3_eperm() {
-        check_eq!(super::pv_ext::counted_hypercall(KVM_HC_VAPIC_POLL_IRQ, [0; 4]), KVM_EPERM);
+        check_eq!(super::pv_features::counted_hypercall(KVM_HC_VAPIC_POLL_IRQ, [0; 4]), KVM_EPERM);
     }
 }
 

@@ -1,4 +1,6 @@
-//! The `cpu` area, continued: exceptions beyond the first slice, and paging.
+//! The `cpu` area: #DE overflow, #DF, #NM, #NP, #SS, #UD (LOCK, instructions invalid in
+//! 64-bit mode), debug exceptions from DR0/DR1 and single-step, INT n through a DPL3 gate,
+//! and paging (accessed/dirty bits, CR3 reload, INVLPG, NX, read-only, U/S, reserved bits).
 
 use hvprobe_rt::cpu;
 use hvprobe_rt::exception::{self, armed_rip};

@@ -1,4 +1,4 @@
-//! The `io` area, continued: string port I/O and its exits, ioeventfds without exits,
+//! The `io` area's exits: string port I/O and its exits, ioeventfds without exits,
 //! coalesced MMIO and PIO, accesses across a page, absent devices, and the instructions
 //! the hypervisor must emulate with an MMIO operand.
 

@@ -1,4 +1,4 @@
-//! The `pv` area, continued: every hypercall's privilege check and register contract,
+//! The `pv` area's contracts and features: every hypercall's privilege check and register contract,
 //! the hypercall-instruction quirk, kvmclock against KVM_GET_CLOCK/KVM_SET_CLOCK, and
 //! the features CPUID 0x40000001 advertises, each tested where advertised and skipped
 //! with the reason where not (Documentation/virt/kvm/x86/cpuid.rst, msr.rst).
