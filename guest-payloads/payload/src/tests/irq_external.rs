@@ -14,6 +14,8 @@ use hvprobe_rt::ioapic;
 use hvprobe_rt::proto::service as request;
 use hvprobe_rt::{check, check_eq, cpu, metric, skip, test_case};
 
+use super::irq_common::{COUNT, TSC_AT, X2, active, count, counting, window};
+
 /// Programs redirection entry `pin`: vector, level or edge, mask, physical destination.
 /// KVM routes GSIs 0-15 to the PIC as well as the IOAPIC, and the BSP's LINT0 is ExtINT
 /// after reset, so the (never initialised) PIC would deliver the same line at its own
@@ -28,36 +30,6 @@ fn irq_line(gsi: u32, level: bool) {
     check_eq!(request(service::IRQ_LINE, [gsi as u64, level as u64, 0, 0]), Ok(0), "KVM_IRQ_LINE {} {}", gsi, level);
 }
 
-static COUNT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-static AT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-/// 1 while a case runs its APIC in x2APIC mode, so `counting` EOIs the right way.
-static X2: AtomicU64 = AtomicU64::new(0);
-
-fn active() -> Apic {
-    if X2.load(SeqCst) == 1 { Apic::X2Apic } else { Apic::XApic }
-}
-
-fn counting(frame: &mut Frame) {
-    let v = frame.vector as usize & 0xff;
-    AT[v].store(cpu::rdtsc(), SeqCst);
-    COUNT[v].fetch_add(1, SeqCst);
-    active().eoi();
-}
-
-fn count(v: u8) -> u64 {
-    COUNT[v as usize].load(SeqCst)
-}
-
-/// The backstop timer's vector (see `Apic::hlt_with_backstop`).
-const BACKSTOP: u8 = 0xef;
-
-/// HLT with interrupts on, woken by the interrupt or by the backstop timer, so a lost
-/// interrupt fails a check instead of hanging.
-fn window() {
-    set_handler(BACKSTOP, counting);
-    active().hlt_with_backstop(BACKSTOP, 20_000_000);
-}
-
 /// Sets up `vector` to count, enables `mode`, raises the interrupt with `raise`, waits in
 /// a window, and returns the cycles from raising to the handler.
 fn raise_and_wait(mode: Apic, vector: u8, raise: impl Fn()) -> u64 {
@@ -69,7 +41,7 @@ fn raise_and_wait(mode: Apic, vector: u8, raise: impl Fn()) -> u64 {
     if count(vector) == 0 {
         window();
     }
-    AT[vector as usize].load(SeqCst).wrapping_sub(start)
+    TSC_AT[vector as usize].load(SeqCst).wrapping_sub(start)
 }
 
 test_case! {
@@ -319,7 +291,7 @@ fn pic_init(unmask: u8) {
 
 fn pic_handler(frame: &mut Frame) {
     let v = frame.vector as usize & 0xff;
-    AT[v].store(cpu::rdtsc(), SeqCst);
+    TSC_AT[v].store(cpu::rdtsc(), SeqCst);
     COUNT[v].fetch_add(1, SeqCst);
     // SAFETY: non-specific EOI to the master PIC.
     unsafe { x86::io::outb(0x20, 0x20) };
@@ -362,7 +334,7 @@ test_case! {
             unsafe { asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
         }
         hlt_until(0x33, 1, 1);
-        metric("pic_irq_to_handler", "cycles", AT[0x33].load(SeqCst).wrapping_sub(start));
+        metric("pic_irq_to_handler", "cycles", TSC_AT[0x33].load(SeqCst).wrapping_sub(start));
         check_eq!(count(0x33), 1, "IRQ3 deliveries at vector 0x33");
     }
 }

@@ -10,46 +10,12 @@ use hvprobe_rt::apic::{APIC_BASE_ENABLE, APIC_BASE_X2APIC, Apic, MSR_APIC_BASE, 
 use hvprobe_rt::exception::{self, Frame, set_gate, set_handler};
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, cpu, metric, test_case};
 
+use super::irq_common::{
+    BACKSTOP, COUNT, IN_SERVICE, ORDER, ORDER_LEN, RECORD_IN_SERVICE, TSC_AT, X2, active, count, counting, window,
+};
+
 const SELF: u32 = 1 << 18;
 const ALL_INCLUDING_SELF: u32 = 0b10 << 18;
-/// The backstop timer's vector: it wakes a HLT that waits for an interrupt that may
-/// never come, so a lost interrupt fails a check instead of hanging. Class 14, above any
-/// TPR a case sets.
-const BACKSTOP: u8 = 0xef;
-
-static COUNT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-static ORDER: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-static ORDER_LEN: AtomicU64 = AtomicU64::new(0);
-static X2: AtomicU64 = AtomicU64::new(0);
-static TSC_AT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-/// Deliveries of each vector whose ISR bit was set in its handler, before the EOI: what
-/// makes "ISR clear after the EOI" a check of the EOI rather than of nothing. Recorded
-/// only by the cases that set RECORD_IN_SERVICE, so that the others' handlers make no
-/// extra APIC access.
-static IN_SERVICE: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-static RECORD_IN_SERVICE: AtomicU64 = AtomicU64::new(0);
-
-fn active() -> Apic {
-    if X2.load(SeqCst) == 1 { Apic::X2Apic } else { Apic::XApic }
-}
-
-/// Counts the interrupt, records the order of arrival and whether its ISR bit is set, and
-/// EOIs.
-fn counting(frame: &mut Frame) {
-    let v = frame.vector as usize & 0xff;
-    TSC_AT[v].store(cpu::rdtsc(), SeqCst);
-    COUNT[v].fetch_add(1, SeqCst);
-    if RECORD_IN_SERVICE.load(SeqCst) == 1 && active().vector_bit(reg::ISR, v as u8) {
-        IN_SERVICE[v].fetch_add(1, SeqCst);
-    }
-    if v != BACKSTOP as usize {
-        let at = ORDER_LEN.fetch_add(1, SeqCst) as usize;
-        if at < ORDER.len() {
-            ORDER[at].store(v as u64, SeqCst);
-        }
-    }
-    active().eoi();
-}
 
 /// Enables `mode` and routes `vectors` (and the backstop) to `counting`.
 fn setup(mode: Apic, vectors: &[u8]) -> Apic {
@@ -59,15 +25,6 @@ fn setup(mode: Apic, vectors: &[u8]) -> Apic {
         set_handler(*v, counting);
     }
     mode.enable()
-}
-
-fn count(v: u8) -> u64 {
-    COUNT[v as usize].load(SeqCst)
-}
-
-/// Opens an interrupt window in HLT, ended by the backstop timer if nothing is pending.
-fn window(apic: Apic) {
-    apic.hlt_with_backstop(BACKSTOP, 20_000_000);
 }
 
 fn self_ipi(apic: Apic, v: u8) {
@@ -143,14 +100,14 @@ fn tpr_masks(apic: Apic) {
     let apic = setup(apic, &[0x45, 0x65]);
     apic.write(reg::TPR, 0x50);
     self_ipi(apic, 0x45);
-    window(apic);
+    window();
     check_eq!(count(0x45), 0, "vector 0x45 (class 4) delivered with TPR class 5");
     check!(apic.vector_bit(reg::IRR, 0x45), "vector 0x45 is not pending in the IRR");
     self_ipi(apic, 0x65);
-    window(apic);
+    window();
     check_eq!(count(0x65), 1, "vector 0x65 (class 6) with TPR class 5");
     apic.write(reg::TPR, 0);
-    window(apic);
+    window();
     check_eq!(count(0x45), 1, "vector 0x45 once TPR dropped to 0");
 }
 both_modes!(
@@ -166,12 +123,12 @@ fn priority_order(apic: Apic) {
     self_ipi(apic, 0x52);
     self_ipi(apic, 0x72);
     check!(apic.vector_bit(reg::IRR, 0x52) && apic.vector_bit(reg::IRR, 0x72), "both vectors pending in the IRR");
-    window(apic);
+    window();
     for _ in 0..4 {
         if count(0x52) == 1 {
             break;
         }
-        window(apic);
+        window();
     }
     check_eq!(ORDER_LEN.load(SeqCst) >= 2, true, "deliveries");
     check_eq!(ORDER[0].load(SeqCst), 0x72, "first delivered: the higher vector");
@@ -191,7 +148,7 @@ fn self_ipi_once(apic: Apic) {
     RECORD_IN_SERVICE.store(1, SeqCst);
     let start = cpu::rdtsc();
     self_ipi(apic, 0x58);
-    window(apic);
+    window();
     metric("self_ipi_to_handler", "cycles", TSC_AT[0x58].load(SeqCst).wrapping_sub(start));
     check_eq!(count(0x58), 1, "deliveries of one self-IPI");
     check_eq!(IN_SERVICE[0x58].load(SeqCst), 1, "deliveries with the vector's ISR bit set in its handler");
@@ -210,7 +167,7 @@ fn broadcast_self(apic: Apic) {
         // SAFETY: the x2APIC ICR is one 64-bit MSR.
         Apic::X2Apic => unsafe { cpu::wrmsr(0x830, (ALL_INCLUDING_SELF | 0x59) as u64) },
     }
-    window(apic);
+    window();
     check_eq!(count(0x59), 1, "deliveries to the only vCPU");
 }
 both_modes!(
@@ -267,7 +224,7 @@ fn eoi_empty(apic: Apic) {
     apic.eoi();
     apic.eoi();
     self_ipi(apic, 0x5a);
-    window(apic);
+    window();
     check_eq!(count(0x5a), 1, "an interrupt after EOIs with an empty ISR");
 }
 both_modes!(
@@ -500,7 +457,7 @@ test_case! {
         self_ipi(apic, 0x5b);
         check_eq!(apic.read(reg::ICR_LOW) & 0xff, 0x5b, "ICR vector");
         check_eq!(apic.read(reg::ICR_LOW) & (1 << 12), 0, "delivery status");
-        window(apic);
+        window();
         check_eq!(count(0x5b), 1, "the self-IPI");
     }
 }
@@ -609,14 +566,14 @@ fn cr8_masks(apic: Apic) {
     // SAFETY: CR8 = 5 masks classes 5 and below; the handlers are installed.
     unsafe { asm!("mov cr8, {}", in(reg) 5u64, options(nomem, nostack)) };
     self_ipi(apic, 0x46);
-    window(apic);
+    window();
     check_eq!(count(0x46), 0, "vector 0x46 (class 4) delivered with CR8 = 5");
     self_ipi(apic, 0x66);
-    window(apic);
+    window();
     check_eq!(count(0x66), 1, "vector 0x66 (class 6) with CR8 = 5");
     // SAFETY: as above.
     unsafe { asm!("mov cr8, {}", in(reg) 0u64, options(nomem, nostack)) };
-    window(apic);
+    window();
     check_eq!(count(0x46), 1, "vector 0x46 once CR8 dropped to 0");
 }
 both_modes!(
@@ -638,7 +595,7 @@ fn ppr_isr(apic: Apic) {
     let apic = setup(apic, &[]);
     set_handler(0x93, ppr_probe);
     self_ipi(apic, 0x93);
-    window(apic);
+    window();
     check_eq!(count(0x93), 1, "deliveries");
     check_eq!(ISR_IN_HANDLER.load(SeqCst), 1, "ISR bit of vector 0x93 in its handler");
     check_eq!(PPR_IN_HANDLER.load(SeqCst) & 0xf0, 0x90, "PPR while vector 0x93 is in service");

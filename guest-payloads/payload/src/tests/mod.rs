@@ -15,6 +15,7 @@ mod hyperv;
 mod io;
 mod io_exits;
 mod irq;
+mod irq_common;
 mod irq_external;
 mod irq_lapic;
 mod low;
