@@ -156,6 +156,22 @@ fn ap_tsc(_: &mut Frame) {
     Apic::XApic.eoi();
 }
 
+/// Asks vCPU 1 (by IPI) to read its TSC, waits for the reading, and returns how far this
+/// vCPU's TSC, read right after, is ahead of it.
+fn gap_to_vcpu1(apic: Apic) -> u64 {
+    apic.write(reg::ICR_HIGH, 1 << 24);
+    apic.write(reg::ICR_LOW, TSC_READ_VECTOR as u32);
+    let mut waits = 0u64;
+    while AP_TSC.load(SeqCst) == 0 && waits < 5_000_000 {
+        waits += 1;
+        core::hint::spin_loop();
+    }
+    let mine = cpu::rdtsc();
+    let theirs = AP_TSC.load(SeqCst);
+    check!(theirs != 0, "vCPU 1 did not read its TSC");
+    mine.wrapping_sub(theirs)
+}
+
 test_case! {
     /// IA32_TSC_ADJUST is per logical processor: adding 2^40 on vCPU 0 moves vCPU 0's TSC
     /// by that much and leaves vCPU 1's where it was (SDM Vol. 3B 18.17.3; Vol. 4
@@ -173,19 +189,9 @@ test_case! {
         let adjust = unsafe { cpu::rdmsr(0x3b) };
         // SAFETY: as above.
         unsafe { cpu::wrmsr(0x3b, adjust.wrapping_add(JUMP)) };
-        apic.write(reg::ICR_HIGH, 1 << 24);
-        apic.write(reg::ICR_LOW, TSC_READ_VECTOR as u32);
-        let mut waits = 0u64;
-        while AP_TSC.load(SeqCst) == 0 && waits < 5_000_000 {
-            waits += 1;
-            core::hint::spin_loop();
-        }
-        let mine = cpu::rdtsc();
+        let gap = gap_to_vcpu1(apic);
         // SAFETY: as above.
         unsafe { cpu::wrmsr(0x3b, adjust) };
-        let theirs = AP_TSC.load(SeqCst);
-        check!(theirs != 0, "vCPU 1 did not read its TSC");
-        let gap = mine.wrapping_sub(theirs);
         check_values!(
             (JUMP / 2..JUMP + JUMP / 2).contains(&gap),
             JUMP,
@@ -300,17 +306,7 @@ test_case! {
         let apic = Apic::XApic.enable();
         check!(hvprobe_rt::smp::wait_online(1, 2_000_000), "vCPU 1 did not come online");
         tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
-        apic.write(reg::ICR_HIGH, 1 << 24);
-        apic.write(reg::ICR_LOW, TSC_READ_VECTOR as u32);
-        let mut waits = 0u64;
-        while AP_TSC.load(SeqCst) == 0 && waits < 5_000_000 {
-            waits += 1;
-            core::hint::spin_loop();
-        }
-        let mine = cpu::rdtsc();
-        let theirs = AP_TSC.load(SeqCst);
-        check!(theirs != 0, "vCPU 1 did not read its TSC");
-        let gap = mine.wrapping_sub(theirs);
+        let gap = gap_to_vcpu1(apic);
         check_values!(
             (OFFSET_JUMP / 2..OFFSET_JUMP + OFFSET_JUMP / 2).contains(&gap),
             OFFSET_JUMP,
