@@ -30,9 +30,10 @@ def elf(tests):
     for i, (name, mode, flags) in enumerate(tests):
         table += struct.pack("<IBBH", int.from_bytes(b"HVTD", "little"), mode, 1, 0)
         table += fixed(name, 96) + fixed("tests/seed.rs", 64)
-        # line, timeout_ms, requires, flags, _reserved2, cpuid_clear[4], entry
+        # line, timeout_ms, requires, flags, migrate, quirks_off, cpuid_clear[4], entry
         clears = struct.pack("<IIII", 7, 0, 3, 1 << 28) + bytes(16 * 3)
-        table += struct.pack("<IIQII", 10 + i, 0, 0, flags, 0) + clears + struct.pack("<Q", base + 0x1000 + 16 * i)
+        migrate = 1 if i == 0 else 0  # the first case asks to be restored (hvprobe_abi::migrate::RESTORE)
+        table += struct.pack("<IIQIIQ", 10 + i, 0, 0, flags, migrate, 0) + clears + struct.pack("<Q", base + 0x1000 + 16 * i)
     shstr = b"\0.hvprobe.boot\0.hvprobe.tests\0.shstrtab\0"
     seg = b"\xf4" * 0x1000 + b"\xc3" * 0x100
     ehsize, phsize, shsize = 64, 56, 64
