@@ -526,3 +526,43 @@ test_case! {
         check_exception!(e, exception::GP, Some(0));
     }
 }
+
+extern "C" fn pkru_at_cpl3(write: u64) {
+    // SAFETY: with CR4.PKE clear both raise #UD (the case's point), which the CPL3
+    // trampoline catches; ECX and EDX are 0 as the instructions require.
+    unsafe {
+        if write == 1 {
+            core::arch::asm!("wrpkru", in("eax") 0u32, in("ecx") 0u32, in("edx") 0u32, options(nostack));
+        } else {
+            core::arch::asm!("rdpkru", in("ecx") 0u32, out("eax") _, out("edx") _, options(nostack));
+        }
+    }
+}
+
+/// RDPKRU and WRPKRU with CR4.PKE clear (the harness never sets it) raise #UD, at CPL0 or
+/// CPL3 (SDM Vol. 2B RDPKRU/WRPKRU, "#UD If CR4.PKE = 0"; before PKU the encodings were
+/// undefined, so this holds with or without the feature).
+fn check_pkru_ud(cpl3: bool) {
+    check_eq!(cpu::read_cr4() & (1 << 22), 0, "CR4.PKE at the start of the case");
+    for write in [0u64, 1] {
+        let e = super::cpu::call_at(cpl3, pkru_at_cpl3, write);
+        check!(e.is_some(), "{} with CR4.PKE clear raised no exception", if write == 1 { "WRPKRU" } else { "RDPKRU" });
+        check_exception!(e, exception::UD, None);
+    }
+}
+
+test_case! {
+    /// RDPKRU and WRPKRU raise #UD at CPL0 while CR4.PKE is clear.
+    name = "cpu::pkru_ud::long64", mode = Long64, path = Full;
+    fn pkru_ud() {
+        check_pkru_ud(false);
+    }
+}
+
+test_case! {
+    /// As `::long64`, at CPL3.
+    name = "cpu::pkru_ud::cpl3", mode = Long64, path = Full;
+    fn pkru_ud_cpl3() {
+        check_pkru_ud(true);
+    }
+}
