@@ -7,7 +7,7 @@ ARGS ?=
 # `make run` measures the benchmarks too; `make run BENCH=` leaves them out.
 BENCH ?= --bench
 
-.PHONY: all setup setup-browser build test run run-nested bench bench-criterion report lint fmt host list clean fuzz fuzz-smoke
+.PHONY: all setup setup-browser build test run run-nested peer-vmexit bench bench-criterion report lint fmt host list clean fuzz fuzz-smoke
 
 all: build
 
@@ -56,6 +56,12 @@ run: setup
 # NESTED_TIMEOUT, NESTED_STALL, NESTED_RETRIES... are in suites/nested/run-nested.sh.
 run-nested: build
 	bash suites/nested/run-nested.sh $(ARGS)
+
+# kvm-unit-tests' x86/vmexit beside hvprobe's matching benchmarks on this host (builds
+# kvm-unit-tests into target/peer once; needs qemu-system-x86 and gcc). See
+# suites/peer/vmexit.sh for KUT_SRC, KUT_GIT, QEMU and PEER_TIMEOUT.
+peer-vmexit: build
+	bash suites/peer/vmexit.sh
 
 # The benchmarks alone, e.g. make bench ARGS="--filter ioeventfd --samples 30".
 bench: setup
