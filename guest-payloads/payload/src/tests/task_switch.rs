@@ -89,9 +89,13 @@ low_global_asm!(
     .endm
 
     // A 32-bit TSS (SDM Vol. 3A 8.2.1, Figure 8-2) that starts at \eip on its own stack,
-    // with recognisable general registers, flat selectors and the LDT selector \ldt.
+    // with recognisable general registers, flat selectors and the LDT selector \ldt. The
+    // link field starts as F4h, HLT: a task switch writes the link's 16 bits over it, but
+    // a hypervisor that delivers through a task gate as through an interrupt gate runs
+    // the TSS from offset 0 as code (CS = the TSS selector), and then halts right there
+    // instead of running whatever the TSS's addresses decode to.
     .macro HV_TSS eip, stack, ldt
-    .long 0
+    .long 0xf4
     .long 0, 0, 0, 0, 0, 0
     .long 0
     .long \eip
