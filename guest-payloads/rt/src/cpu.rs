@@ -80,6 +80,13 @@ pub unsafe fn write_cr0(v: u64) {
     unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack)) };
 }
 
+/// # Safety
+/// The caller changes only CR4 bits whose effect it controls (and puts them back).
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack)) };
+}
+
 pub fn read_cs() -> u16 {
     let v: u16;
     // SAFETY: reading a segment register has no side effects.

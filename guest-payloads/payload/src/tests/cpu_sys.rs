@@ -214,20 +214,20 @@ test_case! {
 }
 
 /// GDTR or IDTR as SGDT/SIDT store it.
-type TableRegister = x86::dtables::DescriptorTablePointer<u8>;
+pub(super) type TableRegister = x86::dtables::DescriptorTablePointer<u8>;
 
 fn table_register(limit: u16, base: u64) -> TableRegister {
     TableRegister { limit, base: base as *const u8 }
 }
 
-fn sgdt() -> TableRegister {
+pub(super) fn sgdt() -> TableRegister {
     let mut r = table_register(0, 0);
     // SAFETY: SGDT only stores the GDTR into `r`.
     unsafe { x86::dtables::sgdt(&mut r) };
     r
 }
 
-fn sidt() -> TableRegister {
+pub(super) fn sidt() -> TableRegister {
     let mut r = table_register(0, 0);
     // SAFETY: SIDT only stores the IDTR into `r`.
     unsafe { x86::dtables::sidt(&mut r) };
@@ -235,7 +235,7 @@ fn sidt() -> TableRegister {
 }
 
 /// (limit, base) of a stored register, comparable with check_eq!.
-fn limit_base(r: &TableRegister) -> (u16, u64) {
+pub(super) fn limit_base(r: &TableRegister) -> (u16, u64) {
     let (limit, base) = (r.limit, r.base);
     (limit, base as u64)
 }

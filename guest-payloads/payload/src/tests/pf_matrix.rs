@@ -228,7 +228,7 @@ const CR4_SMAP: u64 = 1 << 21;
 
 fn write_cr4(value: u64) {
     // SAFETY: the callers toggle only SMEP and SMAP, with the low 2 MiB supervisor-only.
-    unsafe { core::arch::asm!("mov cr4, {}", in(reg) value, options(nostack)) };
+    unsafe { cpu::write_cr4(value) };
 }
 
 /// Sets or clears U/S in the 512 PTEs that map the low 2 MiB, and flushes the TLB.

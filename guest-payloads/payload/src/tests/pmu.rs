@@ -42,7 +42,7 @@ fn event_cycles() -> u64 {
 
 fn write_cr4(value: u64) {
     // SAFETY: the cases toggle only CR4.PCE, which changes who may execute RDPMC.
-    unsafe { core::arch::asm!("mov cr4, {}", in(reg) value, options(nostack)) };
+    unsafe { cpu::write_cr4(value) };
 }
 
 fn wrmsr_ok(msr: u32, value: u64) {

@@ -23,6 +23,8 @@ use hvprobe_rt::proto::service as request;
 use hvprobe_rt::user::call_at_cpl3;
 use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
 
+use super::cpu_sys::{limit_base, sgdt, sidt};
+
 /// SMBASE after reset (APM 10.2.2) and where a relocating case moves it.
 const SMBASE: u64 = 0x30000;
 const NEW_SMBASE: u64 = 0x40000;
@@ -368,20 +370,9 @@ test_case! {
     }
 }
 
-/// The GDTR and IDTR the guest runs with (SGDT/SIDT).
+/// The GDTR and IDTR the guest runs with, as (limit, base) pairs.
 fn descriptor_tables() -> ((u16, u64), (u16, u64)) {
-    let mut gdtr = [0u8; 10];
-    let mut idtr = [0u8; 10];
-    // SAFETY: SGDT and SIDT store 10 bytes each into the buffers.
-    unsafe {
-        core::arch::asm!("sgdt [{}]", "sidt [{}]", in(reg) gdtr.as_mut_ptr(), in(reg) idtr.as_mut_ptr(), options(nostack));
-    }
-    let split = |b: [u8; 10]| {
-        let mut base = [0u8; 8];
-        base.copy_from_slice(&b[2..]);
-        (u16::from_le_bytes([b[0], b[1]]), u64::from_le_bytes(base))
-    };
-    (split(gdtr), split(idtr))
+    (limit_base(&sgdt()), limit_base(&sidt()))
 }
 
 test_case! {

@@ -18,6 +18,7 @@ use hvprobe_rt::exception::{Frame, set_handler};
 use hvprobe_rt::{check, check_eq, skip, test_case};
 
 use super::cpu::{table_reg, try_rdmsr, try_wrmsr};
+use super::cpu_sys::{limit_base, sgdt, sidt};
 
 const EFER_SVME: u64 = 1 << 12;
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
@@ -124,22 +125,6 @@ fn put_segment(offset: usize, selector: u16, attrib: u16, limit: u32, base: u64)
     put(vmcb(), offset + 8, base);
 }
 
-/// SGDT or SIDT: (limit, base).
-fn table_register(idt: bool) -> (u16, u64) {
-    let mut b = [0u8; 10];
-    // SAFETY: SGDT/SIDT store 10 bytes into the buffer.
-    unsafe {
-        if idt {
-            core::arch::asm!("sidt [{}]", in(reg) b.as_mut_ptr(), options(nostack));
-        } else {
-            core::arch::asm!("sgdt [{}]", in(reg) b.as_mut_ptr(), options(nostack));
-        }
-    }
-    let mut base = [0u8; 8];
-    base.copy_from_slice(&b[2..]);
-    (u16::from_le_bytes([b[0], b[1]]), u64::from_le_bytes(base))
-}
-
 /// Skips unless the table offers SVM; then enables it (EFER.SVME, VM_HSAVE_PA).
 fn enable_svm() {
     if table_reg(0x8000_0001, 0, CpuidClear::ECX) & (1 << 2) == 0 {
@@ -167,8 +152,8 @@ fn prepare(rip: u64, misc1: u32, misc2: u32) {
     for s in [save::ES, save::SS, save::DS] {
         put_segment(s, selector::DATA, 0xc93, u32::MAX, 0);
     }
-    let (glimit, gbase) = table_register(false);
-    let (ilimit, ibase) = table_register(true);
+    let (glimit, gbase) = limit_base(&sgdt());
+    let (ilimit, ibase) = limit_base(&sidt());
     put_segment(save::GDTR, 0, 0, u32::from(glimit), gbase);
     put_segment(save::IDTR, 0, 0, u32::from(ilimit), ibase);
     put_segment(save::TR, selector::TSS, 0x8b, 0x67, hvprobe_rt::abi::layout::TSS);
