@@ -24,6 +24,8 @@ pub enum Error {
     Floor(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("cannot pin the vCPU thread to CPU {cpu}: {source}")]
+    Affinity { cpu: usize, source: std::io::Error },
     #[error("cannot start the watchdog: {0}")]
     Watchdog(String),
 }

@@ -6,6 +6,7 @@
 //! against expectations is the suites' job. It is also the only crate that opens
 //! /dev/kvm.
 
+pub mod affinity;
 mod coalesced;
 mod devices;
 mod dirty;

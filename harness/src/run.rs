@@ -44,6 +44,10 @@ pub struct RunOptions {
     /// vCPU 0 is kicked out of KVM_RUN every [`LIVELOCK_PROBE_EVERY`] and its registers
     /// and KVM statistics read. Off for the watchdog's own cases and for benchmarks.
     pub livelock: bool,
+    /// Pin vCPU 0's thread (the caller's) to this CPU for the run, after the other vCPUs'
+    /// threads started (they keep the caller's old mask): a benchmark's batches then all run
+    /// on one CPU.
+    pub pin_cpu: Option<usize>,
 }
 
 /// When the livelock probe starts, how often it looks, and how long a vCPU must be stuck.
@@ -65,6 +69,7 @@ impl Default for RunOptions {
             pause_after: None,
             stop: None,
             livelock: false,
+            pin_cpu: None,
         }
     }
 }
@@ -398,6 +403,10 @@ impl Vm {
         let view = self.memory.raw_view();
         let end = std::thread::scope(|scope| {
             let aps = ApThreads::start(scope, &mut aps, &ap_notes, &ap_stop, &ap_tids);
+            // A pin that fails costs only steadiness: the run goes on, and says so.
+            let _pin = options
+                .pin_cpu
+                .and_then(|cpu| crate::affinity::Pinned::to(cpu).map_err(|e| devices.notes.push(e.to_string())).ok());
             if let Some(ring) = &ring {
                 // SAFETY: the memory is `self`'s, which outlives this scope.
                 scope.spawn(|| unsafe { ring.serve(view, &ring_stop) });

@@ -269,6 +269,10 @@ pub struct Benchmark {
     /// (absent in older files and for one-figure records such as the wall time).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sample_values: Vec<f64>,
+    /// The distribution-free 95% confidence interval of `median`, in `unit` (absent under
+    /// 6 samples and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_interval: Option<[f64; 2]>,
     /// The path the operation takes (full, para, hw), for guest operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -298,6 +302,7 @@ impl Benchmark {
             spread,
             samples,
             sample_values: Vec::new(),
+            median_interval: None,
             path: None,
             baseline: None,
             iterations: None,

@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hvprobe_abi::proto::{BENCH_BASELINE, service};
+use hvprobe_abi::proto::{BENCH_BASELINE, BENCH_UNROLL, service};
 use hvprobe_harness::floor::BareVm;
 use hvprobe_harness::{Error, RunEnd, RunOptions, RunReport, TestCase, VerdictStatus, Vm, VmConfig};
 use hvprobe_results::{Benchmark, Outcome};
@@ -32,19 +32,46 @@ pub struct BenchConfig {
     pub samples: usize,
     /// Warm-up pairs thrown away before the samples.
     pub warmup: usize,
+    /// Past `samples`, keep sampling until the 95% confidence interval of the median
+    /// (of the operation's cycles) is within this fraction of the median on either side...
+    pub precision: f64,
+    /// ...or this many samples are taken, which bounds a benchmark's time.
+    pub max_samples: usize,
+    /// The CPU to pin each guest benchmark's vCPU thread to (`run_all` picks the one it
+    /// starts on), so that no batch pays for a migration.
+    pub pin_cpu: Option<usize>,
 }
 
 impl BenchConfig {
     pub const MIN_SAMPLES: usize = 10;
 
-    /// `hvprobe bench`'s default: 20 ms batches, 15 samples.
+    /// `hvprobe bench`'s default: 20 ms batches, 15 samples, more (up to 40) until the
+    /// median is known within 2%.
     pub fn standard() -> BenchConfig {
-        BenchConfig { budget: Duration::from_millis(20), samples: 15, warmup: 2 }
+        BenchConfig {
+            budget: Duration::from_millis(20),
+            samples: 15,
+            warmup: 2,
+            precision: 0.02,
+            max_samples: 40,
+            pin_cpu: None,
+        }
     }
 
     /// For smoke tests: 2 ms batches, the minimum of samples.
     pub fn quick() -> BenchConfig {
-        BenchConfig { budget: Duration::from_millis(2), samples: Self::MIN_SAMPLES, warmup: 1 }
+        BenchConfig {
+            budget: Duration::from_millis(2),
+            samples: Self::MIN_SAMPLES,
+            warmup: 1,
+            precision: f64::INFINITY,
+            max_samples: Self::MIN_SAMPLES,
+            pin_cpu: None,
+        }
+    }
+
+    fn min_samples(&self) -> usize {
+        self.samples.max(Self::MIN_SAMPLES)
     }
 }
 
@@ -71,6 +98,22 @@ fn median(xs: &mut [f64]) -> f64 {
         n if n % 2 == 1 => xs[n / 2],
         n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
     }
+}
+
+/// The distribution-free 95% confidence interval of the median of `xs`: the order
+/// statistics k and n-1-k (0-based) with k = floor((n - 1.96 sqrt(n)) / 2), which hold
+/// the median with probability of at least 95% whatever the distribution (the binomial
+/// argument, normal approximation). None under 6 samples, where no such pair exists.
+pub fn median_interval(xs: &[f64]) -> Option<(f64, f64)> {
+    let n = xs.len();
+    let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor();
+    if k < 0.0 || n < 6 {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let k = k as usize;
+    Some((v[k], v[n - 1 - k]))
 }
 
 /// The median and the (unscaled) median absolute deviation of `xs`.
@@ -116,7 +159,7 @@ impl Driver {
         Driver {
             cfg,
             phase: Phase::Calibrate,
-            n: 1,
+            n: BENCH_UNROLL,
             pending: None,
             op_cycles: Vec::new(),
             base_cycles: Vec::new(),
@@ -167,7 +210,8 @@ impl Driver {
                     self.phase = if self.cfg.warmup > 0 { Phase::Warmup(0) } else { Phase::Sample(0) };
                 } else {
                     let scale = (budget / ns.max(1.0)).clamp(2.0, 100.0);
-                    self.n = ((self.n as f64 * scale) as u64).min(MAX_ITERATIONS);
+                    // A whole number of the guest loop's unrolled turns.
+                    self.n = ((self.n as f64 * scale) as u64).next_multiple_of(BENCH_UNROLL).min(MAX_ITERATIONS);
                 }
             }
             Phase::Warmup(i) => {
@@ -180,7 +224,11 @@ impl Driver {
             }
             Phase::Sample(i) => {
                 self.push(baseline, cycles, ns);
-                if baseline && i + 1 >= self.cfg.samples.max(BenchConfig::MIN_SAMPLES) {
+                let taken = i + 1;
+                if baseline
+                    && taken >= self.cfg.min_samples()
+                    && (taken >= self.cfg.max_samples || self.precise_enough())
+                {
                     self.phase = Phase::Done;
                 } else if baseline {
                     self.phase = Phase::Sample(i + 1);
@@ -201,6 +249,15 @@ impl Driver {
             self.op_cycles.push(c);
             self.op_ns.push(t);
         }
+    }
+
+    /// Is the 95% interval of the operation's median cycles within `precision` of it?
+    fn precise_enough(&self) -> bool {
+        let [(cycles, _), _] = self.figures();
+        median_interval(&cycles.values).is_some_and(|(lo, hi)| {
+            let m = cycles.median.abs().max(1.0);
+            (cycles.median - lo) <= self.cfg.precision * m && (hi - cycles.median) <= self.cfg.precision * m
+        })
     }
 
     fn clear(&mut self) {
@@ -285,6 +342,7 @@ impl BenchResult {
             let Some((op, base)) = fig else { continue };
             let mut b = Benchmark::new(&self.name, unit, op.median, op.mad, op.n() as u64);
             b.sample_values = op.values.clone();
+            b.median_interval = median_interval(&op.values).map(|(lo, hi)| [lo, hi]);
             b.path = path.clone();
             b.iterations = Some(self.iterations);
             if path.is_some() {
@@ -310,7 +368,7 @@ fn ioevent_of(name: &str) -> Option<&'static str> {
 /// The watchdog limit of a benchmark run: the case's own limit (a hang should cost little)
 /// plus what the batches take, three times over.
 fn limit(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> Duration {
-    let batches = 2 * (cfg.samples.max(BenchConfig::MIN_SAMPLES) + cfg.warmup) as u32 + 40;
+    let batches = 2 * (cfg.min_samples().max(cfg.max_samples) + cfg.warmup) as u32 + 40;
     case.timeout.unwrap_or(ctx.default_timeout) + cfg.budget * batches * 3
 }
 
@@ -333,7 +391,12 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
             _ => None,
         }
     });
-    let options = RunOptions { timeout: limit(ctx, case, cfg), services: Some(handler), ..RunOptions::default() };
+    let options = RunOptions {
+        timeout: limit(ctx, case, cfg),
+        services: Some(handler),
+        pin_cpu: cfg.pin_cpu,
+        ..RunOptions::default()
+    };
     let payload = crate::catalog::payload().expect("callers list benchmarks from the parsed payload");
     let run = Vm::boot(&ctx.kvm, payload, case, crate::runner::vm_config(case, None))
         .and_then(|mut vm| vm.run(options).map(|report| (report, vm.ioevent_counts())));
@@ -400,7 +463,11 @@ fn paired(
         floor(n)?;
     }
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..cfg.samples.max(BenchConfig::MIN_SAMPLES) {
+    let within = |xs: &[f64]| {
+        let m = summarize(xs).median.abs().max(1e-9);
+        median_interval(xs).is_some_and(|(lo, hi)| m - lo <= cfg.precision * m && hi - m <= cfg.precision * m)
+    };
+    while a.len() < cfg.min_samples() || (a.len() < cfg.max_samples && !(within(&a) && within(&b))) {
         a.push(op(n)?.as_nanos() as f64 / n as f64);
         b.push(floor(n)?.as_nanos() as f64 / n as f64);
     }
@@ -417,6 +484,8 @@ pub fn run_host(ctx: &Context, cfg: &BenchConfig) -> Vec<BenchResult> {
         ];
     };
     let mut out = Vec::new();
+    // Each operation and its floor on one CPU, as the guest benchmarks' vCPUs are.
+    let _pin = cfg.pin_cpu.and_then(|cpu| hvprobe_harness::affinity::Pinned::to(cpu).ok());
     let boot = |irqchip: bool| -> Result<Vm, Error> {
         let mut vm = Vm::boot(&ctx.kvm, payload, case, VmConfig { irqchip, ..VmConfig::default() })?;
         first_exit(&mut vm)?;
@@ -593,6 +662,7 @@ pub fn run_all(
     mut progress: impl FnMut(&BenchResult),
 ) -> Vec<BenchResult> {
     let mut out = Vec::new();
+    let cfg = &BenchConfig { pin_cpu: cfg.pin_cpu.or_else(hvprobe_harness::affinity::current_cpu), ..*cfg };
     for case in guest {
         let r = run_guest(ctx, case, cfg);
         progress(&r);
@@ -609,6 +679,30 @@ pub fn run_all(
     out
 }
 
+/// How steady the figures are: of the guest figures (cycles and ns of each guest
+/// benchmark), how many have a spread (MAD) under 5% and under 10% of their median.
+pub fn steadiness(results: &[BenchResult]) -> Option<String> {
+    let rel: Vec<f64> = results
+        .iter()
+        .filter(|r| r.path != "host")
+        .flat_map(|r| [&r.cycles, &r.ns])
+        .filter_map(|f| f.as_ref().map(|(op, _)| op.mad / op.median.abs().max(f64::MIN_POSITIVE)))
+        .collect();
+    if rel.is_empty() {
+        return None;
+    }
+    let under = |x: f64| rel.iter().filter(|r| **r < x).count();
+    let pct = |k: usize| 100.0 * k as f64 / rel.len() as f64;
+    Some(format!(
+        "steadiness: {} of {} guest figures have MAD/median under 5% ({:.0}%), {} under 10% ({:.0}%)",
+        under(0.05),
+        rel.len(),
+        pct(under(0.05)),
+        under(0.10),
+        pct(under(0.10))
+    ))
+}
+
 /// Is this a failure the run should exit 1 for? Skips and known deviations are not.
 pub fn is_failure(r: &BenchResult) -> bool {
     matches!(&r.missing, Some(Missing::Failed(o, _)) if *o != Outcome::Xfail)
@@ -623,10 +717,11 @@ pub fn line(r: &BenchResult) -> String {
         (Some(Missing::Failed(o, why)), ..) => format!("{head} {}: {why}", o.name()),
         (None, Some((c, base)), Some((ns, _))) => {
             format!(
-                "{head} {} cycles {} ns  (baseline {:.1} cycles, {} iterations)",
+                "{head} {} cycles {} ns  (baseline {:.1} cycles, {} samples of {} iterations)",
                 fig(c),
                 fig(ns),
                 base.median,
+                c.n(),
                 r.iterations
             )
         }
@@ -789,7 +884,7 @@ mod tests {
 
     #[test]
     fn the_driver_calibrates_warms_up_alternates_and_subtracts_the_baseline() {
-        let cfg = BenchConfig { budget: Duration::from_micros(100), samples: 12, warmup: 2 };
+        let cfg = BenchConfig { budget: Duration::from_micros(100), samples: 12, warmup: 2, ..BenchConfig::quick() };
         let d = play(cfg, 30, 10);
         assert!(d.done());
         assert!(d.n * 30 >= 50_000, "batch {} is under half the budget", d.n);
@@ -804,8 +899,56 @@ mod tests {
     }
 
     #[test]
+    fn noisy_figures_are_sampled_until_the_median_is_known_or_the_bound() {
+        // Plays a guest whose operation costs 100 or 140 cycles per iteration in turn.
+        let run = |cfg: BenchConfig, noisy: bool| {
+            let mut d = Driver::new(cfg);
+            let mut now = Instant::now();
+            let mut turn = 0u64;
+            loop {
+                let next = d.next(now);
+                if next == 0 {
+                    break d;
+                }
+                let n = next & !BENCH_BASELINE;
+                turn += 1;
+                let per = if next & BENCH_BASELINE != 0 {
+                    10
+                } else if noisy && turn % 4 == 1 {
+                    140
+                } else {
+                    100
+                };
+                now += Duration::from_nanos(n * per);
+                d.result(n * per, n, now).unwrap();
+            }
+        };
+        let cfg = BenchConfig {
+            budget: Duration::from_micros(50),
+            samples: 10,
+            warmup: 0,
+            precision: 0.01,
+            max_samples: 30,
+            pin_cpu: None,
+        };
+        assert_eq!(run(cfg, false).figures()[0].0.n(), 10, "a steady figure stops at the minimum");
+        let [(noisy, _), _] = run(cfg, true).figures();
+        assert_eq!(noisy.n(), 30, "half the samples 40% off: the interval never narrows to 1%");
+        let (lo, hi) = median_interval(&noisy.values).unwrap();
+        assert!(lo <= noisy.median && noisy.median <= hi);
+    }
+
+    #[test]
+    fn the_median_interval_uses_order_statistics() {
+        let xs: Vec<f64> = (1..=15).map(f64::from).collect();
+        // n = 15: k = floor((15 - 1.96 * 3.873) / 2) = 3, so x[3] and x[11].
+        assert_eq!(median_interval(&xs), Some((4.0, 12.0)));
+        assert_eq!(median_interval(&xs[..5]), None, "too few samples for a 95% interval");
+    }
+
+    #[test]
     fn fewer_samples_than_the_minimum_are_raised_to_it() {
-        let cfg = BenchConfig { budget: Duration::from_micros(10), samples: 3, warmup: 0 };
+        let cfg = BenchConfig { budget: Duration::from_micros(10), samples: 3, warmup: 0, ..BenchConfig::quick() };
         assert_eq!(play(cfg, 5, 1).figures()[0].0.n(), BenchConfig::MIN_SAMPLES);
     }
 

@@ -103,6 +103,7 @@ pub fn drive(
             pause_after,
             stop: stop.clone(),
             livelock: options_livelock,
+            pin_cpu: None,
         };
         let part = if how == Some(Migrate::Live) && !migrated {
             migrated = true;

@@ -901,6 +901,13 @@ pub mod proto {
     /// Bit 63 of a BENCH_NEXT result: measure the empty loop.
     pub const BENCH_BASELINE: u64 = 1 << 63;
 
+    /// Operations per turn of a benchmark's loop. The loop's own instructions are the
+    /// baseline that is subtracted; where the host emulates them (PVM runs CPL0 code through
+    /// its instruction emulator, thousands of cycles each) their noise would swamp a cheap
+    /// operation, so the guest runs this many operations per turn and the host asks for
+    /// batches that are a multiple of it.
+    pub const BENCH_UNROLL: u64 = 8;
+
     pub const SERVICE_OK: u32 = 0;
     pub const SERVICE_UNKNOWN: u32 = 1;
     pub const SERVICE_FAILED: u32 = 2;

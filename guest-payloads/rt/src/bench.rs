@@ -2,14 +2,15 @@
 //! as the host's driver asks, and report each batch's TSC cycles.
 //!
 //! The host decides everything statistical (iteration counts from its time budget, the
-//! warm-up, how many samples, the baseline batches). The guest only runs
-//! `for _ in 0..n { op() }` between two fenced RDTSCs, so the loop around the operation
-//! is the same machine code in the operation batch and in the baseline batch; the
-//! difference between the two is the operation's cost.
+//! warm-up, how many samples, the baseline batches). The guest only runs `n` operations
+//! between two fenced RDTSCs, [`BENCH_UNROLL`] per turn of the loop, so the loop around
+//! the operation is the same machine code in the operation batch and in the baseline
+//! batch; the difference between the two is the operation's cost, and the loop's share
+//! of each operation (and of its noise) is an eighth of one turn.
 
 use core::arch::asm;
 
-use hvprobe_abi::proto::{BENCH_BASELINE, service};
+use hvprobe_abi::proto::{BENCH_BASELINE, BENCH_UNROLL, service};
 
 use crate::proto;
 
@@ -28,15 +29,29 @@ pub fn rdtsc_fenced() -> u64 {
     u64::from(hi) << 32 | u64::from(lo)
 }
 
-/// Runs `op` `n` times and returns the TSC cycles it took. Not inlined, so that each
-/// operation gets one copy of the loop and the baseline another of the same shape.
+/// Runs `op` `n` times, [`BENCH_UNROLL`] per turn (the host asks for multiples of it; a
+/// remainder runs one per turn), and returns the TSC cycles it took. Not inlined, so that
+/// each operation gets one copy of the loop and the baseline another of the same shape.
 #[inline(never)]
 fn batch<F: Fn()>(n: u64, op: &F) -> u64 {
+    const _: () = assert!(BENCH_UNROLL == 8, "the loop below spells the unrolled operations out");
     let start = rdtsc_fenced();
-    let mut i = n;
-    while i != 0 {
+    let mut turns = n / BENCH_UNROLL;
+    while turns != 0 {
         op();
-        i -= 1;
+        op();
+        op();
+        op();
+        op();
+        op();
+        op();
+        op();
+        turns -= 1;
+    }
+    let mut rest = n % BENCH_UNROLL;
+    while rest != 0 {
+        op();
+        rest -= 1;
     }
     rdtsc_fenced().wrapping_sub(start)
 }

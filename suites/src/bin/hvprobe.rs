@@ -400,13 +400,15 @@ fn real_main() -> Result<ExitCode> {
             let noise = hvprobe_suites::process::NoiseProbe::start();
             let mut results = Results::new(host_record(&facts), started);
             say!(
-                "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {} samples",
+                "hvprobe bench: {} guest and {} host benchmarks on {} ({}), {:.1} ms batches, {}-{} samples (more until the median is known within {}%)",
                 guest.len(),
                 host.len(),
                 facts.hostname,
                 facts.backend.name(),
                 cfg.budget.as_secs_f64() * 1e3,
-                cfg.samples.max(BenchConfig::MIN_SAMPLES)
+                cfg.samples.max(BenchConfig::MIN_SAMPLES),
+                cfg.max_samples.max(cfg.samples),
+                cfg.precision * 100.0
             );
             let failed = benchmarks(&ctx, &guest, &host, &cfg, &mut results);
             results.duration_s = t0.elapsed().as_secs_f64();
@@ -657,6 +659,9 @@ fn benchmarks(ctx: &Context, guest: &[&TestCase], host: &[&str], cfg: &BenchConf
         .collect();
     if !ratios.is_empty() {
         say!("hvprobe / bare-ioctl floor: {}", ratios.join(", "));
+    }
+    if let Some(s) = bench::steadiness(&done) {
+        say!("{s}");
     }
     done.iter().filter(|r| bench::is_failure(r)).count()
 }
