@@ -173,6 +173,8 @@ impl Loaded {
 struct Trends {
     benches: BTreeMap<(String, String), Series>,
     metrics: BTreeMap<(String, String), Series>,
+    /// The path (full, para, hw) of each guest operation, as its latest record says.
+    paths: BTreeMap<String, String>,
 }
 
 impl Trends {
@@ -181,6 +183,9 @@ impl Trends {
             map.entry((name, unit.to_string())).or_default().entry(host.clone()).or_default().push(point);
         };
         for bench in &r.benchmarks {
+            if let Some(path) = &bench.path {
+                self.paths.insert(bench.name.clone(), path.clone());
+            }
             let point = Point { at, value: bench.median, spread: Some(bench.spread.abs()) };
             push(&mut self.benches, bench.name.clone(), &bench.unit, point);
         }
@@ -329,7 +334,12 @@ code,pre{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.9em}pr
 border-radius:.8em;border:1px solid #ccc}\
 table.compat td{text-align:center}table.compat th.host{text-align:center;font-weight:normal}\
 table.compat th.host div:first-child{font-weight:bold}.muted{color:#666;font-size:.9em}\
-figure{margin:1em 0 2em}figcaption{font-weight:bold;margin-bottom:.3em}\
+figure{margin:0}figcaption{margin-bottom:.3em;overflow-wrap:anywhere}\
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:1.2em 1.5em;margin-bottom:1em}\
+.unit{display:inline-block;padding:0 .45em;border-radius:.3em;font-size:.85em;font-weight:normal;white-space:nowrap}\
+.u-cycles{background:#dbe9f6;color:#0b3d66}.u-ns{background:#fbe3cf;color:#6b2c00}.u-other{background:#eee}\
+figure.f-u-cycles svg{border-top:3px solid #0072b2}figure.f-u-ns svg{border-top:3px solid #d55e00}\
+ul.legend{list-style:none;padding:0;margin:.3em 0 0;font-size:.88em}\
 svg{max-width:100%;height:auto;border:1px solid #ddd}\
 .swatch{display:inline-block;width:1.6em;height:.5em;margin:0 .4em 0 1em;vertical-align:middle}\
 p.changes{padding:.5em .8em;background:#f6f8fa;border-left:4px solid #0072b2}\
@@ -494,6 +504,8 @@ fn index_page(loaded: &Loaded) -> String {
     }
     b.push_str("</tbody>\n</table>\n");
 
+    path_section(&mut b, &r.tests);
+
     let failing: Vec<&TestResult> =
         r.tests.iter().filter(|t| t.is_deviation() && t.outcome != Outcome::Xfail).collect();
     let known: Vec<&TestResult> = r.tests.iter().filter(|t| t.outcome == Outcome::Xfail).collect();
@@ -655,6 +667,116 @@ fn what_changed(b: &mut String, latest: &Full, previous: Option<&Full>) {
     }
 }
 
+/// Colours of the three paths on the path chart (Okabe–Ito, as the trends).
+fn path_color(path: &str) -> &'static str {
+    match path {
+        "full" => "#d55e00",
+        "para" => "#0072b2",
+        "hw" => "#009e73",
+        _ => "#777777",
+    }
+}
+
+/// The path table as a chart: per behaviour, a bar per way, its length the guest cycles
+/// per operation on a log scale, its colour the path, and after it whether the run bore
+/// the path's claim out. Hand-drawn SVG: one bar per row needs no plotting library.
+fn path_section(b: &mut String, tests: &[TestResult]) {
+    let table = crate::paths::table(tests);
+    b.push_str("<h2 id=\"paths\">Paths: the cost of each way to the same behaviour</h2>\n");
+    if table.is_empty() {
+        b.push_str("<p>No case of this run belongs to the path table.</p>\n");
+        return;
+    }
+    let costs: Vec<f64> =
+        table.iter().flat_map(|t| &t.ways).filter_map(|w| w.cost_cycles).filter(|c| *c > 0.0).collect();
+    let lo = costs.iter().copied().fold(f64::INFINITY, f64::min).max(1.0).log10().floor();
+    let hi = costs.iter().copied().fold(1.0, f64::max).log10().ceil().max(lo + 1.0);
+    let (label_w, bar_w, note_w, row_h, gap, top) = (300.0, 440.0, 250.0, 20.0, 12.0, 30.0);
+    let rows: usize = table.iter().map(|t| t.ways.len()).sum();
+    let height = top + rows as f64 * row_h + table.len() as f64 * gap + 26.0;
+    let width = label_w + bar_w + note_w;
+    let x_of = |c: f64| label_w + bar_w * ((c.max(1.0).log10() - lo) / (hi - lo)).clamp(0.0, 1.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"paths\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n"
+    );
+    for d in (lo as i32)..=(hi as i32) {
+        let x = x_of(10f64.powi(d));
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"14\" text-anchor=\"middle\" fill=\"#555\">1e{d}</text>",
+            top - 8.0,
+            height - 22.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">guest TSC cycles per operation (log scale)</text>",
+        label_w + bar_w,
+        height - 6.0
+    );
+    let mut y = top;
+    for t in &table {
+        let agree = match t.results_agree {
+            Some(true) => "",
+            Some(false) => " (results differ)",
+            None => "",
+        };
+        for w in &t.ways {
+            let label = format!("{} · {}{agree}", t.behaviour, w.way);
+            let _ = write!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                label_w - 8.0,
+                y + 14.0,
+                esc(&label)
+            );
+            let note = match (w.cost_cycles, w.claim_held) {
+                (None, _) => format!("no cost: {}", w.outcome.name()),
+                (Some(c), held) => {
+                    let x = x_of(c);
+                    let _ = write!(
+                        svg,
+                        "<rect class=\"way p-{}\" x=\"{label_w}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {} cycles, {}</title></rect>",
+                        esc(&w.path),
+                        y + 3.0,
+                        (x - label_w).max(1.0),
+                        row_h - 6.0,
+                        path_color(&w.path),
+                        esc(&w.test),
+                        num(c),
+                        esc(&w.claim)
+                    );
+                    let claim = match held {
+                        Some(true) => "claim held",
+                        Some(false) => "claim NOT held",
+                        None => "claim unchecked",
+                    };
+                    format!("{} {} cycles, {claim}", w.path, num(c))
+                }
+            };
+            let broken = w.claim_held == Some(false);
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\"{}>{}</text>",
+                label_w + bar_w + 8.0,
+                y + 14.0,
+                if broken { " fill=\"#b3261e\" font-weight=\"bold\"" } else { "" },
+                esc(&note)
+            );
+            y += row_h;
+        }
+        y += gap;
+    }
+    svg.push_str("</svg>\n");
+    b.push_str("<p class=\"muted\">Each bar is one way a behaviour was reached in this run, coloured by its path ");
+    for p in ["full", "para", "hw"] {
+        let _ = write!(b, "<span class=\"swatch\" style=\"background:{}\"></span>{p}", path_color(p));
+    }
+    b.push_str(". After it, whether the run's counts bore out what the path claims (full: the hypervisor ");
+    b.push_str("steps in at every access; para: no exit to userspace; hw: fewer interventions than accesses).</p>\n");
+    b.push_str(&svg);
+}
+
 /// Counts by (outcome, expected timeout), each with a test that shows how to render it.
 type OutcomeGroups<'a> = BTreeMap<(Outcome, bool), (usize, &'a TestResult)>;
 
@@ -764,7 +886,7 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(120, 120, 120),
 ];
 
-const PLOT_SIZE: (u32, u32) = (960, 380);
+const PLOT_SIZE: (u32, u32) = (520, 300);
 
 /// One measurement of a series: when, the median (or value) and its spread, if measured.
 #[derive(Clone, Copy)]
@@ -777,6 +899,54 @@ struct Point {
 /// A plot's series, by host (hostname, backend).
 type Series = BTreeMap<(String, String), Vec<Point>>;
 
+/// The trends page's group of a benchmark or metric: its area, and for a guest operation
+/// its path, so that the grid puts like with like.
+fn trend_group(name: &str, path: Option<&str>, metric: bool) -> String {
+    let area = name.split("::").next().unwrap_or(name);
+    match (metric, area, path) {
+        (true, ..) => format!("Guest test metrics: {area}"),
+        (false, "bench", Some(p)) => format!("Guest operations, {p} path"),
+        (false, "bench", None) => "Guest operations".into(),
+        (false, "host", _) => "Host operations".into(),
+        (false, "suite", _) => "The suite's own cost".into(),
+        (false, a, _) => format!("Benchmarks: {a}"),
+    }
+}
+
+/// How a unit is named on the trends page, and its CSS class: guest TSC cycles and host
+/// nanoseconds must never be mistaken for each other.
+fn unit_label(unit: &str) -> (String, &'static str) {
+    match unit {
+        "cycles" => ("guest TSC cycles".into(), "u-cycles"),
+        "ns" => ("host ns".into(), "u-ns"),
+        u => (u.to_string(), "u-other"),
+    }
+}
+
+/// A host's latest value of a series, and its change from the run before, in words.
+fn latest_and_change(points: &[Point], unit: &str) -> String {
+    let mut pts = points.to_vec();
+    pts.sort_by_key(|p| p.at);
+    let Some(last) = pts.last() else { return String::new() };
+    let spread = last.spread.filter(|s| *s > 0.0).map_or(String::new(), |s| format!(" ± {}", num(s)));
+    let change = match pts.len().checked_sub(2).map(|i| pts[i]) {
+        Some(prev) if prev.value != 0.0 => {
+            format!(", {:+.1}% since the run before", 100.0 * (last.value / prev.value - 1.0))
+        }
+        _ => ", the first run".into(),
+    };
+    format!("latest <strong>{}</strong>{spread} {}{change}", num(last.value), esc(unit))
+}
+
+/// A value with as many digits as it needs to be read, not more.
+fn num(v: f64) -> String {
+    match v.abs() {
+        a if a >= 1000.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
 fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
     let hosts: BTreeSet<(&str, &str)> = loaded.runs.iter().map(Run::host_key).collect();
     let color_of = |key: &(String, String)| {
@@ -784,62 +954,87 @@ fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
     };
     let (benches, metrics) = (&loaded.trends.benches, &loaded.trends.metrics);
 
+    // group -> unit -> plots, each group and unit in name order.
+    type Item<'a> = (String, &'a str, &'a Series, String);
+    let mut groups: BTreeMap<(u8, String), BTreeMap<String, Vec<Item>>> = BTreeMap::new();
+    for ((n, u), series) in benches {
+        let path = loaded.trends.paths.get(n).map(String::as_str);
+        let order = if n.starts_with("bench::") { 0 } else { 1 };
+        groups.entry((order, trend_group(n, path, false))).or_default().entry(u.clone()).or_default().push((
+            n.clone(),
+            u.as_str(),
+            series,
+            plot_id(n, Some(u)),
+        ));
+    }
+    for ((n, u), series) in metrics {
+        groups.entry((2, trend_group(n, None, true))).or_default().entry(u.clone()).or_default().push((
+            n.clone(),
+            u.as_str(),
+            series,
+            plot_id(n, None),
+        ));
+    }
+
     let mut b = String::new();
     let mut toc = String::new();
     let mut figures = String::new();
     let mut ids = BTreeSet::new();
     let mut plots = 0;
-    b.push_str("<h1>Trends</h1>\n<p>One plot per benchmark and per guest test metric, over every run. ");
-    b.push_str("x: when the run started (UTC); y: the median in the benchmark's unit; the shaded band and the ");
-    b.push_str("error bars span median ± spread (median absolute deviation). One line per host; metrics are ");
-    b.push_str("single values with no spread.</p>\n");
-    let bench_items: Vec<(String, &str, &Series, String)> =
-        benches.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s, plot_id(n, Some(u)))).collect();
-    let metric_items: Vec<(String, &str, &Series, String)> =
-        metrics.iter().map(|((n, u), s)| (n.clone(), u.as_str(), s, plot_id(n, None))).collect();
-    for (heading, empty, items) in [
-        ("Benchmarks", "No run has benchmarks yet.", bench_items),
-        ("Guest test metrics", "No test recorded a metric.", metric_items),
-    ] {
-        let _ = writeln!(figures, "<h2 id=\"{}\">{heading}</h2>", slug(heading));
-        let _ = writeln!(toc, "<li><a href=\"#{}\">{heading}</a> ({})", slug(heading), items.len());
-        if items.is_empty() {
-            let _ = writeln!(figures, "<p>{empty}</p>");
-            toc.push_str("</li>\n");
-            continue;
-        }
-        toc.push_str("<ul>\n");
-        for (name, unit, series, base) in items {
-            let mut id = base.clone();
-            let mut n = 2;
-            while ids.contains(&id) {
-                id = format!("{base}-{n}");
-                n += 1;
-            }
-            ids.insert(id.clone());
-            let svg = draw_plot(series, unit, &color_of)
-                .map_err(|e| DashboardError::Plot { plot: name.clone(), message: e.to_string() })?;
-            plots += 1;
-            let _ = writeln!(toc, "<li><a href=\"#{id}\">{}</a></li>", esc(&name));
-            let _ = write!(
+    b.push_str("<h1>Trends</h1>\n<p>One small plot per benchmark and per guest test metric, over every run, ");
+    b.push_str("grouped by area and path, and within a group by unit: <span class=\"unit u-cycles\">guest TSC ");
+    b.push_str("cycles</span> (what the guest measured) apart from <span class=\"unit u-ns\">host ns</span> ");
+    b.push_str("(what the host timed). x: when the run started (UTC); y: the median; the shaded band and the ");
+    b.push_str("error bars span median ± spread (median absolute deviation). One line per host, and under ");
+    b.push_str("each plot every host's latest value and its change since that host's run before. Metrics ");
+    b.push_str("are single values with no spread.</p>\n");
+    if groups.is_empty() {
+        b.push_str("<p>No run has benchmarks or test metrics yet.</p>\n");
+    }
+    for ((_, group), units) in &groups {
+        let gid = slug(group);
+        let count: usize = units.values().map(Vec::len).sum();
+        let _ = writeln!(toc, "<li><a href=\"#{gid}\">{}</a> ({count})</li>", esc(group));
+        let _ = writeln!(figures, "<h2 id=\"{gid}\">{}</h2>", esc(group));
+        for (unit, items) in units {
+            let (label, class) = unit_label(unit);
+            let _ = writeln!(
                 figures,
-                "<figure id=\"{id}\">\n<figcaption>{} <span class=\"muted\">({})</span></figcaption>\n{svg}<div class=\"muted\">",
-                esc(&name),
-                esc(unit)
+                "<h3>In <span class=\"unit {class}\">{}</span></h3>\n<div class=\"grid\">",
+                esc(&label)
             );
-            for (key, points) in series {
-                let RGBColor(r, g, bl) = color_of(key);
+            for (name, unit, series, base) in items {
+                let mut id = base.clone();
+                let mut n = 2;
+                while ids.contains(&id) {
+                    id = format!("{base}-{n}");
+                    n += 1;
+                }
+                ids.insert(id.clone());
+                let svg = draw_plot(series, unit, &color_of)
+                    .map_err(|e| DashboardError::Plot { plot: name.clone(), message: e.to_string() })?;
+                plots += 1;
                 let _ = write!(
                     figures,
-                    "<span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} / {} ({} runs)",
-                    esc(&key.0),
-                    esc(&key.1),
-                    points.len()
+                    "<figure id=\"{id}\" class=\"f-{class}\">\n<figcaption><code>{}</code> <span class=\"unit {class}\">{}</span></figcaption>\n{svg}<ul class=\"legend\">",
+                    esc(name),
+                    esc(&label)
                 );
+                for (key, points) in *series {
+                    let RGBColor(r, g, bl) = color_of(key);
+                    let _ = write!(
+                        figures,
+                        "<li><span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} / {} ({} runs): {}</li>",
+                        esc(&key.0),
+                        esc(&key.1),
+                        points.len(),
+                        latest_and_change(points, unit)
+                    );
+                }
+                figures.push_str("</ul>\n</figure>\n");
             }
-            figures.push_str("</div>\n</figure>\n");
+            figures.push_str("</div>\n");
         }
-        toc.push_str("</ul></li>\n");
     }
     let _ = write!(b, "<ul class=\"toc\">\n{toc}</ul>\n{figures}");
     Ok((page("Trends", "trends.html", &b), plots))
@@ -880,20 +1075,21 @@ fn draw_plot(
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .margin(16)
-            .x_label_area_size(52)
-            .y_label_area_size(86)
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(76)
             .build_cartesian_2d(x0..x1, y0..y1)?;
         let x_label = |h: &f64| date_label((h * 3600.0).round() as i64);
         chart
             .configure_mesh()
-            .x_labels(6)
-            .y_labels(7)
+            .x_labels(4)
+            .y_labels(5)
             .x_label_formatter(&x_label)
+            .y_label_formatter(&|v: &f64| num(*v))
             .x_desc("run start (UTC)")
             .y_desc(unit)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .light_line_style(RGBColor(238, 238, 238))
             .bold_line_style(RGBColor(215, 215, 215))
             .draw()?;
@@ -995,8 +1191,10 @@ mod tests {
 
         let trends = read(&dir, "trends.html");
         assert_eq!(trends.matches("<svg").count(), 9);
-        assert!(trends.contains("<figcaption>cpuid <span class=\"muted\">(ns)</span>"));
-        assert!(trends.contains("cpu::case0::long64 / cpuid <span class=\"muted\">(cycles)"));
+        assert!(trends.contains("<figcaption><code>cpuid</code> <span class=\"unit u-ns\">host ns</span>"));
+        assert!(
+            trends.contains("<code>cpu::case0::long64 / cpuid</code> <span class=\"unit u-cycles\">guest TSC cycles")
+        );
         assert!(trends.contains("run start (UTC)") && trends.contains("<polygon"), "axis label and spread band");
 
         let compat = read(&dir, "compat.html");

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use hvprobe_results::dashboard::build_site;
+use hvprobe_results::paths::Section;
 use hvprobe_results::{Benchmark, Failure, Host, MetricValue, Outcome, Results, TestResult};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -77,11 +78,34 @@ fn test(name: &str, outcome: Outcome, reason: Option<&str>, metric: Option<(&str
     }
 }
 
-fn bench(name: &str, unit: &str, median: f64, spread: f64) -> Benchmark {
+fn bench(name: &str, path: &str, unit: &str, median: f64, spread: f64) -> Benchmark {
     let mut b = Benchmark::new(name, unit, median, spread, 1000);
+    b.path = Some(path.into());
     // Ten samples spread around the median, enough for compare's rank-sum test.
     b.sample_values = (0..10).map(|i| median + spread * (f64::from(i) - 4.5) / 4.5).collect();
     b
+}
+
+/// Two ways to one behaviour for the path table: a trapped UART (full) and a shared ring
+/// (para). In beta's last run the ring exits to userspace, so its claim does not hold.
+fn path_ways(ring_exits: bool) -> Vec<TestResult> {
+    let way = |name: &str, path: &str, cost: f64, exits: u64, emulated: u64| {
+        let mut t = test(name, Outcome::Pass, None, Some(("cost", cost, "cycles")));
+        t.path = path.into();
+        t.metrics.insert("result".into(), MetricValue { value: 4096.0, unit: "bytes".into() });
+        t.behaviour = Some("io::bytes_to_device".into());
+        t.section = Some(Section {
+            ops: 4096,
+            accesses: 4096,
+            userspace_exits: [("io".to_string(), exits)].into(),
+            kvm_stats: [("exits".to_string(), exits), ("insn_emulation".to_string(), emulated)].into(),
+        });
+        t
+    };
+    vec![
+        way("io::bytes_to_device::uart", "full", 57_000.0, 4096, 4096),
+        way("io::bytes_to_device::ring", "para", 24_000.0, if ring_exits { 3 } else { 0 }, 2),
+    ]
 }
 
 /// Five runs over three days on two hosts, with deviations and moving numbers.
@@ -115,7 +139,11 @@ fn write_fixtures(dir: &Path) {
             test("mmu::huge_pages::long64", Outcome::Skip, Some("no 1 GiB pages"), None),
             test("watchdog::hang::long64", Outcome::Timeout, Some("the watchdog fired, as it should"), None),
         ];
-        r.benchmarks = vec![bench("vmexit_roundtrip", "cycles", vmexit, spread), bench("cpuid", "ns", cpuid, 4.0)];
+        r.tests.extend(path_ways(i == 4));
+        r.benchmarks = vec![
+            bench("bench::vmexit_roundtrip::long64", "hw", "cycles", vmexit, spread),
+            bench("bench::cpuid::long64", "full", "ns", cpuid, 4.0),
+        ];
         r.write_atomic(&dir.join(format!("run{i}-{backend}.json"))).unwrap();
     }
 }
@@ -308,8 +336,9 @@ fn the_dashboard_renders_in_headless_chromium() {
     write_fixtures(input.path());
     let site = build_site(input.path(), site_dir.path()).unwrap();
     assert_eq!((site.runs, site.hosts), (5, 2));
-    // Benchmarks vmexit_roundtrip and cpuid; metrics cpu::cpuid / cpuid_exit and cpu::pv_clock / read.
-    assert_eq!(site.plots, 4);
+    // Benchmarks vmexit_roundtrip and cpuid; metrics cpu::cpuid / cpuid_exit, cpu::pv_clock / read,
+    // and the cost and result of the two path-table ways.
+    assert_eq!(site.plots, 8);
 
     let (addr, requests) = serve(site_dir.path().to_path_buf());
     let url = |page: &str| format!("http://{addr}/{page}");
@@ -346,7 +375,7 @@ fn the_dashboard_renders_in_headless_chromium() {
         "<strong>1 regressions</strong>",
         "1 benchmark changes that pass the rank-sum test",
         "href=\"compat.html#t-irq::lapic_timer::long64\"",
-        "href=\"trends.html#plot-cpuid-ns\"",
+        "href=\"trends.html#plot-bench-cpuid-long64-ns\"",
     ] {
         assert!(changes.contains(want), "what changed lacks {want:?}: {changes}");
     }
@@ -354,15 +383,62 @@ fn the_dashboard_renders_in_headless_chromium() {
     assert!(regression.contains("irq::lapic_timer::long64") && regression.contains("xpass"), "{regression}");
     assert!(!changes.contains("vmexit_roundtrip"), "2950 -> 2810 cycles is noise, not a change: {changes}");
 
-    // One inline SVG per plot, each with a drawn line, a marker per run and its axis labels.
+    // The path table as a chart: a bar per way coloured by its path, the claim after it.
+    let paths = fragment(index, "<h2 id=\"paths\"", "</svg>");
+    let chart =
+        roxmltree::Document::parse(&paths[paths.find("<svg").unwrap()..]).unwrap_or_else(|e| panic!("{e}\n{paths}"));
+    let bars: Vec<_> = chart
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("class").is_some_and(|c| c.starts_with("way")))
+        .collect();
+    assert_eq!(bars.len(), 2, "one bar per way: {paths}");
+    let width = |path: &str| -> f64 {
+        let bar = bars.iter().find(|b| b.attribute("class") == Some(&format!("way p-{path}"))).unwrap();
+        bar.attribute("width").unwrap().parse().unwrap()
+    };
+    assert!(width("full") > width("para"), "57000 cycles draw longer than 24000: {paths}");
+    let notes: Vec<&str> = chart.descendants().filter_map(|n| n.text()).collect();
+    assert!(notes.contains(&"full 57000 cycles, claim held"), "{notes:?}");
+    assert!(notes.contains(&"para 24000 cycles, claim NOT held"), "the ring exited to userspace: {notes:?}");
+    assert!(notes.iter().any(|t| t.contains("log scale")), "{notes:?}");
+
+    // The trends: a grid per group (area and path), cycles apart from ns, and each host's
+    // latest value with its change since its run before.
     let trends = &doms["trends.html"];
+    let headings: Vec<&str> =
+        trends.match_indices("<h2 id=\"").map(|(i, _)| &trends[i..i + trends[i..].find('>').unwrap()]).collect();
+    for group in
+        ["guest-operations-full-path", "guest-operations-hw-path", "guest-test-metrics-cpu", "guest-test-metrics-io"]
+    {
+        assert!(headings.iter().any(|h| h.contains(&format!("\"{group}\""))), "no group {group}: {headings:?}");
+    }
+    assert!(trends.matches("class=\"grid\"").count() >= 4, "plots sit in grids");
+    let cpuid = fragment(trends, "<figure id=\"plot-bench-cpuid-long64-ns\"", "</figure>");
+    assert!(cpuid.contains("class=\"f-u-ns\"") && cpuid.contains("host ns"), "ns are labelled as host ns: {cpuid}");
+    assert!(
+        cpuid.contains(
+            "beta / kvm_pvm (2 runs): latest <strong>420.0</strong> ± 4.000 ns, +133.3% since the run before"
+        ),
+        "{cpuid}"
+    );
+    let vmexit = fragment(trends, "<figure id=\"plot-bench-vmexit-roundtrip-long64-cycles\"", "</figure>");
+    assert!(vmexit.contains("class=\"f-u-cycles\"") && vmexit.contains("guest TSC cycles"), "{vmexit}");
+    assert!(
+        vmexit.contains(
+            "alpha / kvm_intel (3 runs): latest <strong>1390</strong> ± 30.0 cycles, -8.6% since the run before"
+        ),
+        "{vmexit}"
+    );
+
+    // One inline SVG per plot, each with a drawn line, a marker per run and its axis labels.
     let expected = [
-        ("plot-vmexit-roundtrip-cycles", "cycles", 5, true),
-        ("plot-cpuid-ns", "ns", 5, true),
+        ("plot-bench-vmexit-roundtrip-long64-cycles", "cycles", 5, true),
+        ("plot-bench-cpuid-long64-ns", "ns", 5, true),
         ("plot-cpu-cpuid-long64-cpuid-exit", "cycles", 5, false),
         ("plot-cpu-pv-clock-long64-read", "ns", 5, false),
+        ("plot-io-bytes-to-device-uart-cost", "cycles", 5, false),
     ];
-    assert_eq!(trends.matches("<svg").count(), expected.len());
+    assert_eq!(trends.matches("<svg").count(), 8);
     for (id, unit, runs, spread) in expected {
         let figure = fragment(trends, &format!("<figure id=\"{id}\""), "</figure>");
         let svg_text = fragment(figure, "<svg", "</svg>");
@@ -399,7 +475,7 @@ fn the_dashboard_renders_in_headless_chromium() {
         .descendants()
         .filter(|n| n.has_tag_name("tr") && n.parent().is_some_and(|p| p.has_tag_name("tbody")))
         .collect();
-    assert_eq!(rows.len(), 6, "one row per test");
+    assert_eq!(rows.len(), 8, "one row per test");
     let cell = |test: &str, column: usize| {
         let row = rows
             .iter()
@@ -435,21 +511,23 @@ fn the_dashboard_renders_in_headless_chromium() {
         }
     }
 
-    // The screenshot people look at after the run.
+    // The screenshots people look at after the run: the first page and the trends.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = manifest.parent().unwrap_or(manifest).join("target");
     std::fs::create_dir_all(&target).unwrap();
-    let png = target.join("dashboard-trends.png");
-    let _ = std::fs::remove_file(&png);
-    let shot = format!("--screenshot={}", png.display());
-    let b = chromium(&[&shot, "--window-size=1280,1600", &url("trends.html")]);
-    assert!(b.status.success(), "chromium --screenshot failed: {}\n{}", b.status, b.stderr);
-    console.extend(console_errors(&b.stderr).into_iter().map(|l| format!("screenshot: {l}")));
-    let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", png.display());
-    assert!(bytes.len() > 10 * 1024, "{} is only {} bytes: a blank page?", png.display(), bytes.len());
-    let dimension = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    assert_eq!((dimension(16), dimension(20)), (1280, 1600), "screenshot size");
+    for page in ["index", "trends"] {
+        let png = target.join(format!("dashboard-{page}.png"));
+        let _ = std::fs::remove_file(&png);
+        let shot = format!("--screenshot={}", png.display());
+        let b = chromium(&[&shot, "--window-size=1280,1600", &url(&format!("{page}.html"))]);
+        assert!(b.status.success(), "chromium --screenshot failed: {}\n{}", b.status, b.stderr);
+        console.extend(console_errors(&b.stderr).into_iter().map(|l| format!("screenshot of {page}: {l}")));
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", png.display());
+        assert!(bytes.len() > 10 * 1024, "{} is only {} bytes: a blank page?", png.display(), bytes.len());
+        let dimension = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        assert_eq!((dimension(16), dimension(20)), (1280, 1600), "screenshot size");
+    }
 
     assert!(console.is_empty(), "chromium logged console errors:\n{}", console.join("\n"));
     let requests = requests.lock().unwrap().clone();
@@ -458,5 +536,9 @@ fn the_dashboard_renders_in_headless_chromium() {
     for page in ["/index.html", "/trends.html", "/compat.html"] {
         assert!(requests.iter().any(|(p, _)| p == page), "{page} was never requested: {requests:?}");
     }
-    eprintln!("browser test took {:.1} s; screenshot at {}", begun.elapsed().as_secs_f64(), png.display());
+    eprintln!(
+        "browser test took {:.1} s; screenshots at {}/dashboard-{{index,trends}}.png",
+        begun.elapsed().as_secs_f64(),
+        target.display()
+    );
 }
