@@ -542,3 +542,46 @@ fn the_dashboard_renders_in_headless_chromium() {
         target.display()
     );
 }
+
+/// Two real runs of this project on a PVM host, trimmed to 39 and 47 of their tests (the
+/// records themselves untouched): between them the suite gained SMM and Hyper-V cases,
+/// four known deviations changed their signature, and KVM reported two capabilities the
+/// older build did not ask for. The first page must say exactly that.
+#[test]
+fn the_first_page_shows_what_changed_between_two_real_runs() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-pvm");
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = build_site(&fixtures, site_dir.path()).unwrap();
+    assert_eq!((site.runs, site.hosts), (2, 1));
+    let (addr, _requests) = serve(site_dir.path().to_path_buf());
+    let b = chromium(&["--dump-dom", &format!("http://{addr}/index.html")]);
+    assert!(b.status.success(), "chromium --dump-dom failed: {}\n{}", b.status, b.stderr);
+    let errors = console_errors(&b.stderr);
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let index = &b.stdout;
+    let changes = fragment(index, "<h2 id=\"changes\"", "<h2 id=\"host\"");
+    for want in [
+        "file <code>2026-12-03T074535Z-vm-kvm_pvm.json</code>",
+        "<strong>0 regressions</strong>",
+        "4 new or changed deviations (12 test changes in all)",
+        "0 benchmark changes that pass the rank-sum test",
+        "2 host facts changed",
+        "KVM_CAP_VCPU_ATTRIBUTES",
+    ] {
+        assert!(changes.contains(want), "what changed lacks {want:?}: {changes}");
+    }
+    for test in [
+        "cpu::exc_br::prot32",
+        "cpu::exc_br::real16",
+        "cpu::msr_arch_capabilities_present::long64",
+        "state::restore_sse::long64",
+    ] {
+        let row = fragment(changes, &format!("<a href=\"compat.html#t-{test}\">"), "</tr>");
+        assert!(row.contains("xfail</td><td>xfail"), "{test} stays a known deviation: {row}");
+        let start = changes.find(&format!("#t-{test}\"")).unwrap();
+        let open = changes[..start].rfind("<tr").unwrap();
+        assert!(changes[open..start].contains("deviation changed"), "{test}: {}", &changes[open..start]);
+    }
+    assert_eq!(changes.matches("<td>added</td>").count(), 8, "the SMM and Hyper-V cases are new: {changes}");
+    assert!(changes.contains("host lacks system management mode (KVM_CAP_X86_SMM)"), "{changes}");
+}
