@@ -98,7 +98,7 @@ impl Devices {
         captures
     }
 
-    fn note(&mut self, text: String) {
+    pub(crate) fn note(&mut self, text: String) {
         if self.notes.len() < NOTE_LIMIT {
             self.notes.push(text);
         } else {

@@ -91,7 +91,7 @@ impl Vm {
 
     /// The pages dirtied since the last fetch (see [`collect`]), added to the record.
     pub fn fetch_dirty_log(&mut self) -> Result<Vec<u64>, Error> {
-        let pages = collect(&mut self.rings, &self.vm_fd, self.memory.size() as usize)?;
+        let pages = collect(&mut self.dirty_rings, &self.vm_fd, self.memory.size() as usize)?;
         self.record_dirty(&pages);
         Ok(pages)
     }
@@ -133,30 +133,35 @@ impl Vm {
     }
 
     /// The DIRTY_LOG service (see `hvprobe_abi::proto::service::DIRTY_LOG`).
-    pub(crate) fn dirty_service(&mut self, args: [u64; 4]) -> Result<u64, ()> {
+    pub(crate) fn dirty_service(&mut self, args: [u64; 4]) -> crate::services::ServiceResult {
+        use crate::services::ServiceError;
+        let failed = |op: &'static str| move |e: Error| ServiceError::Host { op, message: e.to_string() };
         let in_ram = |a: u64| a <= self.memory.size();
         match args[0] {
             DIRTY_START => {
                 if args[1] == 1 && !self.dirty.manual {
-                    self.enable_manual_dirty_protect().map_err(|_| ())?;
+                    self.enable_manual_dirty_protect().map_err(failed("enabling manual dirty-log protection"))?;
                 }
-                self.set_dirty_logging(true).map_err(|_| ())?;
+                self.set_dirty_logging(true).map_err(failed("turning dirty logging on"))?;
                 Ok(0)
             }
             DIRTY_COUNT if self.dirty.logging && in_ram(args[1]) && in_ram(args[2]) => {
-                self.fetch_dirty_log().map_err(|_| ())?;
+                self.fetch_dirty_log().map_err(failed("KVM_GET_DIRTY_LOG"))?;
                 Ok((args[1] / PAGE..args[2].div_ceil(PAGE)).filter(|p| self.dirty.test(*p)).count() as u64)
             }
             DIRTY_TEST if self.dirty.logging && args[1] < self.memory.size() => {
-                self.fetch_dirty_log().map_err(|_| ())?;
+                self.fetch_dirty_log().map_err(failed("KVM_GET_DIRTY_LOG"))?;
                 Ok(self.dirty.test(args[1] / PAGE) as u64)
             }
             DIRTY_CLEAR if self.dirty.manual && in_ram(args[1]) && in_ram(args[2]) && args[1] <= args[2] => {
                 let (first, end) = (args[1] / PAGE, args[2].div_ceil(PAGE));
-                self.clear_dirty_log(first, end - first).map_err(|_| ())?;
+                self.clear_dirty_log(first, end - first).map_err(failed("KVM_CLEAR_DIRTY_LOG"))?;
                 Ok(0)
             }
-            _ => Err(()),
+            op => Err(ServiceError::Argument(format!(
+                "DIRTY_LOG {op} with {:#x}..{:#x}: not an operation the log's state and guest RAM allow",
+                args[1], args[2]
+            ))),
         }
     }
 }

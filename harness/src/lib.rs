@@ -18,8 +18,10 @@ mod memory;
 pub mod migrate;
 pub mod payload;
 pub mod protocol;
+mod report;
 mod ring;
 mod run;
+mod services;
 pub mod snapshot;
 mod state;
 mod stats;
@@ -31,10 +33,11 @@ pub use host::{Backend, HostFacts, Kvm};
 pub use memory::GuestMemory;
 pub use payload::{Migrate, Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
-pub use run::{
-    CpuSnapshot, InternalError, RunEnd, RunOptions, RunReport, Section, ServiceHandler, code_bits, first_instruction,
-    hex as run_hex,
+pub use report::{
+    CpuSnapshot, InternalError, RunEnd, RunReport, Section, code_bits, first_instruction, hex as run_hex,
 };
+pub use run::{RunOptions, ServiceHandler};
+pub use services::{ServiceError, ServiceResult};
 pub use snapshot::Snapshot;
 pub use state::VcpuState;
 pub use stats::StatDelta;

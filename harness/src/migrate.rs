@@ -97,7 +97,7 @@ impl Vm {
         let dest_mem = &dest.memory;
         // With dirty rings, the pre-copy thread collects them (and nothing else does until
         // it is done); without, it reads the bitmap.
-        let mut rings = std::mem::take(&mut self.rings);
+        let mut rings = std::mem::take(&mut self.dirty_rings);
         let rings_ref = &mut rings;
         let (run_over_ref, stop_ref, log_vm_ref) = (&run_over, &stop, &log_vm);
         let (report, rounds) = std::thread::scope(|s| {
@@ -133,7 +133,7 @@ impl Vm {
             (report, rounds)
         });
         self.vcpus[0].set_kvm_immediate_exit(0);
-        self.rings = rings;
+        self.dirty_rings = rings;
         let report = report?;
         let mut rounds = rounds?;
         if *report.end() != RunEnd::Paused {
@@ -142,7 +142,7 @@ impl Vm {
         }
         let down = Instant::now();
         self.complete_pending_io()?;
-        let pages = crate::dirty::collect(&mut self.rings, &self.vm_fd, size)?;
+        let pages = crate::dirty::collect(&mut self.dirty_rings, &self.vm_fd, size)?;
         // SAFETY: `self.memory` is mapped; nothing runs the source any more.
         rounds.push(unsafe { copy_pages(self.memory.raw_view(), &dest.memory, pages.into_iter())? });
         let (state, _) = self.save_state(&case.name)?;

@@ -126,18 +126,16 @@ pub(crate) const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// A booted VM. Field order is drop order: vCPUs and the VM fd go before the memory.
 pub struct Vm {
     /// Dirty rings, one per vCPU, when `VmConfig::dirty_ring` asked for them.
-    pub(crate) rings: Vec<crate::dirty::DirtyRing>,
+    pub(crate) dirty_rings: Vec<crate::dirty::DirtyRing>,
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) stats: Option<Stats>,
     pub(crate) stats_error: Option<String>,
     /// The eventfds of [`IOEVENTS`], when registered, in that order.
     pub(crate) ioevents: Vec<EventFd>,
     /// The shared-ring device, registered with the ioeventfds.
-    pub(crate) ring: Option<std::sync::Arc<crate::ring::RingDevice>>,
+    pub(crate) shared_ring: Option<std::sync::Arc<crate::ring::RingDevice>>,
     /// The coalesced MMIO ring, when the zones are registered.
     pub(crate) coalesced: Option<crate::coalesced::CoalescedRing>,
-    /// The measured section the guest opened, if any (services SECTION_BEGIN/END).
-    pub(crate) section: Option<crate::run::SectionProbe>,
     /// The VM lives until its last fd closes; this field is declared before `memory` so
     /// that it closes first.
     pub(crate) vm_fd: VmFd,
@@ -156,16 +154,8 @@ pub struct Vm {
     pub(crate) dirty: crate::dirty::DirtyRecord,
     /// The userspace devices' registers, which live as long as the VM.
     pub(crate) devices: crate::devices::Devices,
-    /// irqfds the guest has used: GSI, eventfd, and the resample eventfd of a
-    /// level-triggered one.
-    pub(crate) irqfds: Vec<(u32, EventFd, Option<EventFd>)>,
-    /// A vector to inject with KVM_INTERRUPT when vCPU 0 can take it (no irqchip).
-    pub(crate) pending_interrupt: Option<u32>,
-    /// Host-side debugging the guest asked for (service GUEST_DEBUG) and the
-    /// KVM_EXIT_DEBUG exits seen since.
-    pub(crate) guest_debug: crate::run::GuestDebug,
-    /// The MSR exits served in userspace (`VmConfig::user_msr`).
-    pub(crate) user_msr: crate::run::UserMsr,
+    /// What the guest set up through services during this case.
+    pub(crate) requests: crate::services::Requests,
 }
 
 /// Guest RAM as a case starts it: a copy-on-write mapping of the payload's boot image,
@@ -329,14 +319,13 @@ impl Vm {
         };
         let cpuid = cpuid_for_vcpu(&cpuid, 0);
         Ok(Vm {
-            rings,
+            dirty_rings: rings,
             vcpus,
             stats,
             stats_error,
             ioevents,
-            ring,
+            shared_ring: ring,
             coalesced,
-            section: None,
             vm_fd: vm,
             memory,
             _readonly: readonly,
@@ -349,10 +338,7 @@ impl Vm {
             state_msrs: OnceLock::new(),
             dirty: Default::default(),
             devices: Default::default(),
-            irqfds: Vec::new(),
-            pending_interrupt: None,
-            guest_debug: Default::default(),
-            user_msr: Default::default(),
+            requests: Default::default(),
         })
     }
 

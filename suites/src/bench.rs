@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hvprobe_abi::proto::{BENCH_BASELINE, BENCH_UNROLL, service};
 use hvprobe_harness::floor::BareVm;
-use hvprobe_harness::{Error, RunEnd, RunOptions, RunReport, TestCase, VerdictStatus, Vm, VmConfig};
+use hvprobe_harness::{Error, RunEnd, RunOptions, RunReport, ServiceError, TestCase, VerdictStatus, Vm, VmConfig};
 use hvprobe_results::{Benchmark, Outcome};
 
 use crate::runner::Context;
@@ -387,7 +387,7 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
         let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
         match id {
             service::BENCH_NEXT => Some(Ok(d.next(now))),
-            service::BENCH_RESULT => Some(d.result(args[0], args[1], now).map(|()| 0).map_err(|_| ())),
+            service::BENCH_RESULT => Some(d.result(args[0], args[1], now).map(|()| 0).map_err(ServiceError::Refused)),
             _ => None,
         }
     });
@@ -767,7 +767,12 @@ impl Session {
         let handler = Box::new(move |id: u32, args: [u64; 4]| match id {
             // Blocks until the caller asks for a batch; a dropped sender means stop.
             service::BENCH_NEXT => Some(Ok(next_rx.recv().unwrap_or(0))),
-            service::BENCH_RESULT => Some(cycles_tx.send(args[0]).map(|()| 0).map_err(|_| ())),
+            service::BENCH_RESULT => Some(
+                cycles_tx
+                    .send(args[0])
+                    .map(|()| 0)
+                    .map_err(|_| ServiceError::Refused("the caller stopped listening".into())),
+            ),
             _ => None,
         });
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

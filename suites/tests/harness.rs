@@ -57,6 +57,24 @@ fn suite_services_take_precedence_over_builtin_ones() {
 }
 
 #[test]
+fn a_failed_service_says_why_in_the_report() {
+    let Some(kvm) = kvm() else { return };
+    let refuse = Box::new(|id, _args| {
+        (id == hvprobe_abi::proto::service::ECHO_XOR)
+            .then(|| Err(hvprobe_harness::ServiceError::Refused("no echo on this host".into())))
+    });
+    let report = run(&kvm, "pv::host_service::long64", RunOptions { services: Some(refuse), ..RunOptions::default() });
+    let verdict = report.verdict.expect("the guest reports");
+    assert_eq!(verdict.status, hvprobe_harness::VerdictStatus::Fail, "the guest saw SERVICE_FAILED");
+    let id = hvprobe_abi::proto::service::ECHO_XOR;
+    assert!(
+        report.notes.iter().any(|n| *n == format!("service {id} failed: no echo on this host")),
+        "the reason is kept: {:?}",
+        report.notes
+    );
+}
+
+#[test]
 fn kvm_stats_deltas_show_how_the_hypervisor_handled_the_run() {
     let Some(kvm) = kvm() else { return };
     let report = run(&kvm, "io::port_widths::long64", RunOptions::default());
