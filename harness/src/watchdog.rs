@@ -3,7 +3,7 @@
 //! KVM_RUN then returns EINTR (KVM API 4.10, "immediate_exit"), also when the guest is
 //! spinning inside the kernel's instruction emulator.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,17 +33,109 @@ fn install_handler() -> Result<(), Error> {
     }
 }
 
-struct Shared {
-    done: Mutex<bool>,
-    wake: Condvar,
-    fired: AtomicBool,
-    /// Kicks so far (the ticker's probes).
-    kicks: std::sync::atomic::AtomicU64,
+/// One armed watchdog, as its thread's worker keeps it.
+struct Timer {
+    id: u64,
+    deadline: Instant,
+    repeat: Duration,
+    stop: Option<Arc<AtomicBool>>,
+    immediate_exit: ImmediateExit,
+    fired: Arc<AtomicBool>,
+    kicks: Arc<AtomicU64>,
 }
 
-pub struct Watchdog {
-    shared: Arc<Shared>,
+#[derive(Default)]
+struct WorkerState {
+    timers: Vec<Timer>,
+    next_id: u64,
+    quit: bool,
+}
+
+#[derive(Default)]
+struct WorkerShared {
+    state: Mutex<WorkerState>,
+    wake: Condvar,
+}
+
+/// The thread that kicks one vCPU thread (its owner) for every watchdog armed there. It
+/// lives as long as its owner, so arming a watchdog for a run costs a lock and a wake-up,
+/// not a thread. Kicks happen under the lock, so once a watchdog's removal has taken the
+/// lock no kick of it can follow.
+struct Worker {
+    shared: Arc<WorkerShared>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(owner: libc::pthread_t) -> Result<Worker, Error> {
+        let shared = Arc::new(WorkerShared::default());
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("hvprobe-watchdog".into())
+            .spawn(move || Worker::serve(&s, owner))
+            .map_err(|e| Error::Watchdog(e.to_string()))?;
+        Ok(Worker { shared, thread: Some(thread) })
+    }
+
+    fn serve(s: &WorkerShared, owner: libc::pthread_t) {
+        let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.quit {
+            let now = Instant::now();
+            let mut wake: Option<Instant> = None;
+            for t in &mut st.timers {
+                let stopped = t.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+                if now >= t.deadline || stopped {
+                    if !stopped {
+                        t.fired.store(true, Ordering::SeqCst);
+                    }
+                    t.kicks.fetch_add(1, Ordering::SeqCst);
+                    // The owner is alive: it joins this thread before it ends.
+                    t.immediate_exit.kick(owner);
+                    if now >= t.deadline {
+                        t.deadline = now + t.repeat;
+                    }
+                }
+                let mut at = t.deadline;
+                if t.stop.is_some() {
+                    // Looks at the stop flag every 20 ms.
+                    at = at.min(now + Duration::from_millis(20));
+                }
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            st = match wake {
+                Some(at) => {
+                    s.wake.wait_timeout(st, at.saturating_duration_since(now)).unwrap_or_else(|e| e.into_inner()).0
+                }
+                None => s.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).quit = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's watchdog worker, started by the first watchdog armed here.
+    static WORKER: std::cell::RefCell<Option<Worker>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A watchdog armed for the calling thread: kicks it out of KVM_RUN at its deadline (and
+/// then every `repeat`), or as soon as its stop flag is raised. Disarmed on drop. Not
+/// `Send`: it belongs to the thread it kicks.
+pub struct Watchdog {
+    id: u64,
+    shared: Arc<WorkerShared>,
+    fired: Arc<AtomicBool>,
+    kicks: Arc<AtomicU64>,
+    _same_thread: std::marker::PhantomData<*const ()>,
 }
 
 /// The immediate_exit byte of a vCPU's kvm_run, as an address other threads may store to.
@@ -111,64 +203,48 @@ impl Watchdog {
         stop: Option<Arc<AtomicBool>>,
     ) -> Result<Watchdog, Error> {
         install_handler()?;
-        // SAFETY: pthread_self has no preconditions.
-        let vcpu_thread = unsafe { libc::pthread_self() };
-        let shared = Arc::new(Shared {
-            done: Mutex::new(false),
-            wake: Condvar::new(),
-            fired: AtomicBool::new(false),
-            kicks: Default::default(),
-        });
-        let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("hvprobe-watchdog".into())
-            .spawn(move || {
-                let mut deadline = Instant::now() + first;
-                let mut done = s.done.lock().unwrap_or_else(|e| e.into_inner());
-                while !*done {
-                    let now = Instant::now();
-                    let mut wait = if now < deadline { deadline - now } else { repeat };
-                    let stopped = stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
-                    if now >= deadline || stopped {
-                        if !stopped {
-                            s.fired.store(true, Ordering::SeqCst);
-                        }
-                        s.kicks.fetch_add(1, Ordering::SeqCst);
-                        // The vCPU thread is alive until it drops this watchdog, which
-                        // waits for this thread to end first.
-                        immediate_exit.kick(vcpu_thread);
-                        if now >= deadline {
-                            deadline = now + repeat;
-                            wait = repeat;
-                        }
-                    }
-                    if stop.is_some() {
-                        // Looks at the stop flag every 20 ms.
-                        wait = wait.min(Duration::from_millis(20));
-                    }
-                    done = s.wake.wait_timeout(done, wait).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            })
-            .map_err(|e| Error::Watchdog(e.to_string()))?;
-        Ok(Watchdog { shared, thread: Some(thread) })
+        let shared = WORKER.with(|w| -> Result<Arc<WorkerShared>, Error> {
+            let mut w = w.borrow_mut();
+            if w.is_none() {
+                // SAFETY: pthread_self has no preconditions.
+                *w = Some(Worker::start(unsafe { libc::pthread_self() })?);
+            }
+            Ok(Arc::clone(&w.as_ref().expect("just started").shared))
+        })?;
+        let (fired, kicks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let id = {
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.next_id += 1;
+            let id = st.next_id;
+            st.timers.push(Timer {
+                id,
+                deadline: Instant::now() + first,
+                repeat,
+                stop,
+                immediate_exit,
+                fired: Arc::clone(&fired),
+                kicks: Arc::clone(&kicks),
+            });
+            id
+        };
+        shared.wake.notify_all();
+        Ok(Watchdog { id, shared, fired, kicks, _same_thread: std::marker::PhantomData })
     }
 
     pub fn fired(&self) -> bool {
-        self.shared.fired.load(Ordering::SeqCst)
+        self.fired.load(Ordering::SeqCst)
     }
 
     /// How many times it has kicked the vCPU thread.
     pub fn kicks(&self) -> u64 {
-        self.shared.kicks.load(Ordering::SeqCst)
+        self.kicks.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Under the lock the worker kicks with: once this returns, no kick of this
+        // watchdog can follow, so the kvm_run mapping may go.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).timers.retain(|t| t.id != self.id);
     }
 }
