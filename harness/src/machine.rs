@@ -9,10 +9,16 @@ use crate::{Error, GuestMemory, Payload, TestCase};
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
+const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_DIRTY: u64 = 1 << 6;
 const PTE_LARGE: u64 = 1 << 7;
 /// Every page is user-accessible so CPL3 cases can use the same identity map; the
-/// harness leaves CR4.SMEP/SMAP clear.
-const PTE_FLAGS: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+/// harness leaves CR4.SMEP/SMAP clear. Accessed is preset at every level and Dirty in
+/// the leaves (SDM Vol. 3A 4.8, APM Vol. 2 5.4.2): the first access to a page then
+/// writes no paging entry, which under a shadow MMU (PVM) is a trapped, emulated write
+/// per page. The A/D cases clear the bits themselves before they look.
+const PTE_FLAGS: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED;
+const PTE_LEAF: u64 = PTE_FLAGS | PTE_DIRTY;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -85,12 +91,12 @@ fn build_page_tables(mem: &GuestMemory) -> Result<(), Error> {
         mem.write_u64(layout::PDPT + gib * 8, pd | PTE_FLAGS)?;
         for i in 0..512u64 {
             let addr = (gib << 30) | (i << 21);
-            mem.write_u64(pd + i * 8, addr | PTE_FLAGS | PTE_LARGE)?;
+            mem.write_u64(pd + i * 8, addr | PTE_LEAF | PTE_LARGE)?;
         }
     }
     mem.write_u64(layout::PD0, layout::PT0 | PTE_FLAGS)?;
     for i in 0..512u64 {
-        mem.write_u64(layout::PT0 + i * 8, (i << 12) | PTE_FLAGS)?;
+        mem.write_u64(layout::PT0 + i * 8, (i << 12) | PTE_LEAF)?;
     }
     Ok(())
 }
