@@ -49,7 +49,15 @@ struct WorkerState {
     timers: Vec<Timer>,
     next_id: u64,
     quit: bool,
+    /// When the worker will look at its timers next, at the latest; None while it is busy.
+    /// A watchdog armed with a later deadline needs no wake-up (which on a loaded or
+    /// pinned CPU costs a context switch or two per run).
+    sleeping_until: Option<Instant>,
 }
+
+/// The longest the worker sleeps without looking at its timers, so that a watchdog armed
+/// while it sleeps is never later than this.
+const IDLE_POLL: Duration = Duration::from_millis(25);
 
 #[derive(Default)]
 struct WorkerShared {
@@ -102,12 +110,10 @@ impl Worker {
                 }
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
-            st = match wake {
-                Some(at) => {
-                    s.wake.wait_timeout(st, at.saturating_duration_since(now)).unwrap_or_else(|e| e.into_inner()).0
-                }
-                None => s.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
-            };
+            let at = wake.map_or(now + IDLE_POLL, |w| w.min(now + IDLE_POLL));
+            st.sleeping_until = Some(at);
+            st = s.wake.wait_timeout(st, at.saturating_duration_since(now)).unwrap_or_else(|e| e.into_inner()).0;
+            st.sleeping_until = None;
         }
     }
 }
@@ -212,22 +218,28 @@ impl Watchdog {
             Ok(Arc::clone(&w.as_ref().expect("just started").shared))
         })?;
         let (fired, kicks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let id = {
+        let deadline = Instant::now() + first;
+        let (id, wake) = {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.next_id += 1;
             let id = st.next_id;
+            // The worker looks again by `sleeping_until` (a stop flag is looked at from then
+            // on, every 20 ms): wake it only if the deadline comes before.
+            let wake = st.sleeping_until.is_none_or(|at| deadline < at);
             st.timers.push(Timer {
                 id,
-                deadline: Instant::now() + first,
+                deadline,
                 repeat,
                 stop,
                 immediate_exit,
                 fired: Arc::clone(&fired),
                 kicks: Arc::clone(&kicks),
             });
-            id
+            (id, wake)
         };
-        shared.wake.notify_all();
+        if wake {
+            shared.wake.notify_all();
+        }
         Ok(Watchdog { id, shared, fired, kicks, _same_thread: std::marker::PhantomData })
     }
 
