@@ -237,7 +237,7 @@ fn load(input_dir: &Path) -> Result<Loaded, DashboardError> {
     let (mut loaded, mut first_error) = (Loaded::default(), None);
     for file in files {
         let read = Results::read(&file).map_err(DashboardError::from).and_then(|results| {
-            match parse_rfc3339(&results.started) {
+            match crate::parse_rfc3339(&results.started) {
                 Some(at) => Ok((at, results)),
                 None => Err(DashboardError::Started { path: file.clone(), started: results.started }),
             }
@@ -255,57 +255,6 @@ fn load(input_dir: &Path) -> Result<Loaded, DashboardError> {
     }
     loaded.runs.sort_by(|a, b| (a.at, &a.file).cmp(&(b.at, &b.file)));
     Ok(loaded)
-}
-
-/// Seconds since the Unix epoch of an RFC 3339 timestamp (any offset, optional fraction).
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let t = s.get(from..to)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = s.get(19..)?;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = fraction.get(digits..)?;
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first() {
-                Some(b'+') => 1,
-                Some(b'-') => -1,
-                _ => return None,
-            };
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let part = |r: std::ops::Range<usize>| rest.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()));
-            let (h, m): (i64, i64) = (part(1..3)?.parse().ok()?, part(4..6)?.parse().ok()?);
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    // Days-from-civil (proleptic Gregorian), after Howard Hinnant's date algorithms.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
 }
 
 /// "YYYY-MM-DD HH:MM" (UTC) of seconds since the epoch, for axis labels.
@@ -1311,11 +1260,11 @@ mod tests {
     #[test]
     fn timestamps_parse_back() {
         for secs in [0, 1_795_000_000, 951_782_400, 4_102_444_800] {
-            assert_eq!(parse_rfc3339(&crate::rfc3339(at(secs))), Some(secs as i64));
+            assert_eq!(crate::parse_rfc3339(&crate::rfc3339(at(secs))), Some(secs as i64));
         }
-        assert_eq!(parse_rfc3339("2026-11-18T12:06:40.25+01:00"), Some(1_795_000_000));
-        assert_eq!(parse_rfc3339("2026-11-18T11:06:40"), None);
-        assert_eq!(parse_rfc3339("2026-13-18T11:06:40Z"), None);
+        assert_eq!(crate::parse_rfc3339("2026-11-18T12:06:40.25+01:00"), Some(1_795_000_000));
+        assert_eq!(crate::parse_rfc3339("2026-11-18T11:06:40"), None);
+        assert_eq!(crate::parse_rfc3339("2026-13-18T11:06:40Z"), None);
         assert_eq!(date_label(1_795_000_000), "2026-11-18 11:06");
         assert_eq!(slug("cpu::case0 / cpuid"), "cpu-case0-cpuid");
     }

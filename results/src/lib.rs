@@ -451,18 +451,19 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), ResultsError> {
 /// RFC 3339 UTC timestamp of `t` (seconds precision).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's date algorithms.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let ts = i64::try_from(secs).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()).unwrap_or(jiff::Timestamp::MAX);
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp (any offset, optional fraction);
+/// None for anything else, a local time without its offset included.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    // jiff also takes ISO 8601 forms RFC 3339 does not (a space for the T, no seconds).
+    if b.len() < 20 || !matches!(b[10], b'T' | b't') || b[16] != b':' {
+        return None;
+    }
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// A file name for a run started at `t` on `host` by process `pid`, for results/runs/:

@@ -62,38 +62,7 @@ fn test_path(name: &str) -> String {
 
 /// Whether `s` is an RFC 3339 date-time, which KCIDB requires of every time.
 fn is_rfc3339(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits = |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    let mut rest = 19;
-    if !(b.len() >= 20
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && matches!(b[10], b'T' | b't')
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19))
-    {
-        return false;
-    }
-    if b[rest] == b'.' {
-        let fraction = b[rest + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if fraction == 0 {
-            return false;
-        }
-        rest += 1 + fraction;
-    }
-    match &b[rest..] {
-        [b'Z' | b'z'] => true,
-        [b'+' | b'-', ..] => {
-            b.len() == rest + 6 && digits(rest + 1..rest + 3) && b[rest + 3] == b':' && digits(rest + 4..rest + 6)
-        }
-        _ => false,
-    }
+    crate::parse_rfc3339(s).is_some()
 }
 
 /// A JSON object of `fields` without the ones that are null, since KCIDB allows no null.
