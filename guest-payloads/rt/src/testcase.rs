@@ -66,6 +66,12 @@ impl<T> NoValue for &Probe<'_, T> {
 /// }
 /// // 16- and 32-bit cases name an assembly label instead of a body:
 /// test_case! { name = "cpu::boot::real16", mode = Real16, path = Hw; entry = boot_real16 }
+/// // The same check at CPL0 and from CPL3: one body, two cases, NAME::long64 and NAME::cpl3
+/// // (the body gets `false` and `true`; both start at CPL0, which sets up what CPL3 needs).
+/// test_case! {
+///     name = "cpu::sse_arith", cpl = [0, 3], mode = Long64, path = Hw;
+///     fn sse_arith(cpl3: bool) { ... }
+/// }
 /// ```
 ///
 /// Options after `path`: `requires = abi::requires::X | ...`, `timeout_ms = N`,
@@ -76,6 +82,31 @@ impl<T> NoValue for &Probe<'_, T> {
 /// clears from the case's CPUID table; `ANY` as subleaf edits every subleaf).
 #[macro_export]
 macro_rules! test_case {
+    (
+        $(#[$meta:meta])*
+        name = $name:literal, cpl = [0, 3], mode = Long64, path = $path:ident
+        $(, requires = $req:expr)? $(, timeout_ms = $to:expr)? $(, flags = $fl:expr)? $(, vcpus = $n:expr)?
+        $(, migrate = $mig:ident $(($mign:expr))?)? $(, quirks_off = $q:expr)?
+        $(, cpuid_clear = [$(($leaf:expr, $sub:tt, $reg:ident, $mask:expr)),* $(,)?])? ;
+        fn $fn:ident($cpl3:ident: bool) $body:block
+    ) => {
+        $(#[$meta])*
+        fn $fn($cpl3: bool) $body
+        const _: () = {
+            extern "C" fn at_cpl0() {
+                $fn(false)
+            }
+            extern "C" fn at_cpl3() {
+                $fn(true)
+            }
+            $crate::test_case!(@desc concat!($name, "::long64"), Long64, $path, [$($req)?], [$($to)?], [$($fl)?],
+                [$($n)?], [$($crate::test_case!(@migrate $mig $(($mign))?))?], [$($q)?],
+                [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], at_cpl0);
+            $crate::test_case!(@desc concat!($name, "::cpl3"), Long64, $path, [$($req)?], [$($to)?], [$($fl)?],
+                [$($n)?], [$($crate::test_case!(@migrate $mig $(($mign))?))?], [$($q)?],
+                [$($($crate::test_case!(@clear $leaf, $sub, $reg, $mask)),*)?], at_cpl3);
+        };
+    };
     (
         $(#[$meta:meta])*
         name = $name:literal, mode = $mode:ident, path = $path:ident
@@ -112,7 +143,7 @@ macro_rules! test_case {
     (@migrate CrossProcess) => { $crate::abi::migrate::CROSS_PROCESS };
     (@migrate Live) => { $crate::abi::migrate::LIVE };
     (@migrate RandomPauses($n:expr)) => { $crate::abi::migrate::random_pauses($n) };
-    (@desc $name:literal, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?],
+    (@desc $name:expr, $mode:ident, $path:ident, [$($req:expr)?], [$($to:expr)?], [$($fl:expr)?], [$($n:expr)?],
         [$($mig:expr)?], [$($q:expr)?], [$($clear:expr),*], $entry:expr) => {
         const _: () = {
             #[used]

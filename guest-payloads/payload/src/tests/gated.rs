@@ -553,16 +553,9 @@ fn check_pkru_ud(cpl3: bool) {
 
 test_case! {
     /// RDPKRU and WRPKRU raise #UD at CPL0 while CR4.PKE is clear.
-    name = "cpu::pkru_ud::long64", mode = Long64, path = Full;
-    fn pkru_ud() {
-        check_pkru_ud(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::pkru_ud::cpl3", mode = Long64, path = Full;
-    fn pkru_ud_cpl3() {
-        check_pkru_ud(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::pkru_ud", cpl = [0, 3], mode = Long64, path = Full;
+    fn pkru_ud(cpl3: bool) {
+        check_pkru_ud(cpl3);
     }
 }

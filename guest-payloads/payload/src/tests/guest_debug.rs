@@ -74,17 +74,10 @@ fn singlestep_case(cpl3: bool) {
 test_case! {
     /// KVM_GUESTDBG_SINGLESTEP at CPL0: the host gets one KVM_EXIT_DEBUG (#DB) per
     /// instruction, and the guest sees neither a #DB nor TF in its RFLAGS.
-    name = "cpu::guest_debug_singlestep::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_singlestep() {
-        singlestep_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the stepped code at CPL3.
-    name = "cpu::guest_debug_singlestep::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_singlestep_cpl3() {
-        singlestep_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::guest_debug_singlestep", cpl = [0, 3], mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_singlestep(cpl3: bool) {
+        singlestep_case(cpl3);
     }
 }
 
@@ -111,17 +104,10 @@ fn sw_bp_case(cpl3: bool) {
 test_case! {
     /// KVM_GUESTDBG_USE_SW_BP: an INT3 at CPL0 exits to the host (#BP, PC at the INT3),
     /// which steps past it; the guest sees no #BP.
-    name = "cpu::guest_debug_sw_bp::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_sw_bp() {
-        sw_bp_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the INT3 at CPL3.
-    name = "cpu::guest_debug_sw_bp::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_sw_bp_cpl3() {
-        sw_bp_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::guest_debug_sw_bp", cpl = [0, 3], mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_sw_bp(cpl3: bool) {
+        sw_bp_case(cpl3);
     }
 }
 
@@ -160,17 +146,10 @@ test_case! {
     /// KVM_GUESTDBG_USE_HW_BP with an execute breakpoint in debugreg[0]: calling the
     /// target at CPL0 exits to the host (#DB, PC the target, DR6.B0); the guest's own DR7
     /// reads unchanged and it sees no #DB.
-    name = "cpu::guest_debug_hw_bp::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_hw_bp() {
-        hw_bp_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the target called at CPL3.
-    name = "cpu::guest_debug_hw_bp::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_hw_bp_cpl3() {
-        hw_bp_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::guest_debug_hw_bp", cpl = [0, 3], mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_hw_bp(cpl3: bool) {
+        hw_bp_case(cpl3);
     }
 }
 
@@ -275,34 +254,20 @@ fn watched() -> u64 {
 test_case! {
     /// A host write watchpoint (R/W0 = 01, LEN0 = 8 bytes) on a quadword: a write of it at
     /// CPL0 exits once, as a trap after the write, with DR6.B0 (SDM Vol. 3B 19.2.4).
-    name = "cpu::guest_debug_watch_write::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_watch_write() {
-        watch_case(false, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE, 1);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the write made at CPL3.
-    name = "cpu::guest_debug_watch_write::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_watch_write_cpl3() {
-        watch_case(true, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE, 1);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::guest_debug_watch_write", cpl = [0, 3], mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_write(cpl3: bool) {
+        watch_case(cpl3, watched(), dr7_watch(RW_WRITE, LEN_8), ACCESS_WRITE, 1);
     }
 }
 
 test_case! {
     /// A host read/write watchpoint (R/W0 = 11) catches a read of the quadword (SDM Vol.
     /// 3B 19.2.4).
-    name = "cpu::guest_debug_watch_read::long64", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_watch_read() {
-        watch_case(false, watched(), dr7_watch(RW_READ_WRITE, LEN_8), ACCESS_READ, 1);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the read made at CPL3.
-    name = "cpu::guest_debug_watch_read::cpl3", mode = Long64, path = Full, requires = GUEST_DEBUG;
-    fn guest_debug_watch_read_cpl3() {
-        watch_case(true, watched(), dr7_watch(RW_READ_WRITE, LEN_8), ACCESS_READ, 1);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::guest_debug_watch_read", cpl = [0, 3], mode = Long64, path = Full, requires = GUEST_DEBUG;
+    fn guest_debug_watch_read(cpl3: bool) {
+        watch_case(cpl3, watched(), dr7_watch(RW_READ_WRITE, LEN_8), ACCESS_READ, 1);
     }
 }
 

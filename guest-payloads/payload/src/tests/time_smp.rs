@@ -244,17 +244,10 @@ fn check_bracket(cpl3: bool) {
 test_case! {
     /// The guest's TSC is the host's TSC plus the offset KVM_VCPU_TSC_CTRL reports: the
     /// host's sum lies between two guest reads around the request (devices/vcpu.rst 4.1).
-    name = "cpu::tsc_offset_read::long64", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_read() {
-        check_bracket(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, with the TSC read at CPL3.
-    name = "cpu::tsc_offset_read::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_read_cpl3() {
-        check_bracket(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::tsc_offset_read", cpl = [0, 3], mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read(cpl3: bool) {
+        check_bracket(cpl3);
     }
 }
 
@@ -283,17 +276,10 @@ fn check_offset_jump(cpl3: bool, delta: u64) {
 test_case! {
     /// Adding 2^40 to the vCPU's TSC offset moves its TSC forward by 2^40 (devices/vcpu.rst
     /// 4.1).
-    name = "cpu::tsc_offset_add::long64", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_add() {
-        check_offset_jump(false, OFFSET_JUMP);
-    }
-}
-
-test_case! {
-    /// As `::long64`, with the TSC read at CPL3 after the move.
-    name = "cpu::tsc_offset_add::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_add_cpl3() {
-        check_offset_jump(true, OFFSET_JUMP);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::tsc_offset_add", cpl = [0, 3], mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_add(cpl3: bool) {
+        check_offset_jump(cpl3, OFFSET_JUMP);
     }
 }
 
@@ -318,36 +304,21 @@ test_case! {
 
 test_case! {
     /// Taking 2^40 off the offset moves the TSC back by that much (devices/vcpu.rst 4.1).
-    name = "cpu::tsc_offset_sub::long64", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_sub() {
-        check_offset_jump(false, OFFSET_JUMP.wrapping_neg());
-    }
-}
-
-test_case! {
-    /// As `::long64`, with the TSC read at CPL3 after the move.
-    name = "cpu::tsc_offset_sub::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_sub_cpl3() {
-        check_offset_jump(true, OFFSET_JUMP.wrapping_neg());
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::tsc_offset_sub", cpl = [0, 3], mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_sub(cpl3: bool) {
+        check_offset_jump(cpl3, OFFSET_JUMP.wrapping_neg());
     }
 }
 
 test_case! {
     /// After the offset moved, the host's TSC plus the new offset is again the guest's TSC
     /// (devices/vcpu.rst 4.1).
-    name = "cpu::tsc_offset_read_after_add::long64", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_read_after_add() {
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::tsc_offset_read_after_add", cpl = [0, 3], mode = Long64, path = Full, requires = TSC_CTRL;
+    fn tsc_offset_read_after_add(cpl3: bool) {
         tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
-        check_bracket(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the TSC read at CPL3.
-    name = "cpu::tsc_offset_read_after_add::cpl3", mode = Long64, path = Full, requires = TSC_CTRL;
-    fn tsc_offset_read_after_add_cpl3() {
-        tsc_offset(TSC_OFFSET_ADD, OFFSET_JUMP);
-        check_bracket(true);
+        check_bracket(cpl3);
     }
 }
 

@@ -149,22 +149,12 @@ fn check_sse_results() {
 test_case! {
     /// SSE arithmetic at CPL0 gives the IEEE results (SDM Vol. 2 ADDPS, MULPS, SQRTPS,
     /// PADDD, PSHUFD; round to nearest, MXCSR's default).
-    name = "cpu::sse_arith::long64", mode = Long64, path = Hw;
-    fn sse_arith() {
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse_arith(cpl3: bool) {
         enable_sse();
         reset_lanes();
-        check_no_exception!(run_seq!(sse_seq, sse_ops, false));
-        check_sse_results();
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse_arith::cpl3", mode = Long64, path = Hw;
-    fn sse_arith_cpl3() {
-        enable_sse();
-        reset_lanes();
-        check_no_exception!(run_seq!(sse_seq, sse_ops, true));
+        check_no_exception!(run_seq!(sse_seq, sse_ops, cpl3));
         check_sse_results();
     }
 }
@@ -200,22 +190,12 @@ fn check_avx_results() {
 test_case! {
     /// AVX arithmetic on all eight lanes at CPL0 (SDM Vol. 2 VADDPS, VMULPS, VPERM2F128,
     /// VBROADCASTSS). Skips where KVM offers no AVX.
-    name = "cpu::avx_arith::long64", mode = Long64, path = Hw;
-    fn avx_arith() {
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::avx_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn avx_arith(cpl3: bool) {
         enable_avx();
         reset_lanes();
-        check_no_exception!(run_seq!(avx_seq, avx_ops, false));
-        check_avx_results();
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::avx_arith::cpl3", mode = Long64, path = Hw;
-    fn avx_arith_cpl3() {
-        enable_avx();
-        reset_lanes();
-        check_no_exception!(run_seq!(avx_seq, avx_ops, true));
+        check_no_exception!(run_seq!(avx_seq, avx_ops, cpl3));
         check_avx_results();
     }
 }
@@ -252,17 +232,10 @@ fn avx2_case(at_cpl3: bool) {
 
 test_case! {
     /// AVX2 integer lanes at CPL0. Skips where KVM offers no AVX2.
-    name = "cpu::avx2_arith::long64", mode = Long64, path = Hw;
-    fn avx2_arith() {
-        avx2_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::avx2_arith::cpl3", mode = Long64, path = Hw;
-    fn avx2_arith_cpl3() {
-        avx2_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::avx2_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn avx2_arith(cpl3: bool) {
+        avx2_case(cpl3);
     }
 }
 
@@ -369,17 +342,10 @@ fn save_restore_case(save: Save, at_cpl3: bool) {
 test_case! {
     /// XSAVE and XRSTOR of x87, SSE and AVX state at CPL0 bring YMM0-1 back, and the
     /// header says what was saved (SDM Vol. 1 13.7, 13.8; Vol. 2C XSAVE, XRSTOR).
-    name = "cpu::xsave_roundtrip::long64", mode = Long64, path = Hw;
-    fn xsave_roundtrip() {
-        save_restore_case(Save::Xsave, false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::xsave_roundtrip::cpl3", mode = Long64, path = Hw;
-    fn xsave_roundtrip_cpl3() {
-        save_restore_case(Save::Xsave, true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::xsave_roundtrip", cpl = [0, 3], mode = Long64, path = Hw;
+    fn xsave_roundtrip(cpl3: bool) {
+        save_restore_case(Save::Xsave, cpl3);
     }
 }
 
@@ -398,23 +364,13 @@ test_case! {
 test_case! {
     /// XSAVEC (compacted format) and XRSTOR at CPL0 (SDM Vol. 2C XSAVEC; Vol. 1 13.4.3).
     /// Skips where CPUID.(0DH,1):EAX[1] is not offered.
-    name = "cpu::xsavec_roundtrip::long64", mode = Long64, path = Hw;
-    fn xsavec_roundtrip() {
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::xsavec_roundtrip", cpl = [0, 3], mode = Long64, path = Hw;
+    fn xsavec_roundtrip(cpl3: bool) {
         if !offered(0xd, 1, CpuidClear::EAX, 1 << 1) {
             skip!("KVM does not offer XSAVEC");
         }
-        save_restore_case(Save::Xsavec, false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::xsavec_roundtrip::cpl3", mode = Long64, path = Hw;
-    fn xsavec_roundtrip_cpl3() {
-        if !offered(0xd, 1, CpuidClear::EAX, 1 << 1) {
-            skip!("KVM does not offer XSAVEC");
-        }
-        save_restore_case(Save::Xsavec, true);
+        save_restore_case(Save::Xsavec, cpl3);
     }
 }
 
@@ -450,17 +406,10 @@ fn nm_case(at_cpl3: bool) {
 test_case! {
     /// With CR0.TS set, an SSE instruction raises #NM, and runs once TS is clear (SDM
     /// Vol. 3A 2.5 CR0.TS and 6.15 Interrupt 7; Vol. 2 ADDPS).
-    name = "cpu::sse_nm_ts::long64", mode = Long64, path = Hw;
-    fn sse_nm_ts() {
-        nm_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, the SSE instruction at CPL3.
-    name = "cpu::sse_nm_ts::cpl3", mode = Long64, path = Hw;
-    fn sse_nm_ts_cpl3() {
-        nm_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse_nm_ts", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse_nm_ts(cpl3: bool) {
+        nm_case(cpl3);
     }
 }
 
@@ -486,17 +435,10 @@ fn em_case(at_cpl3: bool) {
 test_case! {
     /// With CR0.EM set, an SSE instruction raises #UD (SDM Vol. 3A 2.5 CR0.EM; Vol. 2
     /// ADDPS: #UD if CR0.EM[bit 2] = 1).
-    name = "cpu::sse_ud_em::long64", mode = Long64, path = Hw;
-    fn sse_ud_em() {
-        em_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse_ud_em::cpl3", mode = Long64, path = Hw;
-    fn sse_ud_em_cpl3() {
-        em_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse_ud_em", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse_ud_em(cpl3: bool) {
+        em_case(cpl3);
     }
 }
 
@@ -556,17 +498,10 @@ fn xm_case(at_cpl3: bool) {
 test_case! {
     /// An unmasked SIMD divide-by-zero with CR4.OSXMMEXCPT set raises #XM (SDM Vol. 3A
     /// 6.15 Interrupt 19; Vol. 1 11.5.1; APM Vol. 2 8.2.20).
-    name = "cpu::sse_xm::long64", mode = Long64, path = Hw;
-    fn sse_xm() {
-        xm_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse_xm::cpl3", mode = Long64, path = Hw;
-    fn sse_xm_cpl3() {
-        xm_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse_xm", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse_xm(cpl3: bool) {
+        xm_case(cpl3);
     }
 }
 
@@ -603,17 +538,10 @@ fn mxcsr_case(at_cpl3: bool) {
 test_case! {
     /// LDMXCSR of a value with a reserved bit (31) set raises #GP(0) (SDM Vol. 2A
     /// LDMXCSR; Vol. 1 10.2.3.1 MXCSR_MASK).
-    name = "cpu::mxcsr_reserved_gp::long64", mode = Long64, path = Hw;
-    fn mxcsr_reserved_gp() {
-        mxcsr_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::mxcsr_reserved_gp::cpl3", mode = Long64, path = Hw;
-    fn mxcsr_reserved_gp_cpl3() {
-        mxcsr_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::mxcsr_reserved_gp", cpl = [0, 3], mode = Long64, path = Hw;
+    fn mxcsr_reserved_gp(cpl3: bool) {
+        mxcsr_case(cpl3);
     }
 }
 
@@ -732,17 +660,10 @@ fn fxsave_case(at_cpl3: bool) {
 
 test_case! {
     /// FXSAVE and FXRSTOR at CPL0 keep XMM0 and write the documented layout.
-    name = "cpu::fxsave_roundtrip::long64", mode = Long64, path = Hw;
-    fn fxsave_roundtrip() {
-        fxsave_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::fxsave_roundtrip::cpl3", mode = Long64, path = Hw;
-    fn fxsave_roundtrip_cpl3() {
-        fxsave_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::fxsave_roundtrip", cpl = [0, 3], mode = Long64, path = Hw;
+    fn fxsave_roundtrip(cpl3: bool) {
+        fxsave_case(cpl3);
     }
 }
 
@@ -810,17 +731,10 @@ fn sse2_case(cpl3: bool) {
 test_case! {
     /// SSE2 double-precision and integer arithmetic at CPL0 (SDM Vol. 2 ADDPD, MULPD,
     /// SQRTPD, PMULUDQ).
-    name = "cpu::sse2_arith::long64", mode = Long64, path = Hw;
-    fn sse2_arith() {
-        sse2_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse2_arith::cpl3", mode = Long64, path = Hw;
-    fn sse2_arith_cpl3() {
-        sse2_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse2_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse2_arith(cpl3: bool) {
+        sse2_case(cpl3);
     }
 }
 
@@ -855,17 +769,10 @@ fn ssse3_case(cpl3: bool) {
 
 test_case! {
     /// SSSE3 at CPL0 (SDM Vol. 2 PSHUFB, PHADDD, PALIGNR).
-    name = "cpu::ssse3_arith::long64", mode = Long64, path = Hw;
-    fn ssse3_arith() {
-        ssse3_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::ssse3_arith::cpl3", mode = Long64, path = Hw;
-    fn ssse3_arith_cpl3() {
-        ssse3_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::ssse3_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn ssse3_arith(cpl3: bool) {
+        ssse3_case(cpl3);
     }
 }
 
@@ -900,17 +807,10 @@ fn sse41_case(cpl3: bool) {
 
 test_case! {
     /// SSE4.1 at CPL0 (SDM Vol. 2 PMULLD, PMAXSD, PBLENDW).
-    name = "cpu::sse41_arith::long64", mode = Long64, path = Hw;
-    fn sse41_arith() {
-        sse41_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse41_arith::cpl3", mode = Long64, path = Hw;
-    fn sse41_arith_cpl3() {
-        sse41_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse41_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse41_arith(cpl3: bool) {
+        sse41_case(cpl3);
     }
 }
 
@@ -953,17 +853,10 @@ fn sse42_case(cpl3: bool) {
 
 test_case! {
     /// SSE4.2 CRC32 and POPCNT at CPL0 (SDM Vol. 2A CRC32, Vol. 2B POPCNT).
-    name = "cpu::sse42_crc32_popcnt::long64", mode = Long64, path = Hw;
-    fn sse42_crc32_popcnt() {
-        sse42_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse42_crc32_popcnt::cpl3", mode = Long64, path = Hw;
-    fn sse42_crc32_popcnt_cpl3() {
-        sse42_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse42_crc32_popcnt", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse42_crc32_popcnt(cpl3: bool) {
+        sse42_case(cpl3);
     }
 }
 
@@ -999,17 +892,10 @@ fn pclmul_case(cpl3: bool) {
 
 test_case! {
     /// PCLMULQDQ at CPL0 (SDM Vol. 2B PCLMULQDQ, immediates 0x00 and 0x11).
-    name = "cpu::pclmulqdq_arith::long64", mode = Long64, path = Hw;
-    fn pclmulqdq_arith() {
-        pclmul_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::pclmulqdq_arith::cpl3", mode = Long64, path = Hw;
-    fn pclmulqdq_arith_cpl3() {
-        pclmul_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::pclmulqdq_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn pclmulqdq_arith(cpl3: bool) {
+        pclmul_case(cpl3);
     }
 }
 
@@ -1075,17 +961,10 @@ fn bmi_case(cpl3: bool) {
 test_case! {
     /// BMI1, BMI2 and LZCNT at CPL0 (SDM Vol. 2 ANDN, BEXTR, BLSR, TZCNT, LZCNT, PDEP,
     /// PEXT).
-    name = "cpu::bmi_arith::long64", mode = Long64, path = Hw;
-    fn bmi_arith() {
-        bmi_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::bmi_arith::cpl3", mode = Long64, path = Hw;
-    fn bmi_arith_cpl3() {
-        bmi_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::bmi_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn bmi_arith(cpl3: bool) {
+        bmi_case(cpl3);
     }
 }
 
@@ -1120,17 +999,10 @@ fn sse3_case(cpl3: bool) {
 
 test_case! {
     /// SSE3 at CPL0 (SDM Vol. 2 ADDSUBPS, HADDPS, MOVDDUP, LDDQU).
-    name = "cpu::sse3_arith::long64", mode = Long64, path = Hw;
-    fn sse3_arith() {
-        sse3_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse3_arith::cpl3", mode = Long64, path = Hw;
-    fn sse3_arith_cpl3() {
-        sse3_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse3_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse3_arith(cpl3: bool) {
+        sse3_case(cpl3);
     }
 }
 
@@ -1164,17 +1036,10 @@ fn sse41b_case(cpl3: bool) {
 
 test_case! {
     /// More SSE4.1 at CPL0 (SDM Vol. 2 ROUNDPS, PINSRD, PEXTRD, PMINUD).
-    name = "cpu::sse41_round_insert::long64", mode = Long64, path = Hw;
-    fn sse41_round_insert() {
-        sse41b_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse41_round_insert::cpl3", mode = Long64, path = Hw;
-    fn sse41_round_insert_cpl3() {
-        sse41b_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse41_round_insert", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse41_round_insert(cpl3: bool) {
+        sse41b_case(cpl3);
     }
 }
 
@@ -1209,17 +1074,10 @@ fn adx_case(cpl3: bool) {
 
 test_case! {
     /// ADCX and ADOX at CPL0 (SDM Vol. 2A ADCX, ADOX: carries in CF and OF only).
-    name = "cpu::adx_arith::long64", mode = Long64, path = Hw;
-    fn adx_arith() {
-        adx_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::adx_arith::cpl3", mode = Long64, path = Hw;
-    fn adx_arith_cpl3() {
-        adx_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::adx_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn adx_arith(cpl3: bool) {
+        adx_case(cpl3);
     }
 }
 
@@ -1250,17 +1108,10 @@ fn rdrand_case(cpl3: bool) {
 test_case! {
     /// RDRAND at CPL0 returns valid data (CF = 1) within a few tries, and two results
     /// differ (SDM Vol. 2B RDRAND; Intel DRNG guide: retry up to ten times).
-    name = "cpu::rdrand::long64", mode = Long64, path = Hw;
-    fn rdrand() {
-        rdrand_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::rdrand::cpl3", mode = Long64, path = Hw;
-    fn rdrand_cpl3() {
-        rdrand_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::rdrand", cpl = [0, 3], mode = Long64, path = Hw;
+    fn rdrand(cpl3: bool) {
+        rdrand_case(cpl3);
     }
 }
 
@@ -1294,17 +1145,10 @@ fn x87_case(cpl3: bool) {
 test_case! {
     /// x87 arithmetic at CPL0 (SDM Vol. 2 FLD, FADDP, FMULP, FSQRT, FILD, FISTP; results
     /// exact in single precision).
-    name = "cpu::x87_arith::long64", mode = Long64, path = Hw;
-    fn x87_arith() {
-        x87_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::x87_arith::cpl3", mode = Long64, path = Hw;
-    fn x87_arith_cpl3() {
-        x87_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::x87_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn x87_arith(cpl3: bool) {
+        x87_case(cpl3);
     }
 }
 
@@ -1384,17 +1228,10 @@ fn aes_case(cpl3: bool) {
 test_case! {
     /// AES-NI rounds at CPL0 against FIPS-197 computed in the guest (SDM Vol. 2A AESENC,
     /// AESENCLAST).
-    name = "cpu::aes_round::long64", mode = Long64, path = Hw;
-    fn aes_round_case() {
-        aes_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::aes_round::cpl3", mode = Long64, path = Hw;
-    fn aes_round_cpl3() {
-        aes_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::aes_round", cpl = [0, 3], mode = Long64, path = Hw;
+    fn aes_round_case(cpl3: bool) {
+        aes_case(cpl3);
     }
 }
 
@@ -1436,17 +1273,10 @@ fn sse4a_case(cpl3: bool) {
 
 test_case! {
     /// AMD's SSE4A at CPL0 (APM Vol. 4 EXTRQ, INSERTQ, immediate forms).
-    name = "cpu::sse4a_arith::long64", mode = Long64, path = Hw;
-    fn sse4a_arith() {
-        sse4a_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::sse4a_arith::cpl3", mode = Long64, path = Hw;
-    fn sse4a_arith_cpl3() {
-        sse4a_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::sse4a_arith", cpl = [0, 3], mode = Long64, path = Hw;
+    fn sse4a_arith(cpl3: bool) {
+        sse4a_case(cpl3);
     }
 }
 
@@ -1496,16 +1326,9 @@ test_case! {
     /// The cache-line instructions at CPL0: CLFLUSH, and CLFLUSHOPT, CLWB and CLZERO where
     /// offered, keep or zero the line as defined (SDM Vol. 2A CLFLUSH, CLFLUSHOPT, CLWB;
     /// APM Vol. 3 CLZERO: rAX, aligned down, names the line).
-    name = "cpu::cache_line_ops::long64", mode = Long64, path = Hw;
-    fn cache_line_ops() {
-        line_case(false);
-    }
-}
-
-test_case! {
-    /// As `::long64`, at CPL3.
-    name = "cpu::cache_line_ops::cpl3", mode = Long64, path = Hw;
-    fn cache_line_ops_cpl3() {
-        line_case(true);
+    /// At CPL0 (`::long64`) and from CPL3 (`::cpl3`).
+    name = "cpu::cache_line_ops", cpl = [0, 3], mode = Long64, path = Hw;
+    fn cache_line_ops(cpl3: bool) {
+        line_case(cpl3);
     }
 }
