@@ -35,6 +35,7 @@ pub use payload::{Migrate, Payload, PayloadError, TestCase};
 pub use protocol::{GuestVerdict, Metric, VerdictStatus};
 pub use report::{
     CpuSnapshot, InternalError, RunEnd, RunReport, Section, code_bits, first_instruction, hex as run_hex,
+    instruction_signature,
 };
 pub use run::{RunOptions, ServiceHandler};
 pub use services::{ServiceError, ServiceResult};

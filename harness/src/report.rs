@@ -253,6 +253,32 @@ pub fn first_instruction(bytes: &[u8], bits: u32) -> &[u8] {
     &bytes[..len]
 }
 
+/// The first instruction of `bytes` as a signature's hex: its bytes, with those of a
+/// memory operand's displacement written `__`. A displacement is where the operand lies
+/// (an absolute or RIP-relative address, a stack offset), which moves with the payload's
+/// layout from one build to the next; the opcode, ModRM, SIB and immediates say what the
+/// instruction is and stay.
+pub fn instruction_signature(bytes: &[u8], bits: u32) -> String {
+    use iced_x86::{Decoder, DecoderOptions};
+    let insn_bytes = first_instruction(bytes, bits);
+    let bits = if matches!(bits, 16 | 32 | 64) { bits } else { 64 };
+    let mut decoder = Decoder::new(bits, insn_bytes, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    let masked = if insn.is_invalid() {
+        0..0
+    } else {
+        let c = decoder.get_constant_offsets(&insn);
+        let at = c.displacement_offset();
+        at..at + c.displacement_size()
+    };
+    insn_bytes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if masked.contains(&i) { "__".to_string() } else { format!("{b:02x}") })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Decodes KVM_EXIT_INTERNAL_ERROR's suberror and data. For an emulation failure that
 /// carries instruction bytes (flags bit 0, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES),
 /// data[0] is the flags word and the next 16 bytes hold the length and up to 15 bytes.
@@ -330,6 +356,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_signature_masks_where_an_operand_lies_not_what_the_instruction_is() {
+        // LDMXCSR [rip+0x5b5f7]: the RIP-relative displacement moves with the build.
+        assert_eq!(
+            instruction_signature(&[0x0f, 0xae, 0x15, 0xf7, 0xb5, 0x05, 0x00, 0x48], 64),
+            "0f ae 15 __ __ __ __"
+        );
+        // BOUND eax, [0xc594] in 32-bit code: an absolute address.
+        assert_eq!(instruction_signature(&[0x62, 0x05, 0x94, 0xc5, 0x00, 0x00, 0xc7], 32), "62 05 __ __ __ __");
+        // INT 0x30: the immediate is the vector, and stays.
+        assert_eq!(instruction_signature(&[0xcd, 0x30, 0x90], 64), "cd 30");
+        // JMP FAR 0x38:0: a pointer immediate, not a memory operand.
+        assert_eq!(instruction_signature(&[0xea, 0, 0, 0, 0, 0x38, 0], 32), "ea 00 00 00 00 38 00");
+        assert_eq!(instruction_signature(&[], 64), "");
+    }
 
     #[test]
     fn emulation_failure_bytes_are_decoded() {

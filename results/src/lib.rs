@@ -451,7 +451,8 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), ResultsError> {
 /// RFC 3339 UTC timestamp of `t` (seconds precision).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let ts = i64::try_from(secs).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()).unwrap_or(jiff::Timestamp::MAX);
+    let ts =
+        i64::try_from(secs).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()).unwrap_or(jiff::Timestamp::MAX);
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 

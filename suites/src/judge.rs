@@ -2,7 +2,7 @@
 //! then the backend's expectation profile.
 
 use hvprobe_abi::Mode;
-use hvprobe_harness::{RunEnd, RunReport, TestCase, VerdictStatus, first_instruction, run_hex};
+use hvprobe_harness::{RunEnd, RunReport, TestCase, VerdictStatus, instruction_signature, run_hex};
 use hvprobe_results::{Failure, Outcome};
 
 use crate::profile::Profile;
@@ -46,11 +46,7 @@ pub fn failure_of(case: &TestCase, report: &RunReport) -> Failure {
         return Failure {
             end: end.kind().into(),
             description,
-            insn_bytes: v
-                .fault
-                .as_ref()
-                .map(|(_, b)| run_hex(first_instruction(b, case_bits)))
-                .filter(|b| !b.is_empty()),
+            insn_bytes: v.fault.as_ref().map(|(_, b)| instruction_signature(b, case_bits)).filter(|b| !b.is_empty()),
             message: Some(v.message.clone()),
             file: Some(v.file.clone()),
             line: Some(v.line),
@@ -74,7 +70,7 @@ pub fn failure_of(case: &TestCase, report: &RunReport) -> Failure {
     Failure {
         end: end.kind().into(),
         description,
-        insn_bytes: insn_bytes.map(|b| run_hex(first_instruction(&b, bits))),
+        insn_bytes: insn_bytes.map(|b| instruction_signature(&b, bits)).filter(|s| !s.is_empty()),
         message: None,
         file: None,
         line: None,

@@ -217,7 +217,10 @@ impl Profile {
                 return Err(invalid(format!("{}: deviates_from must name the manual or API section", d.test)));
             }
             if d.insn_bytes.as_ref().is_some_and(|b| !is_hex_bytes(b)) {
-                return Err(invalid(format!("{}: insn_bytes must look like \"0f 0b\"", d.test)));
+                return Err(invalid(format!(
+                    "{}: insn_bytes must look like \"0f 0b\" (a displacement byte as __)",
+                    d.test
+                )));
             }
             if let Some(m) = d.message.as_ref().filter(|m| has_live_number(m)) {
                 return Err(invalid(format!(
@@ -238,9 +241,12 @@ impl Profile {
     }
 }
 
+/// Lower-case hex bytes separated by spaces, a displacement byte written `__` (as
+/// `harness::instruction_signature` writes it).
 fn is_hex_bytes(s: &str) -> bool {
     !s.is_empty()
-        && s.split(' ').all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+        && s.split(' ')
+            .all(|b| b == "__" || (b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())))
 }
 
 #[cfg(test)]
