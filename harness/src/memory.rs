@@ -6,7 +6,13 @@ use crate::Error;
 /// copy-on-write mapping of a prepared [`Image`].
 ///
 /// Every access copies and is bounds-checked: guest-supplied addresses and lengths are
-/// never trusted, and the vCPU may be changing the memory concurrently.
+/// never trusted. The vCPUs (and KVM) change this memory while the host reads it (a
+/// message the guest is still writing, pre-copy during live migration), so every copy is
+/// a volatile one through `vm_memory::VolatileSlice`, the rust-vmm type made for memory
+/// shared with a running guest: plain `copy_nonoverlapping` on memory another agent
+/// writes would be a data race in Rust's model. The mapping itself (a private,
+/// copy-on-write view of a prepared memfd image) stays this type's own, since vm-memory's
+/// regions offer no such image.
 pub struct GuestMemory {
     ptr: NonNull<u8>,
     size: u64,
@@ -134,8 +140,9 @@ impl GuestMemory {
     /// Copies `buf.len()` bytes from guest-physical `addr`.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         let offset = self.check(addr, buf.len() as u64)?;
-        // SAFETY: `check` proved [offset, offset + len) lies inside the mapping.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: `check` proved [offset, offset + len) lies inside the mapping, which
+        // lives as long as `self`; every access to it from this process is volatile.
+        unsafe { volatile(self.ptr.as_ptr().add(offset), buf.len()) }.copy_to(buf);
         Ok(())
     }
 
@@ -150,8 +157,8 @@ impl GuestMemory {
     /// Copies `data` to guest-physical `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
         let offset = self.check(addr, data.len() as u64)?;
-        // SAFETY: `check` proved the destination lies inside the mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) };
+        // SAFETY: as in `read`, for the destination.
+        unsafe { volatile(self.ptr.as_ptr().add(offset), data.len()) }.copy_from(data);
         Ok(())
     }
 
@@ -162,6 +169,17 @@ impl GuestMemory {
     pub fn write_u32(&self, addr: u64, value: u32) -> Result<(), Error> {
         self.write(addr, &value.to_le_bytes())
     }
+}
+
+/// `len` bytes of guest RAM at `at`, for one volatile copy.
+///
+/// # Safety
+/// `[at, at + len)` lies inside a live mapping of guest RAM, which this process only ever
+/// accesses through such slices (the guest's own accesses are the other side of the race
+/// volatile copies are for).
+unsafe fn volatile<'a>(at: *mut u8, len: usize) -> vm_memory::VolatileSlice<'a> {
+    // SAFETY: the caller's guarantee.
+    unsafe { vm_memory::VolatileSlice::new(at, len) }
 }
 
 impl Drop for GuestMemory {
@@ -212,10 +230,10 @@ impl RawView {
     pub unsafe fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         match addr.checked_add(buf.len() as u64) {
             // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
-            Some(end) if end <= self.size => unsafe {
-                std::ptr::copy_nonoverlapping(self.ptr.add(addr as usize), buf.as_mut_ptr(), buf.len());
+            Some(end) if end <= self.size => {
+                unsafe { volatile(self.ptr.add(addr as usize), buf.len()) }.copy_to(buf);
                 Ok(())
-            },
+            }
             _ => Err(Error::OutOfBounds { addr, len: buf.len() as u64 }),
         }
     }
@@ -227,10 +245,10 @@ impl RawView {
     pub unsafe fn write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
         match addr.checked_add(data.len() as u64) {
             // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
-            Some(end) if end <= self.size => unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(addr as usize), data.len());
+            Some(end) if end <= self.size => {
+                unsafe { volatile(self.ptr.add(addr as usize), data.len()) }.copy_from(data);
                 Ok(())
-            },
+            }
             _ => Err(Error::OutOfBounds { addr, len: data.len() as u64 }),
         }
     }
