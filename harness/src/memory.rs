@@ -229,8 +229,8 @@ impl RawView {
     /// The `GuestMemory` the view came from must still be mapped.
     pub unsafe fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         match addr.checked_add(buf.len() as u64) {
-            // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
             Some(end) if end <= self.size => {
+                // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
                 unsafe { volatile(self.ptr.add(addr as usize), buf.len()) }.copy_to(buf);
                 Ok(())
             }
@@ -244,8 +244,8 @@ impl RawView {
     /// The `GuestMemory` the view came from must still be mapped.
     pub unsafe fn write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
         match addr.checked_add(data.len() as u64) {
-            // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
             Some(end) if end <= self.size => {
+                // SAFETY: in bounds (just checked), and the caller keeps the mapping alive.
                 unsafe { volatile(self.ptr.add(addr as usize), data.len()) }.copy_from(data);
                 Ok(())
             }
