@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod compare;
@@ -17,8 +18,44 @@ pub mod signature;
 mod text;
 
 pub const SCHEMA_ID: &str = "hvprobe.results/1";
-/// The JSON Schema that documents [`Results`].
+/// The JSON Schema of [`Results`], as committed for readers outside this project. It is
+/// generated from the types ([`json_schema`]); a test keeps the file equal to it.
 pub const JSON_SCHEMA: &str = include_str!("../schema/hvprobe.results-1.schema.json");
+
+/// The areas a test belongs to (the first part of its name).
+pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
+/// The three paths to a behaviour: trapped and emulated, paravirtual, done by the CPU.
+pub const PATHS: [&str; 3] = ["full", "para", "hw"];
+/// How a failed run can end, as `Failure::end` names it: the harness's run ends
+/// (`harness::RunEnd::kind`, which a test in `suites` checks against this list) and
+/// `harness`, the judge's name for a run the harness itself could not carry out.
+pub const END_KINDS: [&str; 16] = [
+    "verdict",
+    "hlt",
+    "shutdown",
+    "fail_entry",
+    "internal_error",
+    "system_event",
+    "timeout",
+    "protocol_error",
+    "unexpected_exit",
+    "kvm_run_failed",
+    "exit_limit",
+    "checkpoint",
+    "paused",
+    "host_check",
+    "livelock",
+    "harness",
+];
+
+/// The JSON Schema (draft 2020-12) of a results file, generated from [`Results`] and the
+/// types under it: their doc comments are its descriptions, `deny_unknown_fields` its
+/// closed objects, and the constraints above its enums.
+pub fn json_schema() -> String {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<Results>();
+    serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
@@ -32,13 +69,17 @@ pub enum ResultsError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// One run of the suite on one host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One run of the hvprobe suite on one host. Written atomically by `hvprobe run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "hvprobe results", extend("$id" = SCHEMA_ID))]
 pub struct Results {
+    /// The schema's name and major version.
+    #[schemars(extend("const" = SCHEMA_ID))]
     pub schema: String,
     pub tool: Tool,
     /// Start of the run, RFC 3339 UTC.
+    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"))]
     pub started: String,
     pub duration_s: f64,
     pub host: Host,
@@ -58,7 +99,7 @@ pub struct Results {
 }
 
 /// The host's load over a run, from /proc and getrusage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Noise {
     /// CPU time the rest of the machine used over the run, in percent of all CPUs
@@ -84,7 +125,7 @@ impl std::fmt::Display for Noise {
 }
 
 /// Why a run's results are partial, and how much is missing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Incomplete {
     /// What stopped it, e.g. "interrupted by SIGINT".
@@ -93,14 +134,15 @@ pub struct Incomplete {
     pub cases_not_run: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tool {
+    #[schemars(extend("const" = "hvprobe"))]
     pub name: String,
     pub version: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     pub hostname: String,
@@ -111,6 +153,7 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_signature: Option<u32>,
     /// kvm_intel, kvm_amd, kvm_pvm or unknown.
+    #[schemars(extend("enum" = ["kvm_intel", "kvm_amd", "kvm_pvm", "unknown"]))]
     pub backend: String,
     /// What the host kernel runs on: bare-metal, qemu-tcg, kvm, hyper-v, ... (from the
     /// CPU's hypervisor signature); absent in older files.
@@ -136,7 +179,7 @@ pub struct Host {
     pub cpuid: Vec<CpuidEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuidEntry {
     pub leaf: u32,
@@ -147,8 +190,8 @@ pub struct CpuidEntry {
     pub edx: u32,
 }
 
-/// The outcomes of design.md; their meaning is in the README.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A case's outcome; the README's "Outcomes" says what each means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
@@ -188,14 +231,19 @@ impl Outcome {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestResult {
+    /// `area::case::variant`.
+    #[schemars(regex(pattern = r"^(cpu|irq|io|pv|state|hostile)::[a-z0-9_]+(::[a-z0-9_]+)?$"))]
     pub name: String,
+    #[schemars(extend("enum" = AREAS))]
     pub area: String,
     /// full, para or hw.
+    #[schemars(extend("enum" = PATHS))]
     pub path: String,
     /// real16, prot32, long64 or user64.
+    #[schemars(extend("enum" = ["real16", "prot32", "long64", "user64"]))]
     pub mode: String,
     pub outcome: Outcome,
     /// Why it was skipped, failed, xfailed...; None for a plain pass.
@@ -213,6 +261,7 @@ pub struct TestResult {
     pub log: Vec<String>,
     /// For a case of the path table: the behaviour it is one way to (`area::behaviour`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(cpu|irq|io|pv|state|hostile)::[a-z0-9_]+$"))]
     pub behaviour: Option<String>,
     /// Its measured section, when the guest closed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,7 +280,7 @@ impl TestResult {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricValue {
     pub value: f64,
@@ -239,13 +288,17 @@ pub struct MetricValue {
 }
 
 /// The facts of a failure, and the signature expectation profiles match against.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Failure {
-    /// verdict, shutdown, internal_error, timeout, fail_entry, ... (RunEnd::kind).
+    /// How the run ended: one of [`END_KINDS`].
+    #[schemars(extend("enum" = END_KINDS))]
     pub end: String,
     pub description: String,
-    /// Instruction bytes at RIP (or from an emulation failure), hex "0f 01 c1".
+    /// The first instruction at the failure (at RIP, or from an emulation failure), hex,
+    /// with the bytes of a memory operand's displacement written `__` (they move with the
+    /// build): "0f ae 15 __ __ __ __".
+    #[schemars(regex(pattern = r"^([0-9a-f]{2}|__)( ([0-9a-f]{2}|__))*$"))]
     pub insn_bytes: Option<String>,
     pub message: Option<String>,
     pub file: Option<String>,
@@ -256,7 +309,7 @@ pub struct Failure {
     pub cpu: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Benchmark {
     pub name: String,
@@ -275,6 +328,7 @@ pub struct Benchmark {
     pub median_interval: Option<[f64; 2]>,
     /// The path the operation takes (full, para, hw), for guest operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = PATHS))]
     pub path: Option<String>,
     /// The empty loop's median per iteration, in `unit`, measured in the same run and
     /// already subtracted from `median`.
@@ -282,6 +336,7 @@ pub struct Benchmark {
     pub baseline: Option<f64>,
     /// Iterations of the operation per sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub iterations: Option<u64>,
     /// The floor's median, in `unit`: the same host operation done with bare ioctls and
     /// nothing else, measured in the same run.
@@ -634,6 +689,45 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let e = Results::read(&path).unwrap_err().to_string();
         assert!(e.contains("invalid type") && e.contains(&format!("line {line} column")), "{e}");
+    }
+
+    /// The committed schema is the generated one. `HVPROBE_BLESS_SCHEMA=1 cargo test -p
+    /// hvprobe-results committed_schema` rewrites it after a change to the types.
+    #[test]
+    fn committed_schema_is_the_generated_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/hvprobe.results-1.schema.json");
+        let generated = json_schema();
+        if std::env::var_os("HVPROBE_BLESS_SCHEMA").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        assert!(
+            JSON_SCHEMA == generated || std::env::var_os("HVPROBE_BLESS_SCHEMA").is_some(),
+            "{} is not the schema the types give; rerun with HVPROBE_BLESS_SCHEMA=1 and commit it",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn every_committed_results_file_validates_against_the_schema() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["reference", "tests/fixtures/real-pvm"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 4, "{files:?}");
+        for path in files {
+            let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let errors: Vec<String> =
+                validator.iter_errors(&value).take(5).map(|e| format!("{e} at {}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{MetricValue, Outcome, TestResult};
 
 /// What happened inside a path-table case's measured section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Section {
     /// Operations of the behaviour (the unit of `cost`: a byte, a clock read, an IPI).
@@ -55,7 +55,7 @@ impl Section {
 }
 
 /// One behaviour, reached several ways.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathBehaviour {
     /// `area::behaviour`.
@@ -65,12 +65,13 @@ pub struct PathBehaviour {
     pub ways: Vec<PathWay>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathWay {
     pub test: String,
     /// The last part of the test's name: `uart`, `kvmclock`, `x2apic`...
     pub way: String,
+    #[schemars(extend("enum" = crate::PATHS))]
     pub path: String,
     pub outcome: Outcome,
     pub result: Option<MetricValue>,

@@ -164,6 +164,14 @@ mod tests {
     use hvprobe_harness::{CpuSnapshot, GuestVerdict};
 
     use super::*;
+
+    #[test]
+    fn every_end_the_harness_names_is_one_the_results_schema_allows() {
+        for kind in RunEnd::KINDS {
+            assert!(hvprobe_results::END_KINDS.contains(&kind), "{kind} is missing from results::END_KINDS");
+        }
+        assert!(hvprobe_results::END_KINDS.contains(&crate::runner::HARNESS_END));
+    }
     use crate::profile::Deviation;
 
     fn case(flags: u32) -> TestCase {

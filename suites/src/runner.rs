@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// `Failure::end` of a case the harness itself could not run (a boot error, a panic).
+pub const HARNESS_END: &str = "harness";
+
 use hvprobe_abi::requires;
 use hvprobe_harness::{CpuidEdit, Kvm, RunOptions, TestCase, Vm, VmConfig};
 use hvprobe_results::paths::Section;
@@ -79,7 +82,7 @@ fn result(case: &TestCase) -> TestResult {
 fn harness_error(mut r: TestResult, what: String) -> TestResult {
     r.outcome = Outcome::Error;
     r.failure = Some(Failure {
-        end: "harness".into(),
+        end: HARNESS_END.into(),
         description: what.clone(),
         insn_bytes: None,
         message: None,
