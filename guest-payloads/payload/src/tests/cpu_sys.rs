@@ -13,12 +13,10 @@ use super::cpu::check_msr_roundtrips;
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, check_values, skip, test_case};
 
 use x86::msr::IA32_EFER as MSR_EFER;
-const MSR_TSC: u32 = 0x10;
-const MSR_PAT: u32 = 0x277;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_TSC_AUX: u32 = 0xc000_0103;
+use x86::msr::{
+    IA32_FS_BASE as MSR_FS_BASE, IA32_GS_BASE as MSR_GS_BASE, IA32_KERNEL_GSBASE as MSR_KERNEL_GS_BASE,
+    IA32_PAT as MSR_PAT, IA32_TIME_STAMP_COUNTER as MSR_TSC, IA32_TSC_AUX as MSR_TSC_AUX,
+};
 
 test_case! {
     /// Setting a bit of CR0[63:32] raises #GP(0), and so does CR0.PG=1 with PE=0

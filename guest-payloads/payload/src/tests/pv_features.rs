@@ -354,7 +354,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+use hvprobe_rt::cpu::kvm_msr::STEAL_TIME as MSR_KVM_STEAL_TIME;
 
 /// struct kvm_steal_time (msr.rst): 64 bytes, 64-byte aligned.
 #[repr(C, align(64))]
@@ -409,8 +409,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
-const MSR_KVM_ASYNC_PF_INT: u32 = 0x4b56_4d06;
+use hvprobe_rt::cpu::kvm_msr::{ASYNC_PF_EN as MSR_KVM_ASYNC_PF_EN, ASYNC_PF_INT as MSR_KVM_ASYNC_PF_INT};
 
 /// struct kvm_vcpu_pv_apf_data: 64 bytes, 64-byte aligned.
 #[repr(C, align(64))]
@@ -444,7 +443,7 @@ test_case! {
     }
 }
 
-const MSR_KVM_POLL_CONTROL: u32 = 0x4b56_4d05;
+use hvprobe_rt::cpu::kvm_msr::POLL_CONTROL as MSR_KVM_POLL_CONTROL;
 
 test_case! {
     /// MSR_KVM_POLL_CONTROL (msr.rst) reads 1 after reset (host-side polling on) and keeps
