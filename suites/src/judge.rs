@@ -167,10 +167,56 @@ mod tests {
 
     #[test]
     fn every_end_the_harness_names_is_one_the_results_schema_allows() {
-        for kind in RunEnd::KINDS {
-            assert!(hvprobe_results::END_KINDS.contains(&kind), "{kind} is missing from results::END_KINDS");
+        let d = Duration::ZERO;
+        let ends = [
+            RunEnd::Verdict,
+            RunEnd::Hlt,
+            RunEnd::Shutdown,
+            RunEnd::FailEntry { hardware_reason: 0, cpu: 0 },
+            RunEnd::InternalError(hvprobe_harness::InternalError {
+                suberror: 1,
+                suberror_name: "emulation failure",
+                data: Vec::new(),
+                insn_bytes: None,
+            }),
+            RunEnd::SystemEvent { kind: 0, data: Vec::new() },
+            RunEnd::Timeout { limit: d },
+            RunEnd::ProtocolError(String::new()),
+            RunEnd::UnexpectedExit(String::new()),
+            RunEnd::KvmRunFailed(String::new()),
+            RunEnd::ExitLimit { exits: 0 },
+            RunEnd::Checkpoint { tag: 0 },
+            RunEnd::Paused,
+            RunEnd::HostCheck(String::new()),
+            RunEnd::Livelock { rip: 0, repeats: 0, over: d },
+        ];
+        for end in &ends {
+            // A variant added to RunEnd and not listed above fails to compile here.
+            match end {
+                RunEnd::Verdict
+                | RunEnd::Hlt
+                | RunEnd::Shutdown
+                | RunEnd::FailEntry { .. }
+                | RunEnd::InternalError(_)
+                | RunEnd::SystemEvent { .. }
+                | RunEnd::Timeout { .. }
+                | RunEnd::ProtocolError(_)
+                | RunEnd::UnexpectedExit(_)
+                | RunEnd::KvmRunFailed(_)
+                | RunEnd::ExitLimit { .. }
+                | RunEnd::Checkpoint { .. }
+                | RunEnd::Paused
+                | RunEnd::HostCheck(_)
+                | RunEnd::Livelock { .. } => {}
+            }
+            assert!(
+                hvprobe_results::END_KINDS.contains(&end.kind()),
+                "{} is missing from results::END_KINDS",
+                end.kind()
+            );
         }
         assert!(hvprobe_results::END_KINDS.contains(&crate::runner::HARNESS_END));
+        assert_eq!(hvprobe_results::END_KINDS.len(), ends.len() + 1, "results::END_KINDS names an end nothing makes");
     }
     use crate::profile::Deviation;
 

@@ -10,9 +10,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use hvprobe_harness::host::Platform;
-use hvprobe_harness::{Backend, Payload, RunEnd};
-use hvprobe_results::Failure;
+use hvprobe_harness::{Backend, Payload};
 use hvprobe_results::signature::has_live_number;
+use hvprobe_results::{END_KINDS, Failure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -210,8 +210,8 @@ impl Profile {
             if !seen.insert(&d.test) {
                 return Err(invalid(format!("{} is listed twice", d.test)));
             }
-            if !RunEnd::KINDS.contains(&d.end.as_str()) {
-                return Err(invalid(format!("{}: end {:?} is not one of {}", d.test, d.end, RunEnd::KINDS.join(", "))));
+            if !END_KINDS.contains(&d.end.as_str()) {
+                return Err(invalid(format!("{}: end {:?} is not one of {}", d.test, d.end, END_KINDS.join(", "))));
             }
             if d.deviates_from.trim().is_empty() {
                 return Err(invalid(format!("{}: deviates_from must name the manual or API section", d.test)));
