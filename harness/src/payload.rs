@@ -38,8 +38,8 @@ pub enum PayloadError {
     DuplicateTest(String),
 }
 
-/// The areas test names may start with (design.md).
-pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
+/// The areas test names may start with.
+pub use hvprobe_abi::AREAS;
 /// The area of benchmarks, which are not conformance cases.
 pub const BENCH_AREA: &str = "bench";
 

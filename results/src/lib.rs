@@ -22,10 +22,11 @@ pub const SCHEMA_ID: &str = "hvprobe.results/1";
 /// generated from the types ([`json_schema`]); a test keeps the file equal to it.
 pub const JSON_SCHEMA: &str = include_str!("../schema/hvprobe.results-1.schema.json");
 
-/// The areas a test belongs to (the first part of its name).
-pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
-/// The three paths to a behaviour: trapped and emulated, paravirtual, done by the CPU.
-pub const PATHS: [&str; 3] = ["full", "para", "hw"];
+/// The areas a test belongs to (the first part of its name), as the ABI names them.
+pub use hvprobe_abi::AREAS;
+/// The three paths to a behaviour (`hvprobe_abi::Path`): trapped and emulated,
+/// paravirtual, done by the CPU.
+pub const PATHS: [&str; 3] = hvprobe_abi::Path::NAMES;
 /// How a failed run can end, as `Failure::end` names it: the harness's run ends
 /// (`harness::RunEnd::kind`, which a test in `suites` checks against this list) and
 /// `harness`, the judge's name for a run the harness itself could not carry out.

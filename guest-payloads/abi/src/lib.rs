@@ -285,7 +285,12 @@ impl Mode {
     }
 }
 
-/// Which way the behaviour under test is reached (see design.md).
+/// The areas a test's name may start with: the first part of `area::case::variant`.
+pub const AREAS: [&str; 6] = ["cpu", "irq", "io", "pv", "state", "hostile"];
+
+/// Which way the behaviour under test is reached: the hypervisor traps and emulates an
+/// unmodified interface (`full`), the guest asks through a paravirtual one (`para`), or
+/// the CPU does it itself (`hw`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Path {
@@ -299,17 +304,15 @@ pub enum Path {
 
 impl Path {
     pub const ALL: [Path; 3] = [Path::Full, Path::Para, Path::Hw];
+    /// [`Path::name`] of each of [`Path::ALL`].
+    pub const NAMES: [&'static str; 3] = ["full", "para", "hw"];
 
     pub fn from_u8(value: u8) -> Option<Path> {
         Path::ALL.into_iter().find(|p| *p as u8 == value)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Path::Full => "full",
-            Path::Para => "para",
-            Path::Hw => "hw",
-        }
+        Self::NAMES[self as usize - 1]
     }
 }
 
