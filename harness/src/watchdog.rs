@@ -55,9 +55,12 @@ struct WorkerState {
     sleeping_until: Option<Instant>,
 }
 
-/// The longest the worker sleeps without looking at its timers, so that a watchdog armed
-/// while it sleeps is never later than this.
-const IDLE_POLL: Duration = Duration::from_millis(25);
+/// The longest the worker sleeps without looking at its timers. Rare, so that a worker
+/// with nothing to do does not wake beside a benchmark's vCPU; a deadline or a stop flag
+/// that cannot wait that long wakes it when armed.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often a raised stop flag is looked at.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct WorkerShared {
@@ -86,6 +89,17 @@ impl Worker {
     }
 
     fn serve(s: &WorkerShared, owner: libc::pthread_t) {
+        // A worker started by a pinned thread (a benchmark's) would inherit the pin and
+        // wake on the CPU it measures: it may run anywhere (the kernel keeps it inside the
+        // process's cpuset).
+        // SAFETY: cpu_set_t is a plain bit array; CPU_SET stays inside it; pid 0 is this thread.
+        unsafe {
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..8 * size_of::<libc::cpu_set_t>() {
+                libc::CPU_SET(cpu, &mut all);
+            }
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all);
+        }
         let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
         while !st.quit {
             let now = Instant::now();
@@ -105,8 +119,7 @@ impl Worker {
                 }
                 let mut at = t.deadline;
                 if t.stop.is_some() {
-                    // Looks at the stop flag every 20 ms.
-                    at = at.min(now + Duration::from_millis(20));
+                    at = at.min(now + STOP_POLL);
                 }
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
@@ -223,9 +236,10 @@ impl Watchdog {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.next_id += 1;
             let id = st.next_id;
-            // The worker looks again by `sleeping_until` (a stop flag is looked at from then
-            // on, every 20 ms): wake it only if the deadline comes before.
-            let wake = st.sleeping_until.is_none_or(|at| deadline < at);
+            // The worker looks again by `sleeping_until`: wake it only if the deadline, or
+            // the first look at a stop flag, must come before.
+            let first_look = if stop.is_some() { deadline.min(Instant::now() + STOP_POLL) } else { deadline };
+            let wake = st.sleeping_until.is_none_or(|at| first_look < at);
             st.timers.push(Timer {
                 id,
                 deadline,

@@ -142,8 +142,12 @@ pub struct Driver {
     phase: Phase,
     /// Iterations per batch.
     n: u64,
-    /// The batch the guest is running: baseline or not, when it was handed out.
-    pending: Option<(bool, Instant)>,
+    /// The batch the guest is running: baseline or not, when it was handed out, and the
+    /// vCPU thread's involuntary context switches then.
+    pending: Option<(bool, Instant, u64)>,
+    /// Batches thrown away and run again because the vCPU thread lost its CPU during
+    /// them (another process's time is not the operation's).
+    pub redone: u64,
     /// Per-iteration figures of each sample's two batches.
     op_cycles: Vec<f64>,
     base_cycles: Vec<f64>,
@@ -161,6 +165,7 @@ impl Driver {
             phase: Phase::Calibrate,
             n: BENCH_UNROLL,
             pending: None,
+            redone: 0,
             op_cycles: Vec::new(),
             base_cycles: Vec::new(),
             op_ns: Vec::new(),
@@ -171,36 +176,47 @@ impl Driver {
     }
 
     /// The next batch, as BENCH_NEXT returns it: 0 when done. In the sampling phase the
-    /// operation batch comes first, then its baseline.
-    pub fn next(&mut self, now: Instant) -> u64 {
+    /// operation batch comes first, then its baseline. `switches` is the vCPU thread's
+    /// involuntary context switches so far ([`thread_preemptions`]).
+    pub fn next(&mut self, now: Instant, switches: u64) -> u64 {
         let baseline = match self.phase {
             Phase::Done => return 0,
             Phase::Calibrate => false,
             Phase::Warmup(_) | Phase::Sample(_) => self.op_cycles.len() > self.base_cycles.len(),
         };
-        self.pending = Some((baseline, now));
+        self.pending = Some((baseline, now, switches));
         if !baseline {
             self.op_iterations += self.n;
         }
         self.n | if baseline { BENCH_BASELINE } else { 0 }
     }
 
-    /// The guest ran `n` iterations in `cycles`; `now` is when its report arrived.
-    /// An error is also kept in `error`, for the report.
-    pub fn result(&mut self, cycles: u64, n: u64, now: Instant) -> Result<(), String> {
-        let r = self.take_result(cycles, n, now);
+    /// The guest ran `n` iterations in `cycles`; `now` is when its report arrived and
+    /// `switches` the vCPU thread's involuntary context switches then. A warm-up or sample
+    /// batch during which the thread was preempted is thrown away and handed out again (up
+    /// to `max_samples` times per benchmark, after which they count: a host that preempts
+    /// every batch still gets figures, with their spread). An error is also kept in
+    /// `error`, for the report.
+    pub fn result(&mut self, cycles: u64, n: u64, now: Instant, switches: u64) -> Result<(), String> {
+        let r = self.take_result(cycles, n, now, switches);
         if let Err(e) = &r {
             self.error.get_or_insert_with(|| e.clone());
         }
         r
     }
 
-    fn take_result(&mut self, cycles: u64, n: u64, now: Instant) -> Result<(), String> {
-        let Some((baseline, sent)) = self.pending.take() else {
+    fn take_result(&mut self, cycles: u64, n: u64, now: Instant, switches: u64) -> Result<(), String> {
+        let Some((baseline, sent, before)) = self.pending.take() else {
             return Err("BENCH_RESULT without a batch handed out".into());
         };
         if n != self.n {
             return Err(format!("the guest ran {n} iterations, not the {} asked for", self.n));
+        }
+        let measuring = matches!(self.phase, Phase::Warmup(_) | Phase::Sample(_));
+        if measuring && switches != before && self.redone < self.cfg.max_samples.max(self.cfg.min_samples()) as u64 {
+            // The same kind of batch is handed out next: the alternation follows the counts.
+            self.redone += 1;
+            return Ok(());
         }
         let ns = now.duration_since(sent).as_nanos() as f64;
         match self.phase {
@@ -358,6 +374,18 @@ impl BenchResult {
     }
 }
 
+/// The calling thread's involuntary context switches so far (getrusage RUSAGE_THREAD):
+/// called by the run loop's thread, the vCPU's, around each batch.
+pub fn thread_preemptions() -> u64 {
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_nivcsw as u64
+}
+
 /// Which ioeventfd (harness::vm::IOEVENTS) a benchmark writes.
 fn ioevent_of(name: &str) -> Option<&'static str> {
     let op = name.split("::").nth(1)?;
@@ -386,8 +414,10 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
         let now = Instant::now();
         let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
         match id {
-            service::BENCH_NEXT => Some(Ok(d.next(now))),
-            service::BENCH_RESULT => Some(d.result(args[0], args[1], now).map(|()| 0).map_err(ServiceError::Refused)),
+            service::BENCH_NEXT => Some(Ok(d.next(now, thread_preemptions()))),
+            service::BENCH_RESULT => {
+                Some(d.result(args[0], args[1], now, thread_preemptions()).map(|()| 0).map_err(ServiceError::Refused))
+            }
             _ => None,
         }
     });
@@ -426,6 +456,9 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
             );
         }
         r.checks.push(format!("ioeventfd {which} fired once for each of {} writes", d.op_iterations));
+    }
+    if d.redone > 0 {
+        r.checks.push(format!("{} batches run again: the vCPU thread was preempted during them", d.redone));
     }
     let [cycles, ns] = d.figures();
     r.cycles = Some(cycles);
@@ -873,14 +906,14 @@ mod tests {
         let mut now = Instant::now();
         let mut batches = 0;
         loop {
-            let next = d.next(now);
+            let next = d.next(now, 0);
             if next == 0 {
                 break;
             }
             let n = next & !BENCH_BASELINE;
             let cycles = n * if next & BENCH_BASELINE != 0 { base_cost } else { op_cost };
             now += Duration::from_nanos(cycles);
-            d.result(cycles, n, now).unwrap();
+            d.result(cycles, n, now, 0).unwrap();
             batches += 1;
             assert!(batches < 1000, "the driver never stops");
         }
@@ -911,7 +944,7 @@ mod tests {
             let mut now = Instant::now();
             let mut turn = 0u64;
             loop {
-                let next = d.next(now);
+                let next = d.next(now, 0);
                 if next == 0 {
                     break d;
                 }
@@ -925,7 +958,7 @@ mod tests {
                     100
                 };
                 now += Duration::from_nanos(n * per);
-                d.result(n * per, n, now).unwrap();
+                d.result(n * per, n, now, 0).unwrap();
             }
         };
         let cfg = BenchConfig {
@@ -952,6 +985,32 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_the_thread_was_preempted_in_is_run_again() {
+        let cfg = BenchConfig { budget: Duration::from_micros(50), samples: 10, warmup: 0, ..BenchConfig::quick() };
+        let mut d = Driver::new(cfg);
+        let mut now = Instant::now();
+        let (mut switches, mut batches) = (0u64, 0u64);
+        loop {
+            let next = d.next(now, switches);
+            if next == 0 {
+                break;
+            }
+            let n = next & !BENCH_BASELINE;
+            batches += 1;
+            // Every third batch, and only those, is preempted, and costs 10x.
+            let preempted = batches % 3 == 0 && d.phase != Phase::Calibrate;
+            let per = if next & BENCH_BASELINE != 0 { 10 } else { 100 } * if preempted { 10 } else { 1 };
+            switches += preempted as u64;
+            now += Duration::from_nanos(n * per);
+            d.result(n * per, n, now, switches).unwrap();
+        }
+        let [(cycles, _), _] = d.figures();
+        assert_eq!(cycles.n(), 10);
+        assert!(d.redone > 0);
+        assert!(cycles.values.iter().all(|c| *c == 90.0), "no preempted batch was kept: {:?}", cycles.values);
+    }
+
+    #[test]
     fn fewer_samples_than_the_minimum_are_raised_to_it() {
         let cfg = BenchConfig { budget: Duration::from_micros(10), samples: 3, warmup: 0, ..BenchConfig::quick() };
         assert_eq!(play(cfg, 5, 1).figures()[0].0.n(), BenchConfig::MIN_SAMPLES);
@@ -961,10 +1020,10 @@ mod tests {
     fn a_guest_that_runs_the_wrong_count_is_an_error() {
         let mut d = Driver::new(BenchConfig::quick());
         let now = Instant::now();
-        let n = d.next(now);
-        assert!(d.result(1, n + 1, now).is_err());
+        let n = d.next(now, 0);
+        assert!(d.result(1, n + 1, now, 0).is_err());
         assert!(d.error.as_deref().unwrap().contains("not the"));
-        assert!(d.result(1, n, now).is_err(), "no batch is pending any more");
+        assert!(d.result(1, n, now, 0).is_err(), "no batch is pending any more");
     }
 
     #[test]
