@@ -45,7 +45,7 @@ pub struct BenchConfig {
 impl BenchConfig {
     pub const MIN_SAMPLES: usize = 10;
 
-    /// `hvprobe bench`'s default: 20 ms batches, 15 samples, more (up to 40) until the
+    /// `hvprobe bench`'s default: 20 ms batches, 15 samples, more (up to 30) until the
     /// median is known within 2%.
     pub fn standard() -> BenchConfig {
         BenchConfig {
@@ -53,7 +53,7 @@ impl BenchConfig {
             samples: 15,
             warmup: 2,
             precision: 0.02,
-            max_samples: 40,
+            max_samples: 30,
             pin_cpu: None,
         }
     }
