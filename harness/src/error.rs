@@ -20,8 +20,14 @@ pub enum Error {
     Stats(String),
     #[error("cannot create an eventfd: {0}")]
     EventFd(String),
+    /// A floor measurement (`floor.rs`) went wrong.
     #[error("{0}")]
     Floor(String),
+    #[error("no vCPU {0}")]
+    NoVcpu(usize),
+    /// Saving or restoring a vCPU's state went wrong beyond a failed ioctl.
+    #[error("vCPU state: {0}")]
+    VcpuState(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
     #[error("cannot pin the vCPU thread to CPU {cpu}: {source}")]

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hvprobe_abi::requires;
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 
 use crate::Error;
@@ -61,42 +60,10 @@ impl Kvm {
         find_cpuid(&self.supported_cpuid, leaf, subleaf)
     }
 
-    /// Whether this host can give a test case the requirement `bit` (hvprobe_abi::requires).
+    /// Whether this host can give a test case the requirement `bit` (hvprobe_abi::requires):
+    /// its row's check in `harness::requirements`.
     pub fn has_requirement(&self, bit: u64) -> bool {
-        let leaf1 = self.supported_cpuid(1, 0).unwrap_or_default();
-        match bit {
-            requires::IRQCHIP => self.kvm.check_extension(kvm_ioctls::Cap::Irqchip),
-            requires::X2APIC => leaf1.ecx & (1 << 21) != 0,
-            requires::TSC_DEADLINE => leaf1.ecx & (1 << 24) != 0,
-            requires::IOEVENTFD => self.kvm.check_extension(kvm_ioctls::Cap::Ioeventfd),
-            requires::DIRTY_RING => self.dirty_ring_max() > 0,
-            requires::PIT => self.kvm.check_extension(kvm_ioctls::Cap::Pit2),
-            requires::NO_IRQCHIP => true,
-            requires::READONLY_MEM => self.kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem),
-            requires::COALESCED => {
-                self.kvm.check_extension(kvm_ioctls::Cap::CoalescedMmio)
-                    && self.kvm.check_extension(kvm_ioctls::Cap::CoalescedPio)
-            }
-            requires::GUEST_DEBUG => self.kvm.check_extension(kvm_ioctls::Cap::SetGuestDebug),
-            requires::HYPERV => {
-                self.kvm.check_extension(kvm_ioctls::Cap::Hyperv)
-                    && self.kvm.check_extension_raw(crate::vm::KVM_CAP_SYS_HYPERV_CPUID.into()) > 0
-            }
-            requires::USER_MSR => {
-                self.kvm.check_extension(kvm_ioctls::Cap::X86UserSpaceMsr)
-                    && self.kvm.check_extension(kvm_ioctls::Cap::X86MsrFilter)
-            }
-            requires::ENFORCE_PV_CPUID => {
-                self.kvm.check_extension_raw(crate::vm::KVM_CAP_ENFORCE_PV_FEATURE_CPUID.into()) > 0
-            }
-            requires::SMM => self.kvm.check_extension(kvm_ioctls::Cap::X86Smm),
-            requires::TSC_CTRL => self.kvm.check_extension_raw(kvm_bindings::KVM_CAP_VCPU_ATTRIBUTES.into()) > 0,
-            requires::PMU => self.kvm.check_extension_raw(kvm_bindings::KVM_CAP_PMU_CAPABILITY.into()) > 0,
-            requires::KVM_PV => self.supported_cpuid(0x4000_0000, 0).is_some_and(|e| {
-                [e.ebx, e.ecx, e.edx].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>() == b"KVMKVMKVM\0\0\0"
-            }),
-            _ => false,
-        }
+        crate::requirements::requirement(bit).is_some_and(|r| (r.present)(self))
     }
 
     /// The largest dirty ring KVM offers, in bytes (0: none).
@@ -106,10 +73,10 @@ impl Kvm {
 
     /// The names of the requirements in `mask` this host lacks.
     pub fn missing_requirements(&self, mask: u64) -> Vec<&'static str> {
-        requires::NAMES
+        crate::requirements::REQUIREMENTS
             .iter()
-            .filter(|(bit, _)| mask & bit != 0 && !self.has_requirement(*bit))
-            .map(|(_, n)| *n)
+            .filter(|r| mask & r.bit != 0 && !(r.present)(self))
+            .map(|r| r.name)
             .collect()
     }
 }

@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod payload;
 pub mod protocol;
 mod report;
+pub mod requirements;
 mod ring;
 mod run;
 mod services;

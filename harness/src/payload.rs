@@ -134,7 +134,7 @@ impl TestCase {
 
     /// Names of the requirements in `requires`.
     pub fn requirement_names(&self) -> Vec<&'static str> {
-        hvprobe_abi::requires::NAMES.iter().filter(|(bit, _)| self.requires & bit != 0).map(|(_, n)| *n).collect()
+        crate::requirements::names(self.requires)
     }
 }
 

@@ -38,7 +38,7 @@ fn readable_msrs(index_list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>, Error> {
     while !todo.is_empty() {
         let entries: Vec<kvm_msr_entry> =
             todo.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::Floor(format!("MSR list: {e:?}")))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
         let n = vcpu.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS"))?;
         readable.extend_from_slice(&todo[..n]);
         todo.drain(..(n + 1).min(todo.len()));
@@ -48,7 +48,7 @@ fn readable_msrs(index_list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>, Error> {
 
 impl Vm {
     fn vcpu(&self, index: usize) -> Result<&VcpuFd, Error> {
-        self.vcpus.get(index).ok_or(Error::Floor(format!("no vCPU {index}")))
+        self.vcpus.get(index).ok_or(Error::NoVcpu(index))
     }
 
     /// The MSRs a saved state holds: those of KVM_GET_MSR_INDEX_LIST that vCPU 0 reads
@@ -66,10 +66,10 @@ impl Vm {
         let vcpu = self.vcpu(index)?;
         let entries: Vec<kvm_msr_entry> =
             self.state_msrs()?.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::Floor(format!("MSR list: {e:?}")))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
         let n = vcpu.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS"))?;
         if n != entries.len() {
-            return Err(Error::Floor(format!("KVM_GET_MSRS read {n} of {} MSRs it read before", entries.len())));
+            return Err(Error::VcpuState(format!("KVM_GET_MSRS read {n} of {} MSRs it read before", entries.len())));
         }
         Ok(VcpuState {
             regs: vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?,

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 /// `Failure::end` of a case the harness itself could not run (a boot error, a panic).
 pub const HARNESS_END: &str = "harness";
 
-use hvprobe_abi::requires;
 use hvprobe_harness::{CpuidEdit, Kvm, RunOptions, TestCase, Vm, VmConfig};
 use hvprobe_results::paths::Section;
 use hvprobe_results::{Failure, MetricValue, Outcome, TestResult};
@@ -104,27 +103,16 @@ pub fn timeout_of(case: &TestCase, default: Duration) -> Duration {
 /// The VM a case boots in: its vCPUs, the irqchip and ioeventfds it requires, the
 /// quirks it turns off, and its host hook's CPUID edit.
 pub fn vm_config(case: &TestCase, hook: Option<&hooks::Hook>) -> VmConfig {
-    VmConfig {
+    let mut config = VmConfig {
         vcpus: case.vcpus.into(),
-        irqchip: case.requires & (requires::IRQCHIP | requires::PIT) != 0,
         cpuid_edit: hook.map(|h| Box::new(h.cpuid_edit) as CpuidEdit),
         cpuid_clear: case.cpuid_clear.clone(),
-        enforce_pv_cpuid: case.requires & requires::ENFORCE_PV_CPUID != 0,
-        user_msr: case.requires & requires::USER_MSR != 0,
-        hyperv: case.requires & requires::HYPERV != 0,
-        smm: case.requires & requires::SMM != 0,
-        ioeventfds: case.requires & requires::IOEVENTFD != 0,
-        pit: case.requires & requires::PIT != 0,
-        readonly_slot: case.requires & requires::READONLY_MEM != 0,
-        coalesced: case.requires & requires::COALESCED != 0,
         disable_quirks: case.quirks_off,
-        dirty_ring: (case.requires & requires::DIRTY_RING != 0).then_some(DIRTY_RING_ENTRIES),
-    }
+        ..VmConfig::default()
+    };
+    hvprobe_harness::requirements::configure(case.requires, &mut config);
+    config
 }
-
-/// Entries of each vCPU's dirty ring for cases that require one: more than the guest's
-/// 1,024 pages, so a ring never fills between two collections.
-pub const DIRTY_RING_ENTRIES: u32 = 4096;
 
 /// Where one case's time went: creating the VM and loading the guest, running it,
 /// judging the report, and tearing the VM down.

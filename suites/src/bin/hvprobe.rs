@@ -150,6 +150,10 @@ enum Command {
         /// results file (see `hvprobe bench`).
         #[arg(long)]
         bench: bool,
+        /// With --bench: measure as `hvprobe bench --quick` does (2 ms batches, 10
+        /// samples), for a smoke run such as CI's.
+        #[arg(long, requires = "bench")]
+        bench_quick: bool,
         /// Run the cases this many times and report every case whose outcome or failure
         /// signature changed between the passes; exit 1 if any did. The results file
         /// holds the first pass.
@@ -445,6 +449,7 @@ fn real_main() -> Result<ExitCode> {
             kvm,
             verbose,
             bench,
+            bench_quick,
             repeat,
             perturb,
         } => {
@@ -533,7 +538,8 @@ fn real_main() -> Result<ExitCode> {
             if bench && (!guest.is_empty() || !host.is_empty()) {
                 let hosts = host.len();
                 say!("\nbenchmarks: {} guest and {hosts} host, one at a time", guest.len());
-                bench_failed = benchmarks(&ctx, &guest, &host, &BenchConfig::standard(), &mut results);
+                let cfg = if bench_quick { BenchConfig::quick() } else { BenchConfig::standard() };
+                bench_failed = benchmarks(&ctx, &guest, &host, &cfg, &mut results);
             }
             results.duration_s = t0.elapsed().as_secs_f64();
             results.noise = noise.finish();
