@@ -174,7 +174,7 @@ enum Command {
         #[arg(long)]
         exact: bool,
         /// The wall time of one batch, in milliseconds; iteration counts follow from it.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 10.0)]
         budget_ms: f64,
         /// Samples per benchmark (at least 10).
         #[arg(long, default_value_t = 15)]
