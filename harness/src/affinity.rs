@@ -44,6 +44,20 @@ impl Drop for Pinned {
     }
 }
 
+/// Lets the calling thread run on any CPU again (the kernel keeps it inside the
+/// process's cpuset): for a helper thread started by a pinned one, which inherits the pin.
+pub fn unpin() {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..8 * size_of::<libc::cpu_set_t>() {
+        // SAFETY: `cpu` is below the set's size in bits.
+        unsafe { libc::CPU_SET(cpu, &mut all) };
+    }
+    // SAFETY: pid 0 is the calling thread; `all` is a valid set of the size given. A
+    // failure leaves the inherited mask, which costs only scheduling freedom.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all) };
+}
+
 /// The CPU the calling thread runs on now.
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.

@@ -225,14 +225,7 @@ pub fn code_bits(cr0: u64, efer: u64, l: u8, db: u8) -> u32 {
 /// layout, not with the behaviour). An encoding the decoder cannot read keeps its first
 /// byte only; empty input stays empty.
 pub fn first_instruction(bytes: &[u8], bits: u32) -> &[u8] {
-    use iced_x86::{Decoder, DecoderOptions};
-    if bytes.is_empty() {
-        return bytes;
-    }
-    let bits = if matches!(bits, 16 | 32 | 64) { bits } else { 64 };
-    let insn = Decoder::new(bits, bytes, DecoderOptions::NONE).decode();
-    let len = if insn.is_invalid() { 1 } else { insn.len().clamp(1, bytes.len()) };
-    &bytes[..len]
+    &bytes[..decode_first(bytes, bits).0]
 }
 
 /// The first instruction of `bytes` as a signature's hex: its bytes, with those of a
@@ -241,24 +234,31 @@ pub fn first_instruction(bytes: &[u8], bits: u32) -> &[u8] {
 /// layout from one build to the next; the opcode, ModRM, SIB and immediates say what the
 /// instruction is and stay.
 pub fn instruction_signature(bytes: &[u8], bits: u32) -> String {
-    use iced_x86::{Decoder, DecoderOptions};
-    let insn_bytes = first_instruction(bytes, bits);
-    let bits = if matches!(bits, 16 | 32 | 64) { bits } else { 64 };
-    let mut decoder = Decoder::new(bits, insn_bytes, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    let masked = if insn.is_invalid() {
-        0..0
-    } else {
-        let c = decoder.get_constant_offsets(&insn);
-        let at = c.displacement_offset();
-        at..at + c.displacement_size()
-    };
-    insn_bytes
+    let (len, displacement) = decode_first(bytes, bits);
+    bytes[..len]
         .iter()
         .enumerate()
-        .map(|(i, b)| if masked.contains(&i) { "__".to_string() } else { format!("{b:02x}") })
+        .map(|(i, b)| if displacement.contains(&i) { "__".to_string() } else { format!("{b:02x}") })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One decode of the first instruction of `bytes`: its length (1 for an encoding the
+/// decoder cannot read, 0 for no bytes) and where its displacement lies.
+fn decode_first(bytes: &[u8], bits: u32) -> (usize, std::ops::Range<usize>) {
+    use iced_x86::{Decoder, DecoderOptions};
+    if bytes.is_empty() {
+        return (0, 0..0);
+    }
+    let bits = if matches!(bits, 16 | 32 | 64) { bits } else { 64 };
+    let mut decoder = Decoder::new(bits, bytes, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    if insn.is_invalid() {
+        return (1, 0..0);
+    }
+    let c = decoder.get_constant_offsets(&insn);
+    let at = c.displacement_offset();
+    (insn.len().clamp(1, bytes.len()), at..at + c.displacement_size())
 }
 
 /// Decodes KVM_EXIT_INTERNAL_ERROR's suberror and data. For an emulation failure that

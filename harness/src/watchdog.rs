@@ -90,16 +90,8 @@ impl Worker {
 
     fn serve(s: &WorkerShared, owner: libc::pthread_t) {
         // A worker started by a pinned thread (a benchmark's) would inherit the pin and
-        // wake on the CPU it measures: it may run anywhere (the kernel keeps it inside the
-        // process's cpuset).
-        // SAFETY: cpu_set_t is a plain bit array; CPU_SET stays inside it; pid 0 is this thread.
-        unsafe {
-            let mut all: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in 0..8 * size_of::<libc::cpu_set_t>() {
-                libc::CPU_SET(cpu, &mut all);
-            }
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all);
-        }
+        // wake on the CPU it measures.
+        crate::affinity::unpin();
         let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
         while !st.quit {
             let now = Instant::now();

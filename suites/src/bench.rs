@@ -73,6 +73,13 @@ impl BenchConfig {
     fn min_samples(&self) -> usize {
         self.samples.max(Self::MIN_SAMPLES)
     }
+
+    /// Is the 95% interval of the median of `xs` within `precision` of it on either side?
+    fn settled(&self, xs: &[f64]) -> bool {
+        let median = summarize(xs).median;
+        let margin = self.precision * median.abs().max(1.0);
+        median_interval(xs).is_some_and(|(lo, hi)| median - lo <= margin && hi - median <= margin)
+    }
 }
 
 /// Median and median absolute deviation, with the samples they summarize (`compare`
@@ -267,13 +274,10 @@ impl Driver {
         }
     }
 
-    /// Is the 95% interval of the operation's median cycles within `precision` of it?
+    /// Is the operation's median (in cycles, baseline subtracted) known well enough?
     fn precise_enough(&self) -> bool {
         let [(cycles, _), _] = self.figures();
-        median_interval(&cycles.values).is_some_and(|(lo, hi)| {
-            let m = cycles.median.abs().max(1.0);
-            (cycles.median - lo) <= self.cfg.precision * m && (hi - cycles.median) <= self.cfg.precision * m
-        })
+        self.cfg.settled(&cycles.values)
     }
 
     fn clear(&mut self) {
@@ -374,16 +378,10 @@ impl BenchResult {
     }
 }
 
-/// The calling thread's involuntary context switches so far (getrusage RUSAGE_THREAD):
-/// called by the run loop's thread, the vCPU's, around each batch.
+/// The calling thread's involuntary context switches so far: called by the run loop's
+/// thread, the vCPU's, around each batch.
 pub fn thread_preemptions() -> u64 {
-    // SAFETY: rusage is plain data; all zeroes is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct it is given.
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
-        return 0;
-    }
-    usage.ru_nivcsw as u64
+    crate::process::involuntary_switches(libc::RUSAGE_THREAD)
 }
 
 /// Which ioeventfd (harness::vm::IOEVENTS) a benchmark writes.
@@ -496,11 +494,7 @@ fn paired(
         floor(n)?;
     }
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    let within = |xs: &[f64]| {
-        let m = summarize(xs).median.abs().max(1e-9);
-        median_interval(xs).is_some_and(|(lo, hi)| m - lo <= cfg.precision * m && hi - m <= cfg.precision * m)
-    };
-    while a.len() < cfg.min_samples() || (a.len() < cfg.max_samples && !(within(&a) && within(&b))) {
+    while a.len() < cfg.min_samples() || (a.len() < cfg.max_samples && !(cfg.settled(&a) && cfg.settled(&b))) {
         a.push(op(n)?.as_nanos() as f64 / n as f64);
         b.push(floor(n)?.as_nanos() as f64 / n as f64);
     }

@@ -48,12 +48,7 @@ fn times() -> std::io::Result<Times> {
     let after = own_stat.rsplit_once(") ").ok_or_else(|| bad("/proc/self/stat"))?.1;
     let f: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
     let own = f.get(11..15).ok_or_else(|| bad("/proc/self/stat fields"))?.iter().sum();
-    // SAFETY: getrusage fills the struct it is given.
-    let involuntary = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage.ru_nivcsw as u64
-    };
+    let involuntary = involuntary_switches(libc::RUSAGE_SELF);
     let load = std::fs::read_to_string("/proc/loadavg")?
         .split_whitespace()
         .next()
@@ -99,6 +94,18 @@ impl NoiseProbe {
 /// One line for a run's report: how busy the rest of the machine was.
 pub fn describe(n: &hvprobe_results::Noise) -> String {
     format!("host noise: {n}")
+}
+
+/// Involuntary context switches (ru_nivcsw) of `who`: RUSAGE_SELF for the process,
+/// RUSAGE_THREAD for the calling thread; 0 if getrusage fails.
+pub fn involuntary_switches(who: libc::c_int) -> u64 {
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_nivcsw as u64
 }
 
 #[cfg(test)]
