@@ -54,8 +54,14 @@ pub fn table(runs: &[&Results]) -> String {
         .map(|t| t.name.as_str())
         .collect();
     let mut s = String::from("| case |");
-    for r in runs {
-        let _ = write!(s, " {} |", column(r));
+    let labels: Vec<String> = runs.iter().map(|r| column(r)).collect();
+    for (r, label) in runs.iter().zip(&labels) {
+        // Two runs of one backend (on two CPU models, say) are told apart by their CPU.
+        if labels.iter().filter(|l| *l == label).count() > 1 {
+            let _ = write!(s, " {label} ({}) |", r.host.cpu_model);
+        } else {
+            let _ = write!(s, " {label} |");
+        }
     }
     s += "\n|---|";
     s += &"---|".repeat(runs.len());
@@ -106,5 +112,14 @@ mod tests {
         assert_eq!(new, format!("intro\n{BEGIN}\nT\n{END}\nrest\n"));
         assert_eq!(splice(&new, "T\n").unwrap(), new, "splicing is idempotent");
         assert!(splice("no markers", "T").is_none());
+        let mut c = a.clone();
+        c.host.cpu_model = "Intel(R) Xeon(R) Processor".into();
+        let text = table(&[&a, &c, &b]);
+        assert!(
+            text.starts_with(
+                "| case | kvm_pvm on kvm (AMD EPYC) | kvm_pvm on kvm (Intel(R) Xeon(R) Processor) | kvm_amd on qemu-tcg |"
+            ),
+            "two runs of one backend are told apart by their CPU: {text}"
+        );
     }
 }

@@ -276,6 +276,7 @@ mod tests {
                 expected: None,
                 actual: None,
                 cpu_family: None,
+                cpu_vendor: None,
                 who: None,
                 elsewhere: None,
                 deviates_from: "SDM Vol. 3A 6.15".into(),

@@ -42,6 +42,11 @@ pub struct Deviation {
     /// The CPU families (CPUID display family, e.g. 0x19 for Zen 4, 0x1a for Zen 5) on
     /// which the deviation occurs; absent: on every one.
     pub cpu_family: Option<Vec<u32>>,
+    /// The host CPU vendors (CPUID leaf 0's vendor string, as `HostFacts::cpu_vendor`
+    /// holds it: "AuthenticAMD", "GenuineIntel") on which the deviation occurs; absent: on
+    /// every one. For a backend whose behaviour follows the host CPU (PVM runs guest CPL3
+    /// code on it natively), the same case can deviate on one vendor's hosts only.
+    pub cpu_vendor: Option<Vec<String>>,
     /// Who deviates, where that is not the backend itself: `kvm` (KVM's common code, on
     /// every backend), `qemu-tcg` (the emulated CPU under the backend), `host-cpu`, or
     /// `unknown` while that is not settled.
@@ -87,9 +92,10 @@ impl Deviation {
         s
     }
 
-    /// Whether the deviation is expected on a CPU of display `family`.
-    pub fn applies_to_family(&self, family: u32) -> bool {
-        self.cpu_family.as_ref().is_none_or(|f| f.contains(&family))
+    /// Whether the deviation is expected on `host`'s CPU (its vendor and display family).
+    pub fn applies_to(&self, host: &ProfileHost) -> bool {
+        self.cpu_family.as_ref().is_none_or(|f| f.contains(&host.cpu_family))
+            && self.cpu_vendor.as_ref().is_none_or(|v| v.contains(&host.cpu_vendor))
     }
 }
 
@@ -100,6 +106,8 @@ pub struct ProfileHost {
     pub platform: String,
     /// CPUID display family of the host CPU.
     pub cpu_family: u32,
+    /// CPUID vendor string of the host CPU.
+    pub cpu_vendor: String,
 }
 
 impl ProfileHost {
@@ -109,6 +117,7 @@ impl ProfileHost {
             backend: facts.backend,
             platform: facts.platform.name.clone(),
             cpu_family: display_family(facts.cpu_signature),
+            cpu_vendor: facts.cpu_vendor.clone(),
         }
     }
 
@@ -118,9 +127,19 @@ impl ProfileHost {
             backend: Backend::detect_in(Path::new("/sys/module")),
             platform: Platform::detect().name,
             cpu_family: display_family(std::arch::x86_64::__cpuid(1).eax),
+            cpu_vendor: cpu_vendor(),
         }
     }
 }
+
+/// This CPU's vendor string (CPUID leaf 0: EBX, EDX, ECX).
+pub fn cpu_vendor() -> String {
+    let r = std::arch::x86_64::__cpuid(0);
+    [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).map(char::from).collect()
+}
+
+/// The vendor strings a profile entry may name.
+pub const VENDORS: [&str; 3] = ["AuthenticAMD", "GenuineIntel", "HygonGenuine"];
 
 /// The display family of a CPUID.1:EAX signature (base family, plus the extended family
 /// when the base is 0xf).
@@ -164,7 +183,7 @@ impl Profile {
         match chosen {
             Some((_, platform, text)) => {
                 let file = platform.map_or(format!("{name}.toml"), |p| format!("{name}.{p}.toml"));
-                Ok(Self::parse(text, &format!("suites/expectations/{file}"), payload)?.for_family(host.cpu_family))
+                Ok(Self::parse(text, &format!("suites/expectations/{file}"), payload)?.for_host(host))
             }
             None => Ok(Profile { backend: name.into(), source: "none".into(), ..Profile::default() }),
         }
@@ -189,11 +208,11 @@ impl Profile {
                 reason: format!("it is for platform {platform}, but this host's is {}", host.platform),
             });
         }
-        Ok(p.for_family(host.cpu_family))
+        Ok(p.for_host(host))
     }
 
-    fn for_family(mut self, family: u32) -> Profile {
-        self.deviations.retain(|d| d.applies_to_family(family));
+    fn for_host(mut self, host: &ProfileHost) -> Profile {
+        self.deviations.retain(|d| d.applies_to(host));
         self
     }
 
@@ -228,6 +247,9 @@ impl Profile {
                      match the check's words, and the values that define it with expected/actual",
                     d.test
                 )));
+            }
+            if let Some(v) = d.cpu_vendor.iter().flatten().find(|v| !VENDORS.contains(&v.as_str())) {
+                return Err(invalid(format!("{}: cpu_vendor {v:?} is not one of {}", d.test, VENDORS.join(", "))));
             }
             if let Some(who) = d.who.as_ref().filter(|w| !WHO.contains(&w.as_str())) {
                 return Err(invalid(format!("{}: who {who:?} is not one of {}", d.test, WHO.join(", "))));
@@ -272,7 +294,8 @@ mod tests {
     }
 
     fn host(backend: Backend, platform: &str, cpu_family: u32) -> ProfileHost {
-        ProfileHost { backend, platform: platform.into(), cpu_family }
+        let cpu_vendor = if cpu_family == 6 { "GenuineIntel" } else { "AuthenticAMD" }.into();
+        ProfileHost { backend, platform: platform.into(), cpu_family, cpu_vendor }
     }
 
     #[test]
@@ -302,11 +325,28 @@ mod tests {
         let text = "backend = \"kvm_pvm\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\nend = \"shutdown\"\n\
                     cpu_family = [0x1a]\ndeviates_from = \"SDM\"\n";
         let p = Profile::parse(text, "t", payload()).unwrap();
-        assert_eq!(p.clone().for_family(0x1a).deviations.len(), 1);
-        assert!(p.for_family(0x19).deviations.is_empty());
+        let pvm = |family| host(Backend::KvmPvm, "kvm", family);
+        assert_eq!(p.clone().for_host(&pvm(0x1a)).deviations.len(), 1);
+        assert!(p.for_host(&pvm(0x19)).deviations.is_empty());
         assert_eq!(display_family(0xb00f21), 0x1a);
         assert_eq!(display_family(0xa00f11), 0x19);
         assert_eq!(display_family(0x906a3), 6);
+    }
+
+    #[test]
+    fn entries_for_another_cpu_vendor_are_left_out() {
+        let entry = |vendor: &str| {
+            format!(
+                "backend = \"kvm_pvm\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\nend = \"shutdown\"\n\
+                 cpu_vendor = [\"{vendor}\"]\ndeviates_from = \"SDM\"\n"
+            )
+        };
+        let p = Profile::parse(&entry("AuthenticAMD"), "t", payload()).unwrap();
+        assert_eq!(p.clone().for_host(&host(Backend::KvmPvm, "kvm", 0x19)).deviations.len(), 1);
+        assert!(p.for_host(&host(Backend::KvmPvm, "kvm", 6)).deviations.is_empty(), "an Intel host");
+        let e = Profile::parse(&entry("AMD"), "t", payload()).unwrap_err();
+        assert!(e.to_string().contains("cpu_vendor \"AMD\" is not one of AuthenticAMD"), "{e}");
+        assert_eq!(cpu_vendor().len(), 12);
     }
 
     #[test]
@@ -332,6 +372,7 @@ mod tests {
             expected: None,
             actual: None,
             cpu_family: None,
+            cpu_vendor: None,
             who: None,
             elsewhere: None,
             deviates_from: "SDM".into(),

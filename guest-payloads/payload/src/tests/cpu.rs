@@ -66,6 +66,29 @@ pub fn check_msr_roundtrips(cases: &[(u32, u64)]) {
     }
 }
 
+/// The CPU's linear-address width, CPUID.80000008H:EAX[15:8]: 48, or 57 where it
+/// supports 5-level paging. An address is canonical when bits 63 down to the
+/// most-significant implemented bit are all equal (SDM Vol. 1 3.3.7.1; APM Vol. 2 5.3.1,
+/// LinAddrSize).
+pub fn linear_address_bits() -> u32 {
+    (cpu::cpuid(0x8000_0008, 0).eax >> 8) & 0xff
+}
+
+/// WRMSR of a non-canonical address to `msr` (called `name` in messages) raises #GP(0)
+/// (SDM Vol. 2B WRMSR), for two addresses: the lowest non-canonical one at the CPU's own
+/// linear-address width (bit 47 alone where it is 48, bit 56 alone where it is 57: a CPU
+/// that supports 5-level paging checks these MSRs against 57 bits even with CR4.LA57
+/// clear), and bit 63 alone, non-canonical at every width.
+pub fn check_msr_refuses_noncanonical(msr: u32, name: &str) {
+    let bits = linear_address_bits();
+    check!((48..=57).contains(&bits), "CPUID.80000008H:EAX[15:8] reports a linear-address width of {} bits", bits);
+    for value in [1u64 << (bits - 1), 1 << 63] {
+        let e = catch!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32);
+        check!(e.is_some(), "WRMSR of {:#x} to {} ({}-bit linear addresses) raised no exception", value, name, bits);
+        check_exception!(e, exception::GP, Some(0));
+    }
+}
+
 test_case! {
     /// Long mode at CPL0 as the harness built it: EFER.LMA, CR0.PG and PE, CR4.PAE, and CS
     /// the 64-bit code selector (SDM Vol. 3A, 10.8.5).
@@ -202,11 +225,10 @@ test_case! {
 
 test_case! {
     /// WRMSR of a non-canonical address to IA32_KERNEL_GS_BASE raises #GP(0)
-    /// (SDM Vol. 2B, WRMSR: "non-canonical address ... #GP(0)").
+    /// (SDM Vol. 2B, WRMSR), non-canonical at the CPU's linear-address width.
     name = "cpu::msr_noncanonical_gp::long64", mode = Long64, path = Full;
     fn msr_noncanonical_gp() {
-        let e = catch!("wrmsr", in("ecx") 0xc000_0102u32, in("eax") 0, in("edx") 0x8000u32);
-        check_exception!(e, exception::GP, Some(0));
+        check_msr_refuses_noncanonical(0xc000_0102, "IA32_KERNEL_GS_BASE");
     }
 }
 

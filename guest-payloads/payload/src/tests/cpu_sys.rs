@@ -9,7 +9,7 @@ use hvprobe_rt::user::{call_at_cpl3, call_at_cpl3_with_rflags};
 
 use super::cpu::cpuid_as_set;
 
-use super::cpu::check_msr_roundtrips;
+use super::cpu::{check_msr_refuses_noncanonical, check_msr_roundtrips};
 use hvprobe_rt::{catch, check, check_eq, check_exception, check_no_exception, check_values, skip, test_case};
 
 use x86::msr::IA32_EFER as MSR_EFER;
@@ -171,10 +171,8 @@ test_case! {
     fn msr_fs_gs_base() {
         // The runtime uses neither FS nor GS.
         check_msr_roundtrips(&[(MSR_FS_BASE, 0x0000_7fff_1234_5000), (MSR_GS_BASE, 0x0000_7fff_1234_5000)]);
-        for msr in [MSR_FS_BASE, MSR_GS_BASE] {
-            let e = catch!("wrmsr", in("ecx") msr, in("eax") 0, in("edx") 0x0000_8000u32);
-            check_exception!(e, exception::GP, Some(0));
-        }
+        check_msr_refuses_noncanonical(MSR_FS_BASE, "IA32_FS_BASE");
+        check_msr_refuses_noncanonical(MSR_GS_BASE, "IA32_GS_BASE");
     }
 }
 
@@ -709,9 +707,7 @@ test_case! {
     /// with #GP(0) (SDM Vol. 2B, WRMSR).
     name = "cpu::msr_lstar_noncanonical_gp::long64", mode = Long64, path = Full;
     fn msr_lstar_noncanonical_gp() {
-        let e = catch!("wrmsr", in("ecx") 0xc000_0082u32, in("eax") 0, in("edx") 0x0000_8000u32);
-        check!(e.is_some(), "a non-canonical IA32_LSTAR was accepted");
-        check_exception!(e, exception::GP, Some(0));
+        check_msr_refuses_noncanonical(0xc000_0082, "IA32_LSTAR");
     }
 }
 
