@@ -196,10 +196,46 @@ pub struct Platform {
     pub name: String,
     /// The 12-byte signature of leaf 0x40000000, when a hypervisor is present.
     pub signature: Option<String>,
+    /// What an emulating platform itself runs on, where it was told (qemu-tcg under
+    /// `make run-nested`): its results can follow the outer machine.
+    pub runs_on: Option<RunsOn>,
+}
+
+/// The machine under an emulating platform and the emulator's version, as the nested
+/// runner hands them in (`HVPROBE_PLATFORM_RUNS_ON="vendor|model|version"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunsOn {
+    /// CPUID vendor string of the outer machine's CPU ("GenuineIntel", "AuthenticAMD").
+    pub cpu_vendor: String,
+    pub cpu_model: String,
+    /// The emulator's own version line.
+    pub emulator: String,
+}
+
+/// The environment variable the nested runner sets for [`RunsOn`].
+pub const RUNS_ON_ENV: &str = "HVPROBE_PLATFORM_RUNS_ON";
+
+impl RunsOn {
+    /// Parses "vendor|model|version"; None when a part is missing or empty.
+    pub fn parse(text: &str) -> Option<RunsOn> {
+        let mut parts = text.trim().splitn(3, '|').map(str::trim);
+        let (vendor, model, emulator) = (parts.next()?, parts.next()?, parts.next()?);
+        [vendor, model, emulator].iter().all(|p| !p.is_empty()).then(|| RunsOn {
+            cpu_vendor: vendor.into(),
+            cpu_model: model.into(),
+            emulator: emulator.into(),
+        })
+    }
+
+    /// The line results keep among the platform notes.
+    pub fn note(&self) -> String {
+        format!("runs on {} ({}), {}", self.cpu_model, self.cpu_vendor, self.emulator)
+    }
 }
 
 impl Platform {
-    /// The platform of this CPU.
+    /// The platform of this CPU, and, for an emulator, what it runs on where the
+    /// environment says ([`RUNS_ON_ENV`]).
     pub fn detect() -> Platform {
         let leaf1 = std::arch::x86_64::__cpuid(1);
         if leaf1.ecx & (1 << 31) == 0 {
@@ -207,7 +243,11 @@ impl Platform {
         }
         let l = std::arch::x86_64::__cpuid(0x4000_0000);
         let bytes: Vec<u8> = [l.ebx, l.ecx, l.edx].iter().flat_map(|r| r.to_le_bytes()).collect();
-        Platform::from_signature(Some(String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string()))
+        let mut p = Platform::from_signature(Some(String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string()));
+        if p.name == "qemu-tcg" {
+            p.runs_on = std::env::var(RUNS_ON_ENV).ok().and_then(|v| RunsOn::parse(&v));
+        }
+        p
     }
 
     /// The platform a hypervisor signature names (None: no hypervisor present).
@@ -221,7 +261,7 @@ impl Platform {
             Some("XenVMMXenVMM") => "xen",
             Some(_) => "hypervisor",
         };
-        Platform { name: name.into(), signature }
+        Platform { name: name.into(), signature, runs_on: None }
     }
 }
 
@@ -259,6 +299,9 @@ impl HostFacts {
             tsc_khz: None,
             supported_cpuid: Vec::new(),
         };
+        if let Some(on) = &facts.platform.runs_on {
+            facts.platform_notes.push(on.note());
+        }
         facts.backend_params = module_params(&Path::new("/sys/module").join(facts.backend.name()).join("parameters"));
         match kvm {
             Ok(kvm) => {
@@ -313,6 +356,11 @@ mod tests {
         assert_eq!(Platform::from_signature(None).name, "bare-metal");
         assert_eq!(Platform::from_signature(Some("TCGTCGTCGTCG".into())).name, "qemu-tcg");
         assert_eq!(Platform::from_signature(Some("KVMKVMKVM".into())).name, "kvm");
+        let on = RunsOn::parse("GenuineIntel|Intel(R) Xeon(R) Processor|QEMU emulator version 7.2.22\n").unwrap();
+        assert_eq!((on.cpu_vendor.as_str(), on.emulator.as_str()), ("GenuineIntel", "QEMU emulator version 7.2.22"));
+        assert_eq!(on.note(), "runs on Intel(R) Xeon(R) Processor (GenuineIntel), QEMU emulator version 7.2.22");
+        assert!(RunsOn::parse("GenuineIntel||QEMU").is_none(), "a part is empty");
+        assert!(RunsOn::parse("GenuineIntel").is_none(), "parts missing");
         let other = Platform::from_signature(Some("bhyve bhyve ".into()));
         assert_eq!((other.name.as_str(), other.signature.as_deref()), ("hypervisor", Some("bhyve bhyve ")));
     }

@@ -84,6 +84,11 @@ else
     say "no /dev/cpu/0/cpuid: CPUID leaves not shown"
 fi
 
+# The machine QEMU runs on, as the outer script saw it: "vendor|model|emulator version".
+if [ -f "$SHARE/platform-runs-on" ]; then
+    HVPROBE_PLATFORM_RUNS_ON=$(cat "$SHARE/platform-runs-on")
+    export HVPROBE_PLATFORM_RUNS_ON
+fi
 hvprobe host >"$SHARE/host.txt" 2>&1 || say "hvprobe host failed"
 grep -v '^ *KVM_CAP_' "$SHARE/host.txt" | sed 's/^/  /' # the capabilities are in host.json
 hvprobe host --json >"$SHARE/host.json" 2>"$SHARE/host.err" || say "hvprobe host --json failed"

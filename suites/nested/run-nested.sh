@@ -285,6 +285,11 @@ boot() {
     : >"$log"
     : >"$dir/share/args"
     for a in "${ARGS[@]+"${ARGS[@]}"}"; do printf '%s\n' "$a" >>"$dir/share/args"; done
+    # What the platform runs on (the results and the profile's platform_cpu_vendor read
+    # it): this machine's CPU vendor and model, and the emulator's version.
+    printf '%s|%s|%s\n' "$(sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+        "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+        "$(qemu-system-x86_64 --version | head -n 1)" >"$dir/share/platform-runs-on"
     local t0 last now size seen=-1
     t0=$(date +%s)
     last=$t0
