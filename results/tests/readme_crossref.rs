@@ -8,7 +8,7 @@ use hvprobe_results::{Results, crossref};
 #[test]
 fn the_readme_table_is_the_one_the_reference_runs_give() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let runs: Vec<Results> = ["kvm_pvm.json", "kvm_amd.qemu-tcg.json"]
+    let runs: Vec<Results> = ["kvm_pvm.json", "kvm_pvm.amd-epyc.json", "kvm_amd.qemu-tcg.json"]
         .iter()
         .map(|f| Results::read(&root.join("results/reference").join(f)).unwrap_or_else(|e| panic!("{e}")))
         .collect();
@@ -18,6 +18,6 @@ fn the_readme_table_is_the_one_the_reference_runs_give() {
     assert!(
         readme == expected,
         "README.md's cross-backend table is out of date: run `hvprobe crossref results/reference/kvm_pvm.json \
-         results/reference/kvm_amd.qemu-tcg.json --readme README.md`"
+         results/reference/kvm_pvm.amd-epyc.json results/reference/kvm_amd.qemu-tcg.json --readme README.md`"
     );
 }
