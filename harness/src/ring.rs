@@ -8,17 +8,13 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use hvprobe_abi::layout::{RING, RING_CONSUMED, RING_DATA, RING_PRODUCED, RING_SIZE};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::Sink;
 use crate::memory::RawView;
-
-/// How long the thread waits on the doorbell before it looks at its stop flag again.
-const POLL: Duration = Duration::from_millis(2);
 
 /// What the device has done since the VM was made.
 #[derive(Clone, Debug, Default)]
@@ -34,25 +30,44 @@ pub struct RingState {
 
 pub(crate) struct RingDevice {
     pub doorbell: EventFd,
+    /// Written by [`RingDevice::stop`]: the thread sleeps on it and the doorbell alone, so
+    /// it never wakes on a timer (it would take the CPU of the vCPU a benchmark measures).
+    stop: EventFd,
     pub state: Mutex<RingState>,
 }
 
 impl RingDevice {
-    pub fn new(doorbell: EventFd) -> RingDevice {
-        RingDevice { doorbell, state: Mutex::new(RingState::default()) }
+    pub fn new(doorbell: EventFd, stop: EventFd) -> RingDevice {
+        RingDevice { doorbell, stop, state: Mutex::new(RingState::default()) }
     }
 
-    /// Serves the ring until `stop` is raised, then drains it one last time.
+    /// Tells [`RingDevice::serve`] to drain the ring one last time and return.
+    pub fn stop(&self) {
+        // An eventfd write fails only when its counter would overflow: it is then
+        // readable already.
+        let _ = self.stop.write(1);
+    }
+
+    /// Serves the ring until [`RingDevice::stop`], then drains it one last time (and
+    /// takes the stop back, for the next run).
     ///
     /// # Safety
     /// The memory behind `view` must stay mapped until this returns.
-    pub unsafe fn serve(&self, view: RawView, stop: &AtomicBool) {
+    pub unsafe fn serve(&self, view: RawView) {
         loop {
-            let stopping = stop.load(Ordering::SeqCst);
-            let mut fds = libc::pollfd { fd: self.doorbell.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let ready = unsafe { libc::poll(&mut fds, 1, if stopping { 0 } else { POLL.as_millis() as i32 }) };
-            let rung = if ready > 0 { self.doorbell.read().unwrap_or(0) } else { 0 };
+            let mut fds = [self.doorbell.as_raw_fd(), self.stop.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: two valid pollfds, for the duration of the call. No timeout: the
+            // doorbell or the stop wakes it (an interrupted poll just loops).
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let rung = if ready > 0 && fds[0].revents != 0 { self.doorbell.read().unwrap_or(0) } else { 0 };
+            let stopping = ready > 0 && fds[1].revents != 0;
+            if stopping {
+                let _ = self.stop.read();
+            }
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             state.doorbells += rung;
             if rung > 0 || stopping {

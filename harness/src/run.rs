@@ -150,7 +150,6 @@ impl Vm {
         let ap_stop = AtomicBool::new(false);
         let ap_tids: Vec<AtomicU64> = aps.iter().map(|_| AtomicU64::new(0)).collect();
         let ring = self.shared_ring.clone();
-        let ring_stop = AtomicBool::new(false);
         let view = self.memory.raw_view();
         let end = std::thread::scope(|scope| {
             let aps = ApThreads::start(scope, &mut aps, &ap_notes, &ap_stop, &ap_tids);
@@ -160,7 +159,7 @@ impl Vm {
                 .and_then(|cpu| crate::affinity::Pinned::to(cpu).map_err(|e| devices.notes.push(e.to_string())).ok());
             if let Some(ring) = &ring {
                 // SAFETY: the memory is `self`'s, which outlives this scope.
-                scope.spawn(|| unsafe { ring.serve(view, &ring_stop) });
+                scope.spawn(|| unsafe { ring.serve(view) });
             }
             let end = loop {
                 if watchdog.fired() {
@@ -191,7 +190,9 @@ impl Vm {
                 }
             };
             aps.stop();
-            ring_stop.store(true, Ordering::SeqCst);
+            if let Some(ring) = &ring {
+                ring.stop();
+            }
             end
         });
         if let Some(e) = ring.as_ref().and_then(|r| r.state.lock().unwrap_or_else(|e| e.into_inner()).error.clone()) {

@@ -229,7 +229,8 @@ impl Vm {
             let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventFd(e.to_string()))?;
             vm.register_ioevent(&fd, &IoEventAddress::Mmio(layout::RING_DOORBELL), NoDatamatch)
                 .map_err(Error::kvm("KVM_IOEVENTFD"))?;
-            Some(std::sync::Arc::new(crate::ring::RingDevice::new(fd)))
+            let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventFd(e.to_string()))?;
+            Some(std::sync::Arc::new(crate::ring::RingDevice::new(fd, stop)))
         } else {
             None
         };
