@@ -346,6 +346,10 @@ pub struct Benchmark {
     /// `median / floor`: what hvprobe's own work adds to the bare operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor_ratio: Option<f64>,
+    /// What the run checked beside the timing, and what it did about a disturbed host
+    /// ("ioeventfd pio fired once for each of 250000 writes", "3 batches run again: ...").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Benchmark {
@@ -364,6 +368,7 @@ impl Benchmark {
             iterations: None,
             floor: None,
             floor_ratio: None,
+            notes: Vec::new(),
         }
     }
 }

@@ -149,12 +149,13 @@ pub struct Driver {
     phase: Phase,
     /// Iterations per batch.
     n: u64,
-    /// The batch the guest is running: baseline or not, when it was handed out, and the
-    /// vCPU thread's involuntary context switches then.
-    pending: Option<(bool, Instant, u64)>,
+    /// The batch the guest is running: baseline or not, when it was handed out, and what
+    /// had disturbed the vCPU thread by then.
+    pending: Option<(bool, Instant, Disturbance)>,
     /// Batches thrown away and run again because the vCPU thread lost its CPU during
-    /// them (another process's time is not the operation's).
-    pub redone: u64,
+    /// them (another process's time, or the hypervisor's under this machine, is not the
+    /// operation's): how many for a preemption, how many for steal.
+    pub redone: Redone,
     /// Per-iteration figures of each sample's two batches.
     op_cycles: Vec<f64>,
     base_cycles: Vec<f64>,
@@ -172,7 +173,7 @@ impl Driver {
             phase: Phase::Calibrate,
             n: BENCH_UNROLL,
             pending: None,
-            redone: 0,
+            redone: Redone::default(),
             op_cycles: Vec::new(),
             base_cycles: Vec::new(),
             op_ns: Vec::new(),
@@ -183,15 +184,15 @@ impl Driver {
     }
 
     /// The next batch, as BENCH_NEXT returns it: 0 when done. In the sampling phase the
-    /// operation batch comes first, then its baseline. `switches` is the vCPU thread's
-    /// involuntary context switches so far ([`thread_preemptions`]).
-    pub fn next(&mut self, now: Instant, switches: u64) -> u64 {
+    /// operation batch comes first, then its baseline. `seen` is what had disturbed the
+    /// vCPU thread so far ([`Disturbance::now`]).
+    pub fn next(&mut self, now: Instant, seen: Disturbance) -> u64 {
         let baseline = match self.phase {
             Phase::Done => return 0,
             Phase::Calibrate => false,
             Phase::Warmup(_) | Phase::Sample(_) => self.op_cycles.len() > self.base_cycles.len(),
         };
-        self.pending = Some((baseline, now, switches));
+        self.pending = Some((baseline, now, seen));
         if !baseline {
             self.op_iterations += self.n;
         }
@@ -199,20 +200,20 @@ impl Driver {
     }
 
     /// The guest ran `n` iterations in `cycles`; `now` is when its report arrived and
-    /// `switches` the vCPU thread's involuntary context switches then. A warm-up or sample
-    /// batch during which the thread was preempted is thrown away and handed out again (up
-    /// to `max_samples` times per benchmark, after which they count: a host that preempts
-    /// every batch still gets figures, with their spread). An error is also kept in
-    /// `error`, for the report.
-    pub fn result(&mut self, cycles: u64, n: u64, now: Instant, switches: u64) -> Result<(), String> {
-        let r = self.take_result(cycles, n, now, switches);
+    /// `seen` what had disturbed the vCPU thread by then. A warm-up or sample batch during
+    /// which the thread was preempted, or its CPU stolen by the hypervisor below, is
+    /// thrown away and handed out again (up to `max_samples` times per benchmark, after
+    /// which they count: a host that disturbs every batch still gets figures, with their
+    /// spread). An error is also kept in `error`, for the report.
+    pub fn result(&mut self, cycles: u64, n: u64, now: Instant, seen: Disturbance) -> Result<(), String> {
+        let r = self.take_result(cycles, n, now, seen);
         if let Err(e) = &r {
             self.error.get_or_insert_with(|| e.clone());
         }
         r
     }
 
-    fn take_result(&mut self, cycles: u64, n: u64, now: Instant, switches: u64) -> Result<(), String> {
+    fn take_result(&mut self, cycles: u64, n: u64, now: Instant, seen: Disturbance) -> Result<(), String> {
         let Some((baseline, sent, before)) = self.pending.take() else {
             return Err("BENCH_RESULT without a batch handed out".into());
         };
@@ -220,9 +221,14 @@ impl Driver {
             return Err(format!("the guest ran {n} iterations, not the {} asked for", self.n));
         }
         let measuring = matches!(self.phase, Phase::Warmup(_) | Phase::Sample(_));
-        if measuring && switches != before && self.redone < self.cfg.max_samples.max(self.cfg.min_samples()) as u64 {
+        let cap = self.cfg.max_samples.max(self.cfg.min_samples()) as u64;
+        if measuring && seen != before && self.redone.total() < cap {
             // The same kind of batch is handed out next: the alternation follows the counts.
-            self.redone += 1;
+            if seen.switches != before.switches {
+                self.redone.preempted += 1;
+            } else {
+                self.redone.stolen += 1;
+            }
             return Ok(());
         }
         let ns = now.duration_since(sent).as_nanos() as f64;
@@ -365,6 +371,7 @@ impl BenchResult {
             b.median_interval = median_interval(&op.values).map(|(lo, hi)| [lo, hi]);
             b.path = path.clone();
             b.iterations = Some(self.iterations);
+            b.notes = self.checks.clone();
             if path.is_some() {
                 b.baseline = Some(base.median);
             }
@@ -378,10 +385,38 @@ impl BenchResult {
     }
 }
 
-/// The calling thread's involuntary context switches so far: called by the run loop's
-/// thread, the vCPU's, around each batch.
-pub fn thread_preemptions() -> u64 {
-    crate::process::involuntary_switches(libc::RUSAGE_THREAD)
+/// What can take the vCPU thread's CPU away during a batch, as counters read around it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Disturbance {
+    /// The calling thread's involuntary context switches (another task ran on its CPU).
+    pub switches: u64,
+    /// Steal ticks of its CPU (the hypervisor under this machine ran something else).
+    pub steal: u64,
+}
+
+impl Disturbance {
+    /// The counters now, read by the run loop's thread (the vCPU's) around each batch;
+    /// `cpu` is the CPU it is pinned to (None: the whole machine's steal). A counter that
+    /// cannot be read stays 0, and so never calls for a batch to be run again.
+    pub fn now(cpu: Option<usize>) -> Disturbance {
+        Disturbance {
+            switches: crate::process::involuntary_switches(libc::RUSAGE_THREAD),
+            steal: crate::process::steal_ticks(cpu).unwrap_or(0),
+        }
+    }
+}
+
+/// Batches run again, by what disturbed them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redone {
+    pub preempted: u64,
+    pub stolen: u64,
+}
+
+impl Redone {
+    pub fn total(&self) -> u64 {
+        self.preempted + self.stolen
+    }
 }
 
 /// Which ioeventfd (harness::vm::IOEVENTS) a benchmark writes.
@@ -408,13 +443,21 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
     }
     let driver = Arc::new(Mutex::new(Driver::new(*cfg)));
     let d = Arc::clone(&driver);
+    let cpu = cfg.pin_cpu;
     let handler = Box::new(move |id: u32, args: [u64; 4]| {
-        let now = Instant::now();
-        let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+        // The counters are read outside the timed span: before the clock when a batch is
+        // handed out, after it when its result comes back.
         match id {
-            service::BENCH_NEXT => Some(Ok(d.next(now, thread_preemptions()))),
+            service::BENCH_NEXT => {
+                let seen = Disturbance::now(cpu);
+                let now = Instant::now();
+                Some(Ok(d.lock().unwrap_or_else(|e| e.into_inner()).next(now, seen)))
+            }
             service::BENCH_RESULT => {
-                Some(d.result(args[0], args[1], now, thread_preemptions()).map(|()| 0).map_err(ServiceError::Refused))
+                let now = Instant::now();
+                let seen = Disturbance::now(cpu);
+                let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+                Some(d.result(args[0], args[1], now, seen).map(|()| 0).map_err(ServiceError::Refused))
             }
             _ => None,
         }
@@ -455,8 +498,14 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
         }
         r.checks.push(format!("ioeventfd {which} fired once for each of {} writes", d.op_iterations));
     }
-    if d.redone > 0 {
-        r.checks.push(format!("{} batches run again: the vCPU thread was preempted during them", d.redone));
+    if d.redone.preempted > 0 {
+        r.checks.push(format!("{} batches run again: the vCPU thread was preempted during them", d.redone.preempted));
+    }
+    if d.redone.stolen > 0 {
+        r.checks.push(format!(
+            "{} batches run again: the hypervisor under this machine stole the vCPU thread's CPU during them",
+            d.redone.stolen
+        ));
     }
     let [cycles, ns] = d.figures();
     r.cycles = Some(cycles);
@@ -742,7 +791,7 @@ pub fn is_failure(r: &BenchResult) -> bool {
 pub fn line(r: &BenchResult) -> String {
     let fig = |s: &Summary| format!("{:>9.1} ±{:<7.1}", s.median, s.mad);
     let head = format!("{:<40} {:<4}", r.name, r.path);
-    match (&r.missing, &r.cycles, &r.ns) {
+    let text = match (&r.missing, &r.cycles, &r.ns) {
         (Some(Missing::Skip(why)), ..) => format!("{head} skip: {why}"),
         (Some(Missing::Failed(o, why)), ..) => format!("{head} {}: {why}", o.name()),
         (None, Some((c, base)), Some((ns, _))) => {
@@ -765,7 +814,9 @@ pub fn line(r: &BenchResult) -> String {
             _ => format!("{head} {} ns", fig(ns)),
         },
         _ => format!("{head} no figures"),
-    }
+    };
+    // What the run checked beside the timing, one indented line each.
+    r.checks.iter().fold(text, |text, c| format!("{text}\n{:<45}{c}", ""))
 }
 
 /// A guest benchmark kept running in its own VM on its own thread, running batches on
@@ -903,14 +954,14 @@ mod tests {
         let mut now = Instant::now();
         let mut batches = 0;
         loop {
-            let next = d.next(now, 0);
+            let next = d.next(now, Disturbance::default());
             if next == 0 {
                 break;
             }
             let n = next & !BENCH_BASELINE;
             let cycles = n * if next & BENCH_BASELINE != 0 { base_cost } else { op_cost };
             now += Duration::from_nanos(cycles);
-            d.result(cycles, n, now, 0).unwrap();
+            d.result(cycles, n, now, Disturbance::default()).unwrap();
             batches += 1;
             assert!(batches < 1000, "the driver never stops");
         }
@@ -941,7 +992,7 @@ mod tests {
             let mut now = Instant::now();
             let mut turn = 0u64;
             loop {
-                let next = d.next(now, 0);
+                let next = d.next(now, Disturbance::default());
                 if next == 0 {
                     break d;
                 }
@@ -955,7 +1006,7 @@ mod tests {
                     100
                 };
                 now += Duration::from_nanos(n * per);
-                d.result(n * per, n, now, 0).unwrap();
+                d.result(n * per, n, now, Disturbance::default()).unwrap();
             }
         };
         let cfg = BenchConfig {
@@ -982,29 +1033,40 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_the_thread_was_preempted_in_is_run_again() {
-        let cfg = BenchConfig { budget: Duration::from_micros(50), samples: 10, warmup: 0, ..BenchConfig::quick() };
+    fn a_batch_the_thread_was_preempted_in_or_its_cpu_stolen_is_run_again() {
+        // Up to 20 batches may be run again; the precision is met at the 10th sample.
+        let cfg = BenchConfig {
+            budget: Duration::from_micros(50),
+            samples: 10,
+            warmup: 0,
+            max_samples: 20,
+            ..BenchConfig::quick()
+        };
         let mut d = Driver::new(cfg);
         let mut now = Instant::now();
-        let (mut switches, mut batches) = (0u64, 0u64);
+        let (mut seen, mut batches) = (Disturbance::default(), 0u64);
         loop {
-            let next = d.next(now, switches);
+            let next = d.next(now, seen);
             if next == 0 {
                 break;
             }
             let n = next & !BENCH_BASELINE;
             batches += 1;
-            // Every third batch, and only those, is preempted, and costs 10x.
-            let preempted = batches % 3 == 0 && d.phase != Phase::Calibrate;
-            let per = if next & BENCH_BASELINE != 0 { 10 } else { 100 } * if preempted { 10 } else { 1 };
-            switches += preempted as u64;
+            // Every third batch is preempted, every fifth has its CPU stolen (the
+            // fifteenth both), and those cost 10x.
+            let measuring = d.phase != Phase::Calibrate;
+            let preempted = batches % 3 == 0 && measuring;
+            let stolen = batches % 5 == 0 && measuring;
+            let per = if next & BENCH_BASELINE != 0 { 10 } else { 100 } * if preempted || stolen { 10 } else { 1 };
+            seen.switches += preempted as u64;
+            seen.steal += stolen as u64;
             now += Duration::from_nanos(n * per);
-            d.result(n * per, n, now, switches).unwrap();
+            d.result(n * per, n, now, seen).unwrap();
         }
         let [(cycles, _), _] = d.figures();
         assert_eq!(cycles.n(), 10);
-        assert!(d.redone > 0);
-        assert!(cycles.values.iter().all(|c| *c == 90.0), "no preempted batch was kept: {:?}", cycles.values);
+        assert!(d.redone.preempted > 0 && d.redone.stolen > 0, "{:?}", d.redone);
+        assert!(cycles.values.iter().all(|c| *c == 90.0), "no disturbed batch was kept: {:?}", cycles.values);
     }
 
     #[test]
@@ -1017,10 +1079,10 @@ mod tests {
     fn a_guest_that_runs_the_wrong_count_is_an_error() {
         let mut d = Driver::new(BenchConfig::quick());
         let now = Instant::now();
-        let n = d.next(now, 0);
-        assert!(d.result(1, n + 1, now, 0).is_err());
+        let n = d.next(now, Disturbance::default());
+        assert!(d.result(1, n + 1, now, Disturbance::default()).is_err());
         assert!(d.error.as_deref().unwrap().contains("not the"));
-        assert!(d.result(1, n, now, 0).is_err(), "no batch is pending any more");
+        assert!(d.result(1, n, now, Disturbance::default()).is_err(), "no batch is pending any more");
     }
 
     #[test]

@@ -96,6 +96,23 @@ pub fn describe(n: &hvprobe_results::Noise) -> String {
     format!("host noise: {n}")
 }
 
+/// The steal time of one CPU (the `cpuN` line of /proc/stat), or of all of them, in clock
+/// ticks: time the hypervisor under this machine ran something else while the CPU had
+/// work. None where /proc/stat cannot be read or has no such line.
+pub fn steal_ticks(cpu: Option<usize>) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let label = cpu.map_or("cpu".to_string(), |c| format!("cpu{c}"));
+    steal_of(&stat, &label)
+}
+
+/// The steal field (the eighth number) of the /proc/stat line labelled `label`.
+fn steal_of(stat: &str, label: &str) -> Option<u64> {
+    stat.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next()? == label).then(|| words.nth(7)?.parse().ok())?
+    })
+}
+
 /// Involuntary context switches (ru_nivcsw) of `who`: RUSAGE_SELF for the process,
 /// RUSAGE_THREAD for the calling thread; 0 if getrusage fails.
 pub fn involuntary_switches(who: libc::c_int) -> u64 {
@@ -111,6 +128,16 @@ pub fn involuntary_switches(who: libc::c_int) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line_asked_for() {
+        let stat =
+            "cpu  10 0 20 900 1 0 2 77 0 0\ncpu0 5 0 10 450 1 0 1 30 0 0\ncpu1 5 0 10 450 0 0 1 47 0 0\nintr 1\n";
+        assert_eq!(steal_of(stat, "cpu"), Some(77));
+        assert_eq!(steal_of(stat, "cpu1"), Some(47));
+        assert_eq!(steal_of(stat, "cpu2"), None);
+        assert!(steal_ticks(None).is_some(), "this machine's /proc/stat has a steal column");
+    }
 
     #[test]
     fn another_busy_process_shows_as_noise() {
