@@ -50,6 +50,9 @@ pub struct VmConfig {
     /// Track dirty pages with per-vCPU dirty rings of this many entries
     /// (KVM_CAP_DIRTY_LOG_RING) instead of the bitmap; live migration then uses them.
     pub dirty_ring: Option<u32>,
+    /// Start every vCPU's TSC at this value (KVM_SET_MSRS of IA32_TSC before the first
+    /// KVM_RUN): a host that has been up for weeks, for the cases that must not care.
+    pub tsc_start: Option<u64>,
 }
 
 impl Default for VmConfig {
@@ -69,6 +72,7 @@ impl Default for VmConfig {
             coalesced: false,
             disable_quirks: 0,
             dirty_ring: None,
+            tsc_start: None,
         }
     }
 }
@@ -118,6 +122,45 @@ fn with_hyperv_leaves(kvm: &kvm_ioctls::Kvm, table: &mut Vec<kvm_cpuid_entry2>) 
 
 /// include/uapi/linux/kvm.h; not in kvm-bindings.
 pub(crate) const KVM_CAP_ENFORCE_PV_FEATURE_CPUID: u32 = 190;
+
+/// IA32_TIME_STAMP_COUNTER (SDM Vol. 4 Table 2-2).
+const IA32_TSC: u32 = 0x10;
+
+/// Writes the vCPU's IA32_TSC as the VMM does (host-initiated KVM_SET_MSRS).
+fn write_tsc(vcpu: &VcpuFd, value: u64) -> Result<(), Error> {
+    let entry = kvm_bindings::kvm_msr_entry { index: IA32_TSC, data: value, ..Default::default() };
+    let msrs = kvm_bindings::Msrs::from_entries(&[entry]).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
+    match vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS(IA32_TSC)"))? {
+        1 => Ok(()),
+        _ => Err(Error::VcpuState("KVM_SET_MSRS refused IA32_TSC".into())),
+    }
+}
+
+/// The vCPU's IA32_TSC as the VMM reads it (host-initiated KVM_GET_MSRS).
+fn read_tsc(vcpu: &VcpuFd) -> Result<u64, Error> {
+    let entry = kvm_bindings::kvm_msr_entry { index: IA32_TSC, ..Default::default() };
+    let mut msrs =
+        kvm_bindings::Msrs::from_entries(&[entry]).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
+    match vcpu.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS(IA32_TSC)"))? {
+        1 => Ok(msrs.as_slice()[0].data),
+        _ => Err(Error::VcpuState("KVM_GET_MSRS refused IA32_TSC".into())),
+    }
+}
+
+impl Kvm {
+    /// Whether this backend starts a vCPU's TSC where the VMM writes it: a throwaway VM
+    /// and vCPU, IA32_TSC written to `value`, read back at `value` or just after it. A
+    /// backend that keeps its own TSC makes a "TSC moved" pass the first pass again, and
+    /// the pass says so.
+    pub fn tsc_write_holds(&self, value: u64) -> Result<bool, Error> {
+        let vm = self.kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        write_tsc(&vcpu, value)?;
+        let back = read_tsc(&vcpu)?;
+        // A second at 10 GHz is more than the read can take.
+        Ok(back.wrapping_sub(value) < 10_000_000_000)
+    }
+}
 
 /// Where the identity-map TSS pages of VMX live (KVM_SET_TSS_ADDR): three pages in the
 /// hole below the 4 GiB boundary, far from RAM and the test devices.
@@ -286,6 +329,11 @@ impl Vm {
                 rings.push(crate::dirty::DirtyRing::map(&vcpu, entries)?);
             }
             vcpus.push(vcpu);
+        }
+        // Once every vCPU exists, the same value on each, as a VMM resets them: KVM takes
+        // writes of one value within a second as the TSCs being synchronized.
+        for vcpu in vcpus.iter().filter(|_| config.tsc_start.is_some()) {
+            write_tsc(vcpu, config.tsc_start.unwrap_or_default())?;
         }
         let aps_run_runtime = case.flags & hvprobe_abi::flags::AP_WAIT_SIPI == 0;
         for (index, ap) in vcpus.iter().enumerate().skip(1).filter(|_| aps_run_runtime) {

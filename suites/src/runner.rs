@@ -31,6 +31,9 @@ pub struct Context {
     /// The seed of generated cases, and the one case to run alone, if any.
     pub seed: u64,
     pub only_case: Option<u64>,
+    /// Start every case's vCPUs with their TSC here (`VmConfig::tsc_start`): a "TSC moved"
+    /// pass of `run --repeat --perturb`.
+    pub tsc_start: Option<u64>,
     /// Raised when the run is interrupted (SIGINT, SIGTERM): running cases are stopped
     /// where they are (`RunEnd::Paused`) and their VMs torn down.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -145,11 +148,11 @@ pub fn run_case_timed(ctx: &Context, case: &TestCase) -> (TestResult, Option<Pha
         return (harness_error(r, why), None);
     }
     let mut phases = Phases::default();
-    let vm = Vm::boot(&ctx.kvm, hvprobe_payload(), case, vm_config(case, hook));
+    let config = || VmConfig { tsc_start: ctx.tsc_start, ..vm_config(case, hook) };
+    let vm = Vm::boot(&ctx.kvm, hvprobe_payload(), case, config());
     phases.boot = start.elapsed();
     let report = vm.and_then(|vm| {
         let t = Instant::now();
-        let config = || vm_config(case, hook);
         let target = crate::migrate::Target { kvm: &ctx.kvm, payload: hvprobe_payload(), case, config: &config };
         let options = RunOptions {
             timeout: timeout_of(case, ctx.default_timeout),

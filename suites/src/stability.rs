@@ -66,7 +66,13 @@ pub struct Pass {
     pub load: bool,
     /// Another seed for the generated cases (`$HVPROBE_SEED`'s role); None keeps the run's.
     pub seed: Option<u64>,
+    /// Every vCPU's TSC starts at [`TSC_MOVED`] instead of where the backend starts it.
+    pub tsc_moved: bool,
 }
+
+/// Where a "TSC moved" pass starts every vCPU's TSC: 2^52 cycles, about 20 days of uptime
+/// at 2.6 GHz, so that a case that assumed a freshly booted host (a small TSC) shows.
+pub const TSC_MOVED: u64 = 1 << 52;
 
 /// The seed of the pass that changes it: any fixed value other than the default will do.
 pub const OTHER_SEED: u64 = 0x5eed_0fa1_1ed0_0003;
@@ -74,29 +80,31 @@ pub const OTHER_SEED: u64 = 0x5eed_0fa1_1ed0_0003;
 impl Pass {
     pub fn describe(&self) -> String {
         format!(
-            "{} job{}, {}{}{}",
+            "{} job{}, {}{}{}{}",
             self.jobs,
             if self.jobs == 1 { "" } else { "s" },
             self.order.describe(),
             if self.load { ", busy host threads on every CPU" } else { "" },
-            self.seed.map_or(String::new(), |s| format!(", generated cases with seed {s:#x}"))
+            self.seed.map_or(String::new(), |s| format!(", generated cases with seed {s:#x}")),
+            if self.tsc_moved { ", every vCPU's TSC started at 2^52 (about 20 days of uptime)" } else { "" }
         )
     }
 }
 
 /// `n` passes. Without `perturb` every pass is the first one again. With it, the passes
 /// cycle through: as asked; one job in reversed order with the host loaded; `jobs` in
-/// shuffled order with another seed for the generated cases; one job, shuffled, loaded;
-/// `jobs`, reversed, loaded. Every plan of two passes or more has at least one loaded
-/// pass and one with another order; from three on, one with another seed.
+/// shuffled order with another seed for the generated cases and the guest TSC moved; one
+/// job, shuffled, loaded; `jobs`, reversed, loaded, the TSC moved. Every plan of two
+/// passes or more has at least one loaded pass and one with another order; from three
+/// on, one with another seed and the TSC moved.
 pub fn plan(n: usize, perturb: bool, jobs: usize) -> Vec<Pass> {
-    let first = Pass { jobs, order: Order::Catalogue, load: false, seed: None };
+    let first = Pass { jobs, order: Order::Catalogue, load: false, seed: None, tsc_moved: false };
     let cycle = [
         first,
-        Pass { jobs: 1, order: Order::Reversed, load: true, seed: None },
-        Pass { jobs, order: Order::Shuffled(0x5eed_0001), load: false, seed: Some(OTHER_SEED) },
-        Pass { jobs: 1, order: Order::Shuffled(0x5eed_0002), load: true, seed: None },
-        Pass { jobs, order: Order::Reversed, load: true, seed: None },
+        Pass { jobs: 1, order: Order::Reversed, load: true, seed: None, tsc_moved: false },
+        Pass { jobs, order: Order::Shuffled(0x5eed_0001), load: false, seed: Some(OTHER_SEED), tsc_moved: true },
+        Pass { jobs: 1, order: Order::Shuffled(0x5eed_0002), load: true, seed: None, tsc_moved: false },
+        Pass { jobs, order: Order::Reversed, load: true, seed: None, tsc_moved: true },
     ];
     (0..n).map(|i| if perturb { cycle[i % cycle.len()] } else { first }).collect()
 }
@@ -223,8 +231,10 @@ mod tests {
     fn a_plan_of_perturbed_passes_changes_jobs_order_and_load() {
         let p = plan(5, true, 2);
         assert_eq!(p.len(), 5);
-        assert_eq!(p[0], Pass { jobs: 2, order: Order::Catalogue, load: false, seed: None });
+        assert_eq!(p[0], Pass { jobs: 2, order: Order::Catalogue, load: false, seed: None, tsc_moved: false });
         assert!(p.iter().any(|x| x.seed.is_some()), "one pass changes the generated cases' seed");
+        assert!(plan(3, true, 2).iter().any(|x| x.tsc_moved), "three passes include one with the TSC moved");
+        assert!(p[2].describe().contains("TSC started at 2^52"), "{}", p[2].describe());
         assert!(p.iter().any(|x| x.load) && p.iter().any(|x| !x.load));
         assert!(p.iter().any(|x| x.jobs == 1) && p.iter().any(|x| x.jobs == 2));
         assert!(p.iter().any(|x| x.order == Order::Reversed));

@@ -29,7 +29,15 @@ fn main() -> ExitCode {
         Ok(kvm) => {
             let profile = Profile::builtin(&ProfileHost::detect(), payload).unwrap_or_else(|e| panic!("{e}"));
             let (seed, only_case) = runner::generation_from_env().unwrap_or_else(|e| panic!("{e}"));
-            let ctx = Context { kvm, profile, default_timeout: runner::DEFAULT_TIMEOUT, seed, only_case, stop: None };
+            let ctx = Context {
+                kvm,
+                profile,
+                default_timeout: runner::DEFAULT_TIMEOUT,
+                seed,
+                only_case,
+                tsc_start: None,
+                stop: None,
+            };
             (Some(Arc::new(ctx)), None)
         }
         Err(e) => (None, Some(e.to_string())),

@@ -30,7 +30,15 @@ fn hostile_guests_end_as_expected_within_their_limits_and_leave_nothing() {
     };
     let payload = catalog::payload().unwrap();
     let profile = Profile::builtin(&ProfileHost::detect(), payload).unwrap();
-    let ctx = Context { kvm, profile, default_timeout: runner::DEFAULT_TIMEOUT, seed: 0, only_case: None, stop: None };
+    let ctx = Context {
+        kvm,
+        profile,
+        default_timeout: runner::DEFAULT_TIMEOUT,
+        seed: 0,
+        only_case: None,
+        tsc_start: None,
+        stop: None,
+    };
     // The console flood is an io case (80 KiB against the 64 KiB capture limit).
     let cases: Vec<_> =
         payload.tests.iter().filter(|c| c.area == "hostile" || c.name == "io::console_bulk::long64").collect();

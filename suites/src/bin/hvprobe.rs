@@ -485,19 +485,31 @@ fn real_main() -> Result<ExitCode> {
                         break;
                     }
                     say!("\npass {} of {}: {}", i + 1, plan.len(), pass.describe());
-                    let reseeded;
-                    let pass_ctx = match pass.seed {
-                        None => &ctx,
-                        Some(seed) => {
-                            reseeded = Context {
-                                kvm: Kvm::open_path(&kvm_dev)?,
-                                profile: ctx.profile.clone(),
-                                seed,
-                                stop: ctx.stop.clone(),
-                                ..ctx
-                            };
-                            &reseeded
+                    let changed;
+                    let pass_ctx = if pass.seed.is_none() && !pass.tsc_moved {
+                        &ctx
+                    } else {
+                        let kvm = Kvm::open_path(&kvm_dev)?;
+                        if pass.tsc_moved {
+                            match kvm.tsc_write_holds(stability::TSC_MOVED) {
+                                Ok(true) => {}
+                                Ok(false) => say!(
+                                    "  the backend keeps its own TSC: IA32_TSC written at vCPU creation \
+                                     (KVM_SET_MSRS) does not move it, so this pass runs with the TSC where \
+                                     the backend starts it"
+                                ),
+                                Err(e) => say!("  moving the TSC could not be checked: {e}"),
+                            }
                         }
+                        changed = Context {
+                            kvm,
+                            profile: ctx.profile.clone(),
+                            seed: pass.seed.unwrap_or(ctx.seed),
+                            tsc_start: pass.tsc_moved.then_some(stability::TSC_MOVED),
+                            stop: ctx.stop.clone(),
+                            ..ctx
+                        };
+                        &changed
                     };
                     passes.push(run_all(pass_ctx, &cases, *pass, verbose).0);
                 }
@@ -647,7 +659,15 @@ fn context(
     };
     let (seed, only_case) = runner::generation_from_env().map_err(anyhow::Error::msg)?;
     Ok((
-        Context { kvm, profile, default_timeout: Duration::from_secs_f64(timeout), seed, only_case, stop: None },
+        Context {
+            kvm,
+            profile,
+            default_timeout: Duration::from_secs_f64(timeout),
+            seed,
+            only_case,
+            tsc_start: None,
+            stop: None,
+        },
         facts,
     ))
 }
