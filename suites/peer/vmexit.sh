@@ -53,8 +53,10 @@ command -v gcc > /dev/null || missing "gcc is not installed (kvm-unit-tests buil
 
 if [ ! -f "$src/x86/vmexit.c" ]; then
   echo "==> cloning kvm-unit-tests from $git_url into $src"
+  # The project's GitHub mirror when GitLab cannot be reached.
   git clone -q --depth 1 "$git_url" "$src" \
-    || missing "kvm-unit-tests could not be cloned from $git_url; set KUT_SRC to a checkout"
+    || git clone -q --depth 1 https://github.com/kvm-unit-tests/kvm-unit-tests.git "$src" \
+    || missing "kvm-unit-tests could not be cloned from $git_url or its GitHub mirror; set KUT_SRC to a checkout"
 fi
 if [ ! -f "$src/x86/vmexit.flat" ]; then
   echo "==> building kvm-unit-tests' x86/vmexit.flat"
