@@ -60,6 +60,7 @@ struct Run {
     started: String,
     hostname: String,
     backend: String,
+    cpu_model: String,
     kernel: String,
     tests: usize,
     deviations: usize,
@@ -73,6 +74,7 @@ impl Run {
             started: r.started.clone(),
             hostname: r.host.hostname.clone(),
             backend: r.host.backend.clone(),
+            cpu_model: r.host.cpu_model.clone(),
             kernel: r.host.kernel.clone(),
             tests: r.tests.len(),
             deviations: r.tests.iter().filter(|t| t.is_deviation()).count(),
@@ -82,6 +84,19 @@ impl Run {
     fn host_key(&self) -> (&str, &str) {
         (&self.hostname, &self.backend)
     }
+
+    fn series_key(&self) -> (&str, &str, &str) {
+        (&self.hostname, &self.backend, &self.cpu_model)
+    }
+}
+
+/// A trend line's host: hostname, backend and CPU model. A machine that changes CPU under
+/// the same name starts a new line: its figures are another machine's, and a change
+/// computed across the two would be the CPUs' difference, not the hypervisor's.
+type SeriesKey = (String, String, String);
+
+fn series_key(r: &Results) -> SeriesKey {
+    (r.host.hostname.clone(), r.host.backend.clone(), r.host.cpu_model.clone())
 }
 
 fn file_name(file: &Path) -> String {
@@ -126,8 +141,8 @@ struct Loaded {
 
 impl Loaded {
     fn add(&mut self, file: PathBuf, at: i64, results: Results) {
+        self.trends.add(at, &series_key(&results), &results);
         let host = (results.host.hostname.clone(), results.host.backend.clone());
-        self.trends.add(at, &host, &results);
         self.runs.push(Run::of(file.clone(), at, &results));
         let full = Full { file, at, results };
         if full.results.tests.is_empty() {
@@ -178,7 +193,7 @@ struct Trends {
 }
 
 impl Trends {
-    fn add(&mut self, at: i64, host: &(String, String), r: &Results) {
+    fn add(&mut self, at: i64, host: &SeriesKey, r: &Results) {
         let push = |map: &mut BTreeMap<(String, String), Series>, name: String, unit: &str, point: Point| {
             map.entry((name, unit.to_string())).or_default().entry(host.clone()).or_default().push(point);
         };
@@ -558,6 +573,15 @@ fn what_changed(b: &mut String, latest: &Full, previous: Option<&Full>) {
         b.push_str("<p>Nothing else changed: every outcome, signature and benchmark is as before.</p>\n");
         return;
     }
+    if let Some(cpu) = c.host.iter().find(|h| h.field == "cpu_model") {
+        let _ = writeln!(
+            b,
+            "<p class=\"cpu-changed\"><strong>The host's CPU changed</strong> ({} → {}): the differences \
+             below are between two machines, not only this hypervisor's; the trends draw a line per CPU.</p>",
+            esc(&cpu.before),
+            esc(&cpu.after)
+        );
+    }
     if !c.tests.is_empty() {
         b.push_str("<table class=\"changes\">\n<thead><tr><th>Change</th><th>Test</th><th>Before</th><th>After</th><th>Now</th></tr></thead>\n<tbody>\n");
         let mut tests: Vec<_> = c.tests.iter().collect();
@@ -845,8 +869,8 @@ struct Point {
     spread: Option<f64>,
 }
 
-/// A plot's series, by host (hostname, backend).
-type Series = BTreeMap<(String, String), Vec<Point>>;
+/// A plot's series, by host (hostname, backend, CPU model).
+type Series = BTreeMap<SeriesKey, Vec<Point>>;
 
 /// The trends page's group of a benchmark or metric: its area, and for a guest operation
 /// its path, so that the grid puts like with like.
@@ -897,9 +921,16 @@ fn num(v: f64) -> String {
 }
 
 fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
-    let hosts: BTreeSet<(&str, &str)> = loaded.runs.iter().map(Run::host_key).collect();
-    let color_of = |key: &(String, String)| {
-        PALETTE[hosts.iter().position(|h| *h == (key.0.as_str(), key.1.as_str())).unwrap_or(0) % PALETTE.len()]
+    let hosts: BTreeSet<(&str, &str, &str)> = loaded.runs.iter().map(Run::series_key).collect();
+    let color_of = |key: &SeriesKey| {
+        PALETTE[hosts.iter().position(|h| *h == (key.0.as_str(), key.1.as_str(), key.2.as_str())).unwrap_or(0)
+            % PALETTE.len()]
+    };
+    // "hostname / backend", and the CPU model where one host ran on more than one.
+    let legend_of = |key: &SeriesKey| {
+        let models = hosts.iter().filter(|h| (h.0, h.1) == (key.0.as_str(), key.1.as_str())).count();
+        let cpu = if models > 1 { format!(" on {}", esc(&key.2)) } else { String::new() };
+        format!("{} / {}{cpu}", esc(&key.0), esc(&key.1))
     };
     let (benches, metrics) = (&loaded.trends.benches, &loaded.trends.metrics);
 
@@ -973,9 +1004,8 @@ fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
                     let RGBColor(r, g, bl) = color_of(key);
                     let _ = write!(
                         figures,
-                        "<li><span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} / {} ({} runs): {}</li>",
-                        esc(&key.0),
-                        esc(&key.1),
+                        "<li><span class=\"swatch\" style=\"background:#{r:02x}{g:02x}{bl:02x}\"></span>{} ({} runs): {}</li>",
+                        legend_of(key),
                         points.len(),
                         latest_and_change(points, unit)
                     );
@@ -994,7 +1024,7 @@ fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
 fn draw_plot(
     series: &Series,
     unit: &str,
-    color_of: &dyn Fn(&(String, String)) -> RGBColor,
+    color_of: &dyn Fn(&SeriesKey) -> RGBColor,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let points = || series.values().flatten();
     let hours = |at: i64| at as f64 / 3600.0;
@@ -1168,6 +1198,29 @@ mod tests {
         }
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "no temporary files are left: {left:?}");
+    }
+
+    #[test]
+    fn a_host_that_changed_cpu_gets_a_trend_line_per_cpu() {
+        let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fixture(input.path());
+        let single = build_site(input.path(), &out.path().join("one")).unwrap();
+        let trends = read(&out.path().join("one"), "trends.html");
+        assert!(trends.contains("</span>alpha / kvm_intel (2 runs): "), "one CPU: no model in the legend");
+        let mut moved = crate::tests::sample();
+        moved.started = crate::rfc3339(at(1_795_172_800));
+        moved.host.hostname = "alpha".into();
+        moved.host.backend = "kvm_intel".into();
+        moved.host.cpu_model = "Intel(R) Xeon(R) Processor".into();
+        moved.write_atomic(&input.path().join("d.json")).unwrap();
+        let site = build_site(input.path(), &out.path().join("two")).unwrap();
+        assert_eq!(site.hosts, single.hosts, "still the same host by name and backend");
+        let trends = read(&out.path().join("two"), "trends.html");
+        assert!(trends.contains("</span>alpha / kvm_intel on AMD EPYC (2 runs): "), "{trends}");
+        assert!(trends.contains("</span>alpha / kvm_intel on Intel(R) Xeon(R) Processor (1 runs): "), "{trends}");
+        let index = read(&out.path().join("two"), "index.html");
+        assert!(index.contains("The host's CPU changed</strong> (AMD EPYC → Intel(R) Xeon(R) Processor)"), "{index}");
+        assert!(!read(&out.path().join("one"), "index.html").contains("CPU changed"));
     }
 
     #[test]
