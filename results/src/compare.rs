@@ -47,6 +47,7 @@ pub struct RunLabel {
     pub hostname: String,
     pub backend: String,
     pub kernel: String,
+    pub cpu_model: String,
     pub started: String,
 }
 
@@ -118,6 +119,7 @@ fn label(r: &Results) -> RunLabel {
         hostname: r.host.hostname.clone(),
         backend: r.host.backend.clone(),
         kernel: r.host.kernel.clone(),
+        cpu_model: r.host.cpu_model.clone(),
         started: r.started.clone(),
     }
 }
@@ -481,8 +483,14 @@ impl Comparison {
     /// A report for people: what changed, grouped, most important first.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let side = |l: &RunLabel| format!("{} ({}, {}) started {}", l.hostname, l.backend, l.kernel, l.started);
-        let _ = writeln!(s, "before: {}\nafter:  {}\n", side(&self.before), side(&self.after));
+        let side = |l: &RunLabel| {
+            format!("{} ({}, {}, {}) started {}", l.hostname, l.backend, l.kernel, l.cpu_model, l.started)
+        };
+        let _ = writeln!(s, "before: {}\nafter:  {}", side(&self.before), side(&self.after));
+        if self.before.cpu_model != self.after.cpu_model {
+            let _ = writeln!(s, "the CPU changed: the differences below are between two machines, not only two runs");
+        }
+        s.push('\n');
         if self.is_empty() {
             let _ = writeln!(
                 s,
@@ -564,6 +572,17 @@ mod tests {
         assert_eq!(c.unchanged_tests, r.tests.len());
         assert!(!c.fails(FailOn::Any));
         assert!(c.render().contains("no differences"));
+        assert!(!c.render().contains("the CPU changed"));
+    }
+
+    #[test]
+    fn a_changed_cpu_is_said_before_the_differences() {
+        let a = crate::tests::sample();
+        let mut b = a.clone();
+        b.host.cpu_model = "Intel(R) Xeon(R) Processor".into();
+        let text = compare(&a, &b).render();
+        assert!(text.contains("Intel(R) Xeon(R) Processor) started"), "{text}");
+        assert!(text.contains("the CPU changed: the differences below are between two machines"), "{text}");
     }
 
     #[test]
