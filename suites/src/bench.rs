@@ -334,6 +334,8 @@ pub struct BenchResult {
     /// What the run checked beyond timing (for example, that an ioeventfd fired once per
     /// write).
     pub checks: Vec<String>,
+    /// Batches run again because the host disturbed them (guest benchmarks).
+    pub redone: Redone,
 }
 
 impl BenchResult {
@@ -347,6 +349,7 @@ impl BenchResult {
             floor: None,
             iterations: 0,
             checks: Vec::new(),
+            redone: Redone::default(),
         }
     }
 
@@ -498,6 +501,7 @@ pub fn run_guest(ctx: &Context, case: &TestCase, cfg: &BenchConfig) -> BenchResu
         }
         r.checks.push(format!("ioeventfd {which} fired once for each of {} writes", d.op_iterations));
     }
+    r.redone = d.redone;
     if d.redone.preempted > 0 {
         r.checks.push(format!("{} batches run again: the vCPU thread was preempted during them", d.redone.preempted));
     }
@@ -772,13 +776,21 @@ pub fn steadiness(results: &[BenchResult]) -> Option<String> {
     }
     let under = |x: f64| rel.iter().filter(|r| **r < x).count();
     let pct = |k: usize| 100.0 * k as f64 / rel.len() as f64;
+    let redone = results.iter().fold(Redone::default(), |a, r| Redone {
+        preempted: a.preempted + r.redone.preempted,
+        stolen: a.stolen + r.redone.stolen,
+    });
     Some(format!(
-        "steadiness: {} of {} guest figures have MAD/median under 5% ({:.0}%), {} under 10% ({:.0}%)",
+        "steadiness: {} of {} guest figures have MAD/median under 5% ({:.0}%), {} under 10% ({:.0}%); \
+         {} batches run again ({} preempted, {} with steal)",
         under(0.05),
         rel.len(),
         pct(under(0.05)),
         under(0.10),
-        pct(under(0.10))
+        pct(under(0.10)),
+        redone.total(),
+        redone.preempted,
+        redone.stolen
     ))
 }
 
@@ -1067,6 +1079,22 @@ mod tests {
         assert_eq!(cycles.n(), 10);
         assert!(d.redone.preempted > 0 && d.redone.stolen > 0, "{:?}", d.redone);
         assert!(cycles.values.iter().all(|c| *c == 90.0), "no disturbed batch was kept: {:?}", cycles.values);
+    }
+
+    #[test]
+    fn steadiness_counts_steady_figures_and_the_batches_run_again() {
+        let steady = summarize(&[100.0, 101.0, 99.0, 100.0, 100.5]);
+        let noisy = summarize(&[100.0, 130.0, 70.0, 100.0, 125.0]);
+        let mut a = BenchResult::new("bench::a::long64", "full");
+        a.cycles = Some((steady.clone(), steady.clone()));
+        a.ns = Some((noisy.clone(), steady.clone()));
+        a.redone = Redone { preempted: 2, stolen: 1 };
+        let mut host = BenchResult::new("host::kvm_run_roundtrip", "host");
+        host.ns = Some((noisy, steady));
+        host.redone = Redone { preempted: 5, stolen: 0 };
+        let text = steadiness(&[a, host]).unwrap();
+        assert!(text.starts_with("steadiness: 1 of 2 guest figures have MAD/median under 5% (50%)"), "{text}");
+        assert!(text.ends_with("8 batches run again (7 preempted, 1 with steal)"), "{text}");
     }
 
     #[test]
