@@ -277,7 +277,6 @@ mod tests {
                 actual: None,
                 cpu_family: None,
                 cpu_vendor: None,
-                platform_cpu_vendor: None,
                 who: None,
                 elsewhere: None,
                 deviates_from: "SDM Vol. 3A 6.15".into(),

@@ -47,11 +47,6 @@ pub struct Deviation {
     /// every one. For a backend whose behaviour follows the host CPU (PVM runs guest CPL3
     /// code on it natively), the same case can deviate on one vendor's hosts only.
     pub cpu_vendor: Option<Vec<String>>,
-    /// The CPU vendors of the machine an emulating platform runs on (qemu-tcg: the CPU
-    /// QEMU runs on, as `make run-nested` hands it in) on which the deviation occurs;
-    /// absent: on every one. An entry that names them is left out where that machine is
-    /// unknown.
-    pub platform_cpu_vendor: Option<Vec<String>>,
     /// Who deviates, where that is not the backend itself: `kvm` (KVM's common code, on
     /// every backend), `qemu-tcg` (the emulated CPU under the backend), `host-cpu`, or
     /// `unknown` while that is not settled.
@@ -101,10 +96,6 @@ impl Deviation {
     pub fn applies_to(&self, host: &ProfileHost) -> bool {
         self.cpu_family.as_ref().is_none_or(|f| f.contains(&host.cpu_family))
             && self.cpu_vendor.as_ref().is_none_or(|v| v.contains(&host.cpu_vendor))
-            && self
-                .platform_cpu_vendor
-                .as_ref()
-                .is_none_or(|v| host.platform_cpu_vendor.as_ref().is_some_and(|h| v.contains(h)))
     }
 }
 
@@ -117,8 +108,6 @@ pub struct ProfileHost {
     pub cpu_family: u32,
     /// CPUID vendor string of the host CPU.
     pub cpu_vendor: String,
-    /// CPUID vendor string of the machine an emulating platform runs on, where known.
-    pub platform_cpu_vendor: Option<String>,
 }
 
 impl ProfileHost {
@@ -129,19 +118,16 @@ impl ProfileHost {
             platform: facts.platform.name.clone(),
             cpu_family: display_family(facts.cpu_signature),
             cpu_vendor: facts.cpu_vendor.clone(),
-            platform_cpu_vendor: facts.platform.runs_on.as_ref().map(|r| r.cpu_vendor.clone()),
         }
     }
 
     /// This machine, without gathering the other host facts (the cargo test runner).
     pub fn detect() -> ProfileHost {
-        let platform = Platform::detect();
         ProfileHost {
             backend: Backend::detect_in(Path::new("/sys/module")),
+            platform: Platform::detect().name,
             cpu_family: display_family(std::arch::x86_64::__cpuid(1).eax),
             cpu_vendor: cpu_vendor(),
-            platform_cpu_vendor: platform.runs_on.map(|r| r.cpu_vendor),
-            platform: platform.name,
         }
     }
 }
@@ -262,10 +248,8 @@ impl Profile {
                     d.test
                 )));
             }
-            for (field, vendors) in [("cpu_vendor", &d.cpu_vendor), ("platform_cpu_vendor", &d.platform_cpu_vendor)] {
-                if let Some(v) = vendors.iter().flatten().find(|v| !VENDORS.contains(&v.as_str())) {
-                    return Err(invalid(format!("{}: {field} {v:?} is not one of {}", d.test, VENDORS.join(", "))));
-                }
+            if let Some(v) = d.cpu_vendor.iter().flatten().find(|v| !VENDORS.contains(&v.as_str())) {
+                return Err(invalid(format!("{}: cpu_vendor {v:?} is not one of {}", d.test, VENDORS.join(", "))));
             }
             if let Some(who) = d.who.as_ref().filter(|w| !WHO.contains(&w.as_str())) {
                 return Err(invalid(format!("{}: who {who:?} is not one of {}", d.test, WHO.join(", "))));
@@ -311,7 +295,7 @@ mod tests {
 
     fn host(backend: Backend, platform: &str, cpu_family: u32) -> ProfileHost {
         let cpu_vendor = if cpu_family == 6 { "GenuineIntel" } else { "AuthenticAMD" }.into();
-        ProfileHost { backend, platform: platform.into(), cpu_family, cpu_vendor, platform_cpu_vendor: None }
+        ProfileHost { backend, platform: platform.into(), cpu_family, cpu_vendor }
     }
 
     #[test]
@@ -366,20 +350,6 @@ mod tests {
     }
 
     #[test]
-    fn entries_for_another_outer_machine_are_left_out() {
-        let text = "backend = \"kvm_amd\"\nplatform = \"qemu-tcg\"\n[[deviation]]\ntest = \"cpu::exc_ud::long64\"\n\
-                    end = \"shutdown\"\nplatform_cpu_vendor = [\"AuthenticAMD\"]\ndeviates_from = \"APM\"\n";
-        let p = Profile::parse(text, "t", payload()).unwrap();
-        let tcg_on = |outer: Option<&str>| ProfileHost {
-            platform_cpu_vendor: outer.map(Into::into),
-            ..host(Backend::KvmAmd, "qemu-tcg", 0x19)
-        };
-        assert_eq!(p.clone().for_host(&tcg_on(Some("AuthenticAMD"))).deviations.len(), 1);
-        assert!(p.clone().for_host(&tcg_on(Some("GenuineIntel"))).deviations.is_empty(), "QEMU on an Intel CPU");
-        assert!(p.for_host(&tcg_on(None)).deviations.is_empty(), "the outer machine unknown");
-    }
-
-    #[test]
     fn a_profile_for_another_backend_or_platform_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.toml");
@@ -403,7 +373,6 @@ mod tests {
             actual: None,
             cpu_family: None,
             cpu_vendor: None,
-            platform_cpu_vendor: None,
             who: None,
             elsewhere: None,
             deviates_from: "SDM".into(),

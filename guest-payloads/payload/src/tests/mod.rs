@@ -33,4 +33,5 @@ mod svm_nested;
 mod svm_ud;
 mod task_switch;
 mod time_smp;
+mod vmx_ud;
 mod xstate;
