@@ -265,6 +265,13 @@ impl Platform {
     }
 }
 
+/// This CPU's vendor string (CPUID leaf 0: EBX, EDX, ECX), "AuthenticAMD" or
+/// "GenuineIntel": what results record and what profile entries are scoped by.
+pub fn cpu_vendor() -> String {
+    let r = std::arch::x86_64::__cpuid(0);
+    [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).map(char::from).collect()
+}
+
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
@@ -286,7 +293,7 @@ impl HostFacts {
         let mut facts = HostFacts {
             hostname: read_trimmed("/proc/sys/kernel/hostname"),
             kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-            cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id"),
+            cpu_vendor: cpu_vendor(),
             cpu_model: cpuinfo_field(&cpuinfo, "model name"),
             cpu_signature: std::arch::x86_64::__cpuid(1).eax,
             backend: Backend::detect_in(Path::new("/sys/module")),

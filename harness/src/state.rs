@@ -116,21 +116,18 @@ impl Vm {
 /// MSR_KVM_ASYNC_PF_INT = 0 without an in-kernel LAPIC: kvm_pv_enable_async_pf_int); such
 /// an MSR is skipped when the vCPU already holds the saved value, so the restored state is
 /// still exact. Any other refusal is an error naming the MSR.
-fn set_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), Error> {
+pub(crate) fn set_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), Error> {
     let mut rest = entries;
     while !rest.is_empty() {
-        let msrs = Msrs::from_entries(rest).map_err(|e| Error::Snapshot(format!("MSR list: {e:?}")))?;
+        let msrs = Msrs::from_entries(rest).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
         let n = vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
         if n == rest.len() {
             break;
         }
         let refused = rest[n];
-        let mut probe = Msrs::from_entries(&[kvm_msr_entry { index: refused.index, ..Default::default() }])
-            .map_err(|e| Error::Snapshot(format!("MSR list: {e:?}")))?;
-        let read = vcpu.get_msrs(&mut probe).map_err(Error::kvm("KVM_GET_MSRS"))?;
-        let current = probe.as_slice().first().map(|e| e.data);
-        if read != 1 || current != Some(refused.data) {
-            return Err(Error::Snapshot(format!(
+        let current = get_msr(vcpu, refused.index)?;
+        if current != Some(refused.data) {
+            return Err(Error::VcpuState(format!(
                 "KVM_SET_MSRS refused MSR {:#x} = {:#x} (the vCPU holds {current:#x?})",
                 refused.index, refused.data
             )));
@@ -138,6 +135,14 @@ fn set_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), Error> {
         rest = &rest[n + 1..];
     }
     Ok(())
+}
+
+/// One MSR as the VMM reads it (host-initiated KVM_GET_MSRS); None where KVM refuses it.
+pub(crate) fn get_msr(vcpu: &VcpuFd, index: u32) -> Result<Option<u64>, Error> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
+        .map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
+    let read = vcpu.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS"))?;
+    Ok(msrs.as_slice().first().filter(|_| read == 1).map(|e| e.data))
 }
 
 /// Which optional state KVM offers.

@@ -128,23 +128,7 @@ const IA32_TSC: u32 = 0x10;
 
 /// Writes the vCPU's IA32_TSC as the VMM does (host-initiated KVM_SET_MSRS).
 fn write_tsc(vcpu: &VcpuFd, value: u64) -> Result<(), Error> {
-    let entry = kvm_bindings::kvm_msr_entry { index: IA32_TSC, data: value, ..Default::default() };
-    let msrs = kvm_bindings::Msrs::from_entries(&[entry]).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
-    match vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS(IA32_TSC)"))? {
-        1 => Ok(()),
-        _ => Err(Error::VcpuState("KVM_SET_MSRS refused IA32_TSC".into())),
-    }
-}
-
-/// The vCPU's IA32_TSC as the VMM reads it (host-initiated KVM_GET_MSRS).
-fn read_tsc(vcpu: &VcpuFd) -> Result<u64, Error> {
-    let entry = kvm_bindings::kvm_msr_entry { index: IA32_TSC, ..Default::default() };
-    let mut msrs =
-        kvm_bindings::Msrs::from_entries(&[entry]).map_err(|e| Error::VcpuState(format!("MSR list: {e:?}")))?;
-    match vcpu.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS(IA32_TSC)"))? {
-        1 => Ok(msrs.as_slice()[0].data),
-        _ => Err(Error::VcpuState("KVM_GET_MSRS refused IA32_TSC".into())),
-    }
+    crate::state::set_msrs(vcpu, &[kvm_bindings::kvm_msr_entry { index: IA32_TSC, data: value, ..Default::default() }])
 }
 
 impl Kvm {
@@ -156,7 +140,8 @@ impl Kvm {
         let vm = self.kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
         let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
         write_tsc(&vcpu, value)?;
-        let back = read_tsc(&vcpu)?;
+        let back = crate::state::get_msr(&vcpu, IA32_TSC)?
+            .ok_or_else(|| Error::VcpuState("KVM_GET_MSRS refused IA32_TSC".into()))?;
         // A second at 10 GHz is more than the read can take.
         Ok(back.wrapping_sub(value) < 10_000_000_000)
     }
@@ -332,8 +317,10 @@ impl Vm {
         }
         // Once every vCPU exists, the same value on each, as a VMM resets them: KVM takes
         // writes of one value within a second as the TSCs being synchronized.
-        for vcpu in vcpus.iter().filter(|_| config.tsc_start.is_some()) {
-            write_tsc(vcpu, config.tsc_start.unwrap_or_default())?;
+        if let Some(tsc) = config.tsc_start {
+            for vcpu in &vcpus {
+                write_tsc(vcpu, tsc)?;
+            }
         }
         let aps_run_runtime = case.flags & hvprobe_abi::flags::AP_WAIT_SIPI == 0;
         for (index, ap) in vcpus.iter().enumerate().skip(1).filter(|_| aps_run_runtime) {

@@ -456,6 +456,13 @@ impl Comparison {
             + self.benchmarks.iter().filter(|b| b.change == Change::Regression).count()
     }
 
+    /// The two runs' CPU models where they differ: the differences are then between two
+    /// machines, not only two runs.
+    pub fn cpu_changed(&self) -> Option<(&str, &str)> {
+        (self.before.cpu_model != self.after.cpu_model)
+            .then_some((self.before.cpu_model.as_str(), self.after.cpu_model.as_str()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tests.is_empty() && self.benchmarks.is_empty() && self.host.is_empty() && self.paths.is_empty()
     }
@@ -487,7 +494,7 @@ impl Comparison {
             format!("{} ({}, {}, {}) started {}", l.hostname, l.backend, l.kernel, l.cpu_model, l.started)
         };
         let _ = writeln!(s, "before: {}\nafter:  {}", side(&self.before), side(&self.after));
-        if self.before.cpu_model != self.after.cpu_model {
+        if self.cpu_changed().is_some() {
             let _ = writeln!(s, "the CPU changed: the differences below are between two machines, not only two runs");
         }
         s.push('\n');

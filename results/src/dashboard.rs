@@ -85,8 +85,8 @@ impl Run {
         (&self.hostname, &self.backend)
     }
 
-    fn series_key(&self) -> (&str, &str, &str) {
-        (&self.hostname, &self.backend, &self.cpu_model)
+    fn series_key(&self) -> SeriesKey {
+        (self.hostname.clone(), self.backend.clone(), self.cpu_model.clone())
     }
 }
 
@@ -94,10 +94,6 @@ impl Run {
 /// the same name starts a new line: its figures are another machine's, and a change
 /// computed across the two would be the CPUs' difference, not the hypervisor's.
 type SeriesKey = (String, String, String);
-
-fn series_key(r: &Results) -> SeriesKey {
-    (r.host.hostname.clone(), r.host.backend.clone(), r.host.cpu_model.clone())
-}
 
 fn file_name(file: &Path) -> String {
     file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -141,9 +137,10 @@ struct Loaded {
 
 impl Loaded {
     fn add(&mut self, file: PathBuf, at: i64, results: Results) {
-        self.trends.add(at, &series_key(&results), &results);
+        let run = Run::of(file.clone(), at, &results);
+        self.trends.add(at, &run.series_key(), &results);
+        self.runs.push(run);
         let host = (results.host.hostname.clone(), results.host.backend.clone());
-        self.runs.push(Run::of(file.clone(), at, &results));
         let full = Full { file, at, results };
         if full.results.tests.is_empty() {
             if self.latest.is_empty() && self.last.as_ref().is_none_or(|l| full.is_after(l)) {
@@ -573,13 +570,13 @@ fn what_changed(b: &mut String, latest: &Full, previous: Option<&Full>) {
         b.push_str("<p>Nothing else changed: every outcome, signature and benchmark is as before.</p>\n");
         return;
     }
-    if let Some(cpu) = c.host.iter().find(|h| h.field == "cpu_model") {
+    if let Some((before, after)) = c.cpu_changed() {
         let _ = writeln!(
             b,
             "<p class=\"cpu-changed\"><strong>The host's CPU changed</strong> ({} → {}): the differences \
              below are between two machines, not only this hypervisor's; the trends draw a line per CPU.</p>",
-            esc(&cpu.before),
-            esc(&cpu.after)
+            esc(before),
+            esc(after)
         );
     }
     if !c.tests.is_empty() {
@@ -921,14 +918,11 @@ fn num(v: f64) -> String {
 }
 
 fn trends_page(loaded: &Loaded) -> Result<(String, usize), DashboardError> {
-    let hosts: BTreeSet<(&str, &str, &str)> = loaded.runs.iter().map(Run::series_key).collect();
-    let color_of = |key: &SeriesKey| {
-        PALETTE[hosts.iter().position(|h| *h == (key.0.as_str(), key.1.as_str(), key.2.as_str())).unwrap_or(0)
-            % PALETTE.len()]
-    };
+    let hosts: BTreeSet<SeriesKey> = loaded.runs.iter().map(Run::series_key).collect();
+    let color_of = |key: &SeriesKey| PALETTE[hosts.iter().position(|h| h == key).unwrap_or(0) % PALETTE.len()];
     // "hostname / backend", and the CPU model where one host ran on more than one.
     let legend_of = |key: &SeriesKey| {
-        let models = hosts.iter().filter(|h| (h.0, h.1) == (key.0.as_str(), key.1.as_str())).count();
+        let models = hosts.iter().filter(|h| (&h.0, &h.1) == (&key.0, &key.1)).count();
         let cpu = if models > 1 { format!(" on {}", esc(&key.2)) } else { String::new() };
         format!("{} / {}{cpu}", esc(&key.0), esc(&key.1))
     };

@@ -164,6 +164,7 @@ mod tests {
     use hvprobe_harness::{CpuSnapshot, GuestVerdict};
 
     use super::*;
+    use crate::profile::Deviation;
 
     #[test]
     fn every_end_the_harness_names_is_one_the_results_schema_allows() {
@@ -218,7 +219,6 @@ mod tests {
         assert!(hvprobe_results::END_KINDS.contains(&crate::runner::HARNESS_END));
         assert_eq!(hvprobe_results::END_KINDS.len(), ends.len() + 1, "results::END_KINDS names an end nothing makes");
     }
-    use crate::profile::Deviation;
 
     fn case(flags: u32) -> TestCase {
         TestCase {

@@ -32,14 +32,7 @@ struct Times {
 fn times() -> std::io::Result<Times> {
     let bad = |what: &str| std::io::Error::other(format!("unexpected {what}"));
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu "))
-        .ok_or_else(|| bad("/proc/stat"))?
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let cpu = cpu_ticks(&stat, "cpu").ok_or_else(|| bad("/proc/stat"))?;
     let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = cpu[..] else {
         return Err(bad("/proc/stat cpu line"));
     };
@@ -102,14 +95,21 @@ pub fn describe(n: &hvprobe_results::Noise) -> String {
 pub fn steal_ticks(cpu: Option<usize>) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let label = cpu.map_or("cpu".to_string(), |c| format!("cpu{c}"));
-    steal_of(&stat, &label)
+    steal_in(&stat, &label)
 }
 
-/// The steal field (the eighth number) of the /proc/stat line labelled `label`.
-fn steal_of(stat: &str, label: &str) -> Option<u64> {
+/// The steal counter (the eighth) of the /proc/stat line labelled `label`.
+fn steal_in(stat: &str, label: &str) -> Option<u64> {
+    cpu_ticks(stat, label)?.get(7).copied()
+}
+
+/// The clock-tick counters of the /proc/stat line labelled `label` ("cpu" for the whole
+/// machine, "cpuN" for one CPU), in the kernel's order: user nice system idle iowait irq
+/// softirq steal ... (guest time is inside user).
+fn cpu_ticks(stat: &str, label: &str) -> Option<Vec<u64>> {
     stat.lines().find_map(|l| {
         let mut words = l.split_whitespace();
-        (words.next()? == label).then(|| words.nth(7)?.parse().ok())?
+        (words.next()? == label).then(|| words.filter_map(|v| v.parse().ok()).collect())
     })
 }
 
@@ -133,9 +133,9 @@ mod tests {
     fn steal_is_read_from_the_cpu_line_asked_for() {
         let stat =
             "cpu  10 0 20 900 1 0 2 77 0 0\ncpu0 5 0 10 450 1 0 1 30 0 0\ncpu1 5 0 10 450 0 0 1 47 0 0\nintr 1\n";
-        assert_eq!(steal_of(stat, "cpu"), Some(77));
-        assert_eq!(steal_of(stat, "cpu1"), Some(47));
-        assert_eq!(steal_of(stat, "cpu2"), None);
+        assert_eq!(steal_in(stat, "cpu"), Some(77));
+        assert_eq!(steal_in(stat, "cpu1"), Some(47));
+        assert_eq!(steal_in(stat, "cpu2"), None);
         assert!(steal_ticks(None).is_some(), "this machine's /proc/stat has a steal column");
     }
 

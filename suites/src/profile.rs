@@ -127,15 +127,9 @@ impl ProfileHost {
             backend: Backend::detect_in(Path::new("/sys/module")),
             platform: Platform::detect().name,
             cpu_family: display_family(std::arch::x86_64::__cpuid(1).eax),
-            cpu_vendor: cpu_vendor(),
+            cpu_vendor: hvprobe_harness::host::cpu_vendor(),
         }
     }
-}
-
-/// This CPU's vendor string (CPUID leaf 0: EBX, EDX, ECX).
-pub fn cpu_vendor() -> String {
-    let r = std::arch::x86_64::__cpuid(0);
-    [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).map(char::from).collect()
 }
 
 /// The vendor strings a profile entry may name.
@@ -346,7 +340,7 @@ mod tests {
         assert!(p.for_host(&host(Backend::KvmPvm, "kvm", 6)).deviations.is_empty(), "an Intel host");
         let e = Profile::parse(&entry("AMD"), "t", payload()).unwrap_err();
         assert!(e.to_string().contains("cpu_vendor \"AMD\" is not one of AuthenticAMD"), "{e}");
-        assert_eq!(cpu_vendor().len(), 12);
+        assert_eq!(hvprobe_harness::host::cpu_vendor().len(), 12);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::cpu::{table_reg, try_rdmsr, try_wrmsr};
 /// The host cleared the bits from the table it set; a harness error otherwise. Whether
 /// the guest's CPUID then shows them is `cpu::cpuid_reflects_clears`' question, so that a
 /// hypervisor that leaks bits still has its behaviour checked here.
-fn check_cleared(leaf: u32, subleaf: u32, reg: u32, mask: u32) {
+pub(super) fn check_cleared(leaf: u32, subleaf: u32, reg: u32, mask: u32) {
     let table = table_reg(leaf, subleaf, reg) & mask;
     check_eq!(table, 0, "the host left CPUID {:#x}.{} register {} bits {:#x} set", leaf, subleaf, reg, mask);
 }

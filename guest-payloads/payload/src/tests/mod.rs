@@ -1,3 +1,5 @@
+#[macro_use]
+mod ud_pairs;
 mod bench;
 mod cet;
 mod cpu;

@@ -5,12 +5,8 @@
 //! enumerated, so their cases clear CPUID 8000_0001h:ECX[12] SKINIT. The harness leaves
 //! EFER.SVME clear on every backend (the guest starts with EFER = LME | LMA).
 
+use hvprobe_rt::check_eq;
 use hvprobe_rt::cpu;
-use hvprobe_rt::exception;
-use hvprobe_rt::user::call_at_cpl3;
-use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
-
-use super::cpu::cpuid_as_set;
 
 const EFER_SVME: u64 = 1 << 12;
 const SKINIT_BIT: u32 = 1 << 12;
@@ -21,50 +17,8 @@ fn check_svme_clear() {
     check_eq!(efer & EFER_SVME, 0, "EFER.SVME is set at the start of the case");
 }
 
-/// VMRUN, VMLOAD and VMSAVE take a physical address in RAX: a page of the image that
-/// nothing else uses, so an instruction that wrongly runs touches nothing that matters.
-fn operand() -> u64 {
-    hvprobe_rt::paging::scratch_page()
-}
-
-macro_rules! svm_ud_cases {
-    ($($(#[$doc:meta])* $fn:ident, $fn3:ident, $case3:ident: $name:literal, $name3:literal, $bytes:literal
-        $(, cpuid_clear = [$(($leaf:expr, $sub:expr, $reg:ident, $mask:expr)),+])?;)+) => {$(
-        extern "C" fn $fn3(rax: u64) {
-            // SAFETY: the instruction raises #UD (the case's point) or, on a deviating
-            // hypervisor, acts on the scratch page; the CPL3 trampoline catches either.
-            unsafe { core::arch::asm!($bytes, in("rax") rax, in("ecx") 0u32, options(nostack)) };
-        }
-
-        test_case! {
-            $(#[$doc])*
-            name = $name, mode = Long64, path = Full $(, cpuid_clear = [$(($leaf, $sub, $reg, $mask)),+])?;
-            fn $fn() {
-                check_svme_clear();
-                $($(check!(
-                    cpuid_as_set($leaf, $sub).map_or(0, |c| c.ecx & $mask) == 0,
-                    "the host left SKINIT in the table"
-                );)+)?
-                let e = catch!($bytes, in("rax") operand(), in("ecx") 0u32);
-                check!(e.is_some(), "the SVM instruction with EFER.SVME clear raised no exception at CPL0");
-                check_exception!(e, exception::UD, None);
-            }
-        }
-
-        test_case! {
-            $(#[$doc])*
-            name = $name3, mode = Long64, path = Full $(, cpuid_clear = [$(($leaf, $sub, $reg, $mask)),+])?;
-            fn $case3() {
-                check_svme_clear();
-                let e = call_at_cpl3($fn3, operand());
-                check!(e.is_some(), "the SVM instruction with EFER.SVME clear raised no exception at CPL3");
-                check_exception!(e, exception::UD, None);
-            }
-        }
-    )+};
-}
-
-svm_ud_cases! {
+ud_at_cpl0_and_cpl3! {
+    precondition = check_svme_clear, what = "the SVM instruction with EFER.SVME clear";
     /// VMRUN (0F 01 D8).
     svm_vmrun_ud, vmrun_at_cpl3, svm_vmrun_ud_cpl3: "cpu::svm_vmrun_ud::long64", "cpu::svm_vmrun_ud::cpl3", ".byte 0x0f, 0x01, 0xd8";
     /// VMLOAD (0F 01 DA).

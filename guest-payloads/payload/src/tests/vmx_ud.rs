@@ -6,10 +6,8 @@
 //! undefined and raise #UD too. The harness never sets CR4.VMXE, and no vCPU it builds is
 //! in VMX operation. VMCALL is KVM's hypercall and has its own cases (pv::).
 
+use hvprobe_rt::check_eq;
 use hvprobe_rt::cpu;
-use hvprobe_rt::exception;
-use hvprobe_rt::user::call_at_cpl3;
-use hvprobe_rt::{catch, check, check_eq, check_exception, test_case};
 
 const CR4_VMXE: u64 = 1 << 13;
 
@@ -17,48 +15,8 @@ fn check_vmxe_clear() {
     check_eq!(cpu::read_cr4() & CR4_VMXE, 0, "CR4.VMXE is set at the start of the case");
 }
 
-/// The memory operand (RAX points at it): a page of the image that nothing else uses, so
-/// an instruction that wrongly runs touches nothing that matters.
-fn operand() -> u64 {
-    hvprobe_rt::paging::scratch_page()
-}
-
-macro_rules! vmx_ud_cases {
-    ($($(#[$doc:meta])* $fn:ident, $fn3:ident, $case3:ident: $name:literal, $name3:literal, $bytes:literal;)+) => {$(
-        extern "C" fn $fn3(rax: u64) {
-            // SAFETY: the instruction raises #UD (the case's point) or, on a deviating
-            // hypervisor, reads or writes the scratch page and RCX; the CPL3 trampoline
-            // catches either.
-            unsafe {
-                core::arch::asm!($bytes, inout("rax") rax => _, inout("rcx") 0u64 => _, options(nostack))
-            };
-        }
-
-        test_case! {
-            $(#[$doc])*
-            name = $name, mode = Long64, path = Full;
-            fn $fn() {
-                check_vmxe_clear();
-                let e = catch!($bytes, inout("rax") operand() => _, inout("rcx") 0u64 => _);
-                check!(e.is_some(), "the VMX instruction outside VMX operation raised no exception at CPL0");
-                check_exception!(e, exception::UD, None);
-            }
-        }
-
-        test_case! {
-            $(#[$doc])*
-            name = $name3, mode = Long64, path = Full;
-            fn $case3() {
-                check_vmxe_clear();
-                let e = call_at_cpl3($fn3, operand());
-                check!(e.is_some(), "the VMX instruction outside VMX operation raised no exception at CPL3");
-                check_exception!(e, exception::UD, None);
-            }
-        }
-    )+};
-}
-
-vmx_ud_cases! {
+ud_at_cpl0_and_cpl3! {
+    precondition = check_vmxe_clear, what = "the VMX instruction outside VMX operation";
     /// VMXON [RAX] (F3 0F C7 /6): #UD with CR4.VMXE clear.
     vmx_vmxon_ud, vmxon_at_cpl3, vmx_vmxon_ud_cpl3: "cpu::vmx_vmxon_ud::long64", "cpu::vmx_vmxon_ud::cpl3", ".byte 0xf3, 0x0f, 0xc7, 0x30";
     /// VMXOFF (0F 01 C4).
